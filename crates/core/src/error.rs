@@ -1,0 +1,83 @@
+//! The library's one error type. Each variant carries what a user needs to act: the path, the
+//! request, the privilege that would help.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors from portwatch-core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A NETLINK_SOCK_DIAG socket could not be opened or used.
+    #[error("cannot open a NETLINK_SOCK_DIAG socket: {source} (is sock_diag available in this kernel?)")]
+    NetlinkUnavailable {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered a sock_diag request with an error (NLMSG_ERROR).
+    #[error("sock_diag {request} dump failed: {source}")]
+    Netlink {
+        /// Which dump: `"tcp/ipv4"`, `"unix"`, …
+        request: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A sock_diag answer could not be decoded.
+    #[error("sock_diag {request} answer could not be decoded: {reason}")]
+    Decode {
+        /// Which dump.
+        request: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The kernel kept flagging a dump as inconsistent (NLM_F_DUMP_INTR) while sockets changed.
+    #[error(
+        "sock_diag {request} dump was interrupted by concurrent changes {attempts} times in a row"
+    )]
+    DumpInterrupted {
+        /// Which dump.
+        request: &'static str,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// A file or directory could not be read for lack of permission.
+    #[error("permission denied reading {}: run as root or grant CAP_SYS_PTRACE", path.display())]
+    PermissionDenied {
+        /// What could not be read.
+        path: PathBuf,
+    },
+    /// A file or directory could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// What could not be read.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file had content that could not be parsed.
+    #[error("cannot parse {}: {reason}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// An I/O error on `path`, as [`Error::PermissionDenied`] where that is the cause.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            Error::PermissionDenied { path }
+        } else {
+            Error::Io { path, source }
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,104 @@
+//! The JSON shape of sockets and processes (feature `serde`), shared by every consumer that
+//! prints them: `portwatch list --format json`, the `watch` event stream, embedders.
+//!
+//! Field names are a stable interface: add fields, never rename them.
+
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::socket::{Owners, Process, Socket, UnknownReason};
+
+impl Serialize for Socket {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Socket", 16)?;
+        s.serialize_field("proto", self.protocol.as_str())?;
+        s.serialize_field("family", self.family.as_str())?;
+        s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
+        s.serialize_field("port", &self.port)?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("remote", &self.remote.map(|r| r.to_string()))?;
+        s.serialize_field("state", self.state.as_str())?;
+        s.serialize_field("inode", &self.inode)?;
+        s.serialize_field("uid", &self.uid)?;
+        s.serialize_field("cookie", &self.cookie)?;
+        s.serialize_field("netns", &self.netns)?;
+        s.serialize_field("v6only", &self.v6only)?;
+        s.serialize_field("unix_type", &self.unix_type.map(|t| t.as_str()))?;
+        s.serialize_field("pids", &self.pids())?;
+        s.serialize_field("processes", self.processes())?;
+        let reason = match &self.owners {
+            Owners::Known(_) => None,
+            Owners::Unknown(r) => Some(reason_code(*r)),
+        };
+        s.serialize_field("owner_unknown_reason", &reason)?;
+        s.end()
+    }
+}
+
+/// A short machine-readable code; the `Display` text says more.
+fn reason_code(r: UnknownReason) -> &'static str {
+    match r {
+        UnknownReason::NotResolved => "not_resolved",
+        UnknownReason::PermissionDenied { .. } => "permission_denied",
+        UnknownReason::NotFound => "not_found",
+    }
+}
+
+impl Serialize for Process {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Process", 6)?;
+        s.serialize_field("pid", &self.pid)?;
+        s.serialize_field("comm", &self.comm)?;
+        s.serialize_field("cmdline", &self.cmdline_string())?;
+        s.serialize_field("uid", &self.uid)?;
+        s.serialize_field("user", &self.user)?;
+        s.serialize_field("ns_pid", &self.ns_pid)?;
+        s.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::socket::*;
+
+    #[test]
+    fn socket_json_shape() {
+        let s = Socket {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv6,
+            addr: Some("::".parse().unwrap()),
+            port: 8080,
+            path: None,
+            remote: None,
+            state: State::Listen,
+            inode: 42,
+            uid: Some(1000),
+            cookie: Some(7),
+            netns: 4026531840,
+            v6only: Some(false),
+            unix_type: None,
+            owners: Owners::Known(vec![Process {
+                pid: 10,
+                comm: "srv".into(),
+                cmdline: vec!["srv".into(), "-p".into(), "8080".into()],
+                uid: 1000,
+                user: Some("dev".into()),
+                ns_pid: Some(1),
+            }]),
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["family"], "ipv6");
+        assert_eq!(v["addr"], "::");
+        assert_eq!(v["port"], 8080);
+        assert_eq!(v["state"], "LISTEN");
+        assert_eq!(v["pids"], serde_json::json!([10]));
+        assert_eq!(v["processes"][0]["cmdline"], "srv -p 8080");
+        assert_eq!(v["processes"][0]["ns_pid"], 1);
+        assert!(v["owner_unknown_reason"].is_null());
+
+        let unknown = Socket { owners: Owners::Unknown(UnknownReason::NotFound), ..s };
+        let v = serde_json::to_value(&unknown).unwrap();
+        assert_eq!(v["owner_unknown_reason"], "not_found");
+        assert_eq!(v["pids"], serde_json::json!([]));
+    }
+}

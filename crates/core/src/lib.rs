@@ -1,0 +1,65 @@
+//! Listening sockets of a Linux network namespace, and the processes that own them.
+//!
+//! portwatch-core asks the kernel over `NETLINK_SOCK_DIAG` for the sockets in the states you
+//! want — the state filter runs in the kernel, so a dump of 10 listeners costs tens of
+//! microseconds however many connections the host carries — and maps each socket inode to the
+//! processes holding it through `/proc/*/fd`. A socket whose owner cannot be found is still
+//! returned, with the reason ([`UnknownReason`]).
+//!
+//! It keeps no global state, installs no signal handlers, sets up no logger (it logs through the
+//! [`log`](https://docs.rs/log) facade) and never panics on what the kernel, `/proc` or a caller
+//! hands it.
+//!
+//! # Example
+//!
+//! ```
+//! use portwatch_core::{Owners, Query};
+//!
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let port = listener.local_addr()?.port();
+//!
+//! let sockets = Query::new().port(port).run()?;
+//! let mine = sockets.iter().find(|s| s.port == port).expect("our listener is listed");
+//! if let Owners::Known(procs) = &mine.owners {
+//!     assert!(procs.iter().any(|p| p.pid == std::process::id()));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Backends
+//!
+//! [`Backend::Auto`] (the default) uses sock_diag and falls back, with one warning, to parsing
+//! `/proc/net/{tcp,tcp6,udp,udp6,unix}` for whatever sock_diag cannot answer. The fallback is
+//! much slower (every read walks the kernel's whole established hash) and has no socket cookies.
+//!
+//! # Privileges
+//!
+//! Listing sockets needs none: sock_diag dumps work for any user. Naming the owner of a socket
+//! held by another user's process needs to read that process's `/proc/PID/fd`: root, or
+//! `CAP_SYS_PTRACE` (`CAP_DAC_READ_SEARCH` is not enough since Linux 4.x's ptrace checks).
+//! Without it such sockets come back with [`UnknownReason::PermissionDenied`].
+//!
+//! # Cargo features
+//!
+//! - `serde`: `Serialize` for [`Socket`] and [`Process`], as the JSON objects the `portwatch`
+//!   CLI prints (`proto`, `family`, `addr`, `port`, `path`, `state`, `inode`, `uid`, `cookie`,
+//!   `netns`, `pids`, `processes`, `owner_unknown_reason`, …).
+
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![forbid(unsafe_code)]
+
+mod diag;
+mod error;
+#[cfg(feature = "serde")]
+mod json;
+mod owners;
+mod procnet;
+mod query;
+mod socket;
+
+pub use crate::{
+    error::{Error, Result},
+    query::{Backend, Query},
+    socket::{Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType, UnknownReason},
+};

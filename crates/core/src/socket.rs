@@ -1,0 +1,424 @@
+//! The socket and process records every backend produces and every consumer reads.
+//!
+//! Plain data: no I/O here. Backends fill these in (`diag`, `procnet`), `owners` attaches processes.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Transport protocol of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// Unix domain socket (stream or seqpacket when listening).
+    Unix,
+}
+
+impl Protocol {
+    /// The lowercase name `ss` and the JSON output use: `"tcp"`, `"udp"`, `"unix"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Unix => "unix",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Address family of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Family {
+    /// AF_INET.
+    Ipv4,
+    /// AF_INET6 (dual-stack sockets included: see [`Socket::v6only`]).
+    Ipv6,
+    /// AF_UNIX.
+    Unix,
+}
+
+impl Family {
+    /// The name the JSON output uses: `"ipv4"`, `"ipv6"`, `"unix"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+            Family::Unix => "unix",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kernel's socket state (`TCP_*` numbering, shared by UDP and unix sockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum State {
+    /// Connected (`TCP_ESTABLISHED`, 1); for UDP and unix, a connected socket.
+    Established,
+    /// `TCP_SYN_SENT` (2).
+    SynSent,
+    /// `TCP_SYN_RECV` (3).
+    SynRecv,
+    /// `TCP_FIN_WAIT1` (4).
+    FinWait1,
+    /// `TCP_FIN_WAIT2` (5).
+    FinWait2,
+    /// `TCP_TIME_WAIT` (6).
+    TimeWait,
+    /// `TCP_CLOSE` (7): for UDP and unix datagram sockets, bound but not connected —
+    /// the state of a UDP "listener", shown as `UNCONN` like `ss` does.
+    Unconnected,
+    /// `TCP_CLOSE_WAIT` (8).
+    CloseWait,
+    /// `TCP_LAST_ACK` (9).
+    LastAck,
+    /// `TCP_LISTEN` (10).
+    Listen,
+    /// `TCP_CLOSING` (11).
+    Closing,
+    /// `TCP_NEW_SYN_RECV` (12).
+    NewSynRecv,
+    /// A state number this library does not know.
+    Other(u8),
+}
+
+impl State {
+    /// Every named state, in kernel order.
+    pub const ALL: [State; 12] = [
+        State::Established,
+        State::SynSent,
+        State::SynRecv,
+        State::FinWait1,
+        State::FinWait2,
+        State::TimeWait,
+        State::Unconnected,
+        State::CloseWait,
+        State::LastAck,
+        State::Listen,
+        State::Closing,
+        State::NewSynRecv,
+    ];
+
+    /// The state for a kernel state number.
+    pub fn from_kernel(n: u8) -> State {
+        match n {
+            1..=12 => State::ALL[usize::from(n) - 1],
+            n => State::Other(n),
+        }
+    }
+
+    /// The kernel's number for this state.
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            State::Other(n) => n,
+            named => {
+                // ALL is in kernel order, starting at 1.
+                State::ALL.iter().position(|s| *s == named).map_or(0, |i| i as u8 + 1)
+            }
+        }
+    }
+
+    /// The name `ss` prints: `LISTEN`, `UNCONN`, `ESTAB`, `TIME-WAIT`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Established => "ESTAB",
+            State::SynSent => "SYN-SENT",
+            State::SynRecv => "SYN-RECV",
+            State::FinWait1 => "FIN-WAIT-1",
+            State::FinWait2 => "FIN-WAIT-2",
+            State::TimeWait => "TIME-WAIT",
+            State::Unconnected => "UNCONN",
+            State::CloseWait => "CLOSE-WAIT",
+            State::LastAck => "LAST-ACK",
+            State::Listen => "LISTEN",
+            State::Closing => "CLOSING",
+            State::NewSynRecv => "NEW-SYN-RECV",
+            State::Other(_) => "UNKNOWN",
+        }
+    }
+
+    /// Parses an `ss`-style name (case-insensitive; `established` and `unconnected` also accepted).
+    pub fn parse(name: &str) -> Option<State> {
+        let name = name.to_ascii_uppercase().replace('_', "-");
+        match name.as_str() {
+            "ESTABLISHED" => Some(State::Established),
+            "UNCONNECTED" | "CLOSE" => Some(State::Unconnected),
+            _ => State::ALL.into_iter().find(|s| s.as_str() == name),
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Other(n) => write!(f, "UNKNOWN({n})"),
+            s => f.write_str(s.as_str()),
+        }
+    }
+}
+
+/// A set of [`State`]s, as the kernel's `idiag_states` bitmask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateSet(u32);
+
+impl StateSet {
+    /// What `ss -l` shows: TCP and unix `LISTEN`, UDP `UNCONN`.
+    pub const LISTENING: StateSet = StateSet((1 << 10) | (1 << 7));
+    /// Every state.
+    pub const ALL: StateSet = StateSet(u32::MAX);
+    /// No state.
+    pub const EMPTY: StateSet = StateSet(0);
+
+    /// A set holding the given states.
+    pub fn of(states: &[State]) -> StateSet {
+        states.iter().fold(StateSet::EMPTY, |set, s| set.with(*s))
+    }
+
+    /// This set with `state` added.
+    #[must_use]
+    pub fn with(self, state: State) -> StateSet {
+        StateSet(self.0 | Self::bit(state))
+    }
+
+    /// This set with `state` removed.
+    #[must_use]
+    pub fn without(self, state: State) -> StateSet {
+        StateSet(self.0 & !Self::bit(state))
+    }
+
+    /// Whether `state` is in the set.
+    pub fn contains(self, state: State) -> bool {
+        self.0 & Self::bit(state) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The kernel bitmask (`1 << TCP_STATE` per state).
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    fn bit(state: State) -> u32 {
+        1u32.checked_shl(u32::from(state.to_kernel())).unwrap_or(0)
+    }
+}
+
+impl Default for StateSet {
+    fn default() -> Self {
+        StateSet::LISTENING
+    }
+}
+
+/// One socket as the kernel reported it, with the processes that hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Socket {
+    /// TCP, UDP or unix.
+    pub protocol: Protocol,
+    /// IPv4, IPv6 or unix.
+    pub family: Family,
+    /// Local address; `0.0.0.0` or `::` for a wildcard bind. `None` for unix sockets.
+    pub addr: Option<IpAddr>,
+    /// Local port; 0 for unix sockets.
+    pub port: u16,
+    /// Unix socket path; abstract names start with `@` like `ss` shows them. `None` for inet
+    /// sockets and unbound unix sockets.
+    pub path: Option<String>,
+    /// Remote address and port of a connected inet socket.
+    pub remote: Option<SocketAddr>,
+    /// Kernel state.
+    pub state: State,
+    /// Socket inode number (the `N` in `/proc/PID/fd/* -> socket:[N]`).
+    pub inode: u64,
+    /// Owner uid the kernel recorded for the socket (`None` where the kernel does not say).
+    pub uid: Option<u32>,
+    /// Socket cookie: unique for the socket's lifetime within a boot; matches destroy events.
+    /// `None` from the /proc backend, which does not expose it.
+    pub cookie: Option<u64>,
+    /// Inode of the network namespace the socket was read from (`/proc/PID/ns/net`).
+    pub netns: u64,
+    /// For IPv6 sockets, whether `IPV6_V6ONLY` is set (`None` where unknown or not IPv6).
+    pub v6only: Option<bool>,
+    /// Unix socket type (stream, seqpacket, datagram); `None` for inet sockets.
+    pub unix_type: Option<UnixType>,
+    /// The processes holding the socket, or why they are unknown.
+    pub owners: Owners,
+}
+
+impl Socket {
+    /// The local endpoint as `ss` prints it: `0.0.0.0:22`, `[::1]:53`, `/run/x.sock`, `@name`.
+    pub fn local_display(&self) -> String {
+        match (self.addr, &self.path) {
+            (Some(IpAddr::V6(a)), _) => format!("[{a}]:{}", self.port),
+            (Some(a), _) => format!("{a}:{}", self.port),
+            (None, Some(p)) => p.clone(),
+            (None, None) => "*".to_owned(),
+        }
+    }
+
+    /// The processes holding the socket (empty when unknown).
+    pub fn processes(&self) -> &[Process] {
+        match &self.owners {
+            Owners::Known(p) => p,
+            Owners::Unknown(_) => &[],
+        }
+    }
+
+    /// The pids of the processes holding the socket, ascending.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes().iter().map(|p| p.pid).collect()
+    }
+}
+
+/// Unix domain socket type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnixType {
+    /// SOCK_STREAM (`u_str` in `ss`).
+    Stream,
+    /// SOCK_DGRAM (`u_dgr`).
+    Datagram,
+    /// SOCK_SEQPACKET (`u_seq`).
+    Seqpacket,
+    /// Another kernel socket type number.
+    Other(u8),
+}
+
+impl UnixType {
+    pub(crate) fn from_kernel(n: u8) -> UnixType {
+        match n {
+            1 => UnixType::Stream,
+            2 => UnixType::Datagram,
+            5 => UnixType::Seqpacket,
+            n => UnixType::Other(n),
+        }
+    }
+
+    /// The name used in output: `"stream"`, `"dgram"`, `"seqpacket"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnixType::Stream => "stream",
+            UnixType::Datagram => "dgram",
+            UnixType::Seqpacket => "seqpacket",
+            UnixType::Other(_) => "other",
+        }
+    }
+}
+
+/// Who holds a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Owners {
+    /// The processes that hold a file descriptor for the socket, by ascending pid.
+    Known(Vec<Process>),
+    /// No holder was found; the reason says why.
+    Unknown(UnknownReason),
+}
+
+/// Why the owner of a socket is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnknownReason {
+    /// Owner lookup was not asked for.
+    NotResolved,
+    /// No readable process holds it, and `unreadable` processes' fd tables could not be read:
+    /// the owner is probably among them. Root, or CAP_SYS_PTRACE, can read them.
+    PermissionDenied {
+        /// How many processes' `/proc/PID/fd` could not be read.
+        unreadable: usize,
+    },
+    /// Every process was searched and none holds it: the socket closed during the scan, it is
+    /// held only by the kernel, or its holder is not visible in this `/proc` (another pid
+    /// namespace).
+    NotFound,
+}
+
+impl fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnknownReason::NotResolved => f.write_str("owner lookup not requested"),
+            UnknownReason::PermissionDenied { unreadable } => write!(
+                f,
+                "permission denied: {unreadable} processes' fds unreadable \
+                 (run as root or grant CAP_SYS_PTRACE)"
+            ),
+            UnknownReason::NotFound => {
+                f.write_str("not found: no visible process holds it (closed, kernel-owned, or in another pid namespace)")
+            }
+        }
+    }
+}
+
+/// A process holding a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Process {
+    /// Pid as this `/proc` sees it.
+    pub pid: u32,
+    /// Command name (`/proc/PID/status` `Name:`).
+    pub comm: String,
+    /// Full command line, one element per argument (empty for kernel threads and zombies).
+    pub cmdline: Vec<String>,
+    /// Real uid.
+    pub uid: u32,
+    /// User name for `uid` from `/etc/passwd`, when it has one.
+    pub user: Option<String>,
+    /// Pid inside the process's own pid namespace, when it differs from `pid` (a container).
+    pub ns_pid: Option<u32>,
+}
+
+impl Process {
+    /// The command line joined by spaces, or the command name when it is empty.
+    pub fn cmdline_string(&self) -> String {
+        if self.cmdline.is_empty() { self.comm.clone() } else { self.cmdline.join(" ") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_numbers_round_trip() {
+        for n in 0..=255u8 {
+            assert_eq!(State::from_kernel(n).to_kernel(), n);
+        }
+        assert_eq!(State::from_kernel(10), State::Listen);
+        assert_eq!(State::from_kernel(7), State::Unconnected);
+    }
+
+    #[test]
+    fn state_names_parse() {
+        assert_eq!(State::parse("listen"), Some(State::Listen));
+        assert_eq!(State::parse("established"), Some(State::Established));
+        assert_eq!(State::parse("time_wait"), Some(State::TimeWait));
+        assert_eq!(State::parse("bogus"), None);
+    }
+
+    #[test]
+    fn state_set_bits_match_kernel() {
+        assert_eq!(StateSet::LISTENING.bits(), (1 << 10) | (1 << 7));
+        let s = StateSet::of(&[State::Established]);
+        assert!(s.contains(State::Established) && !s.contains(State::Listen));
+        assert!(s.without(State::Established).is_empty());
+        // Out-of-range states never overflow the shift.
+        assert!(!StateSet::EMPTY.with(State::Other(200)).contains(State::Listen));
+    }
+}
