@@ -218,6 +218,7 @@ fn decode_inet(payload: &[u8], protocol: Protocol, netns: u64) -> Result<Socket,
         cookie: Some(cookie(id.cookie)),
         netns,
         v6only,
+        interface: (id.interface_id != 0).then_some(id.interface_id),
         unix_type: None,
         owners: unresolved(),
     })
@@ -256,6 +257,7 @@ fn decode_unix(payload: &[u8], netns: u64) -> Result<Socket, String> {
         cookie: Some(cookie(h.cookie)),
         netns,
         v6only: None,
+        interface: None,
         unix_type: Some(UnixType::from_kernel(h.kind)),
         owners: unresolved(),
     })

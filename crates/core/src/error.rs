@@ -9,7 +9,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A NETLINK_SOCK_DIAG socket could not be opened or used.
-    #[error("cannot open a NETLINK_SOCK_DIAG socket: {source} (is sock_diag available in this kernel?)")]
+    #[error(
+        "cannot open a NETLINK_SOCK_DIAG socket: {source} (is sock_diag available in this kernel?)"
+    )]
     NetlinkUnavailable {
         /// The OS error.
         #[source]

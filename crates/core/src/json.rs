@@ -9,7 +9,7 @@ use crate::socket::{Owners, Process, Socket, UnknownReason};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Socket", 16)?;
+        let mut s = serializer.serialize_struct("Socket", 17)?;
         s.serialize_field("proto", self.protocol.as_str())?;
         s.serialize_field("family", self.family.as_str())?;
         s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
@@ -22,6 +22,7 @@ impl Serialize for Socket {
         s.serialize_field("cookie", &self.cookie)?;
         s.serialize_field("netns", &self.netns)?;
         s.serialize_field("v6only", &self.v6only)?;
+        s.serialize_field("interface", &self.interface)?;
         s.serialize_field("unix_type", &self.unix_type.map(|t| t.as_str()))?;
         s.serialize_field("pids", &self.pids())?;
         s.serialize_field("processes", self.processes())?;
@@ -75,6 +76,7 @@ mod tests {
             cookie: Some(7),
             netns: 4026531840,
             v6only: Some(false),
+            interface: None,
             unix_type: None,
             owners: Owners::Known(vec![Process {
                 pid: 10,

@@ -126,7 +126,7 @@ pub(crate) fn list_pids(proc_root: &Path) -> std::io::Result<Vec<u32>> {
 enum PidScan {
     /// Read (possibly partially: the process may have exited midway).
     Done,
-    /// `/proc/PID/fd` could not be opened for lack of permission.
+    /// `/proc/PID/fd` or its links could not be read for lack of permission.
     Unreadable,
 }
 
@@ -140,8 +140,7 @@ fn scan_pid(
     mut found: impl FnMut(u64),
 ) -> PidScan {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let mut dir = match Dir::openat(proc_dir, format!("{pid}/fd").as_str(), flags, Mode::empty())
-    {
+    let mut dir = match Dir::openat(proc_dir, format!("{pid}/fd").as_str(), flags, Mode::empty()) {
         Ok(d) => d,
         Err(Errno::EACCES | Errno::EPERM) => return PidScan::Unreadable,
         // ENOENT/ESRCH: exited; anything else: nothing we can learn from this process.
@@ -151,8 +150,7 @@ fn scan_pid(
     // Collect first: the directory handle is borrowed by its iterator while it runs.
     for entry in dir.iter() {
         let Ok(entry) = entry else { break };
-        if let Some(fd) =
-            entry.file_name().to_str().ok().and_then(|name| name.parse::<u32>().ok())
+        if let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse::<u32>().ok())
         {
             names.push(fd);
         }
@@ -162,8 +160,14 @@ fn scan_pid(
         use std::fmt::Write;
         name.clear();
         let _ = write!(name, "{fd}");
-        // A closed fd (ENOENT) or an exited process: skip it.
-        let Ok(link) = readlinkat(&dir, name.as_str()) else { continue };
+        let link = match readlinkat(&dir, name.as_str()) {
+            Ok(link) => link,
+            // Some processes let anyone list their fd table but refuse every link, even to
+            // root (a process protected by a security module or another user namespace).
+            Err(Errno::EACCES | Errno::EPERM) => return PidScan::Unreadable,
+            // A closed fd (ENOENT) or an exited process: skip it.
+            Err(_) => continue,
+        };
         if let Some(inode) = parse_socket_link(OsStr::as_bytes(&link)) {
             if wanted.contains(&inode) {
                 found(inode);
@@ -231,7 +235,11 @@ pub(crate) fn scan_fds(proc_root: &Path, wanted: &HashSet<u64>, threads: usize) 
 }
 
 /// Describes one process from `/proc/PID/status` and `/proc/PID/cmdline`; `None` if it exited.
-pub(crate) fn describe(proc_root: &Path, pid: u32, users: &HashMap<u32, String>) -> Option<Process> {
+pub(crate) fn describe(
+    proc_root: &Path,
+    pid: u32,
+    users: &HashMap<u32, String>,
+) -> Option<Process> {
     let dir = proc_root.join(pid.to_string());
     let status = parse_status(&std::fs::read(dir.join("status")).ok()?)?;
     let cmdline = std::fs::read(dir.join("cmdline")).map(|b| parse_cmdline(&b)).unwrap_or_default();
@@ -268,7 +276,10 @@ pub(crate) fn resolve(sockets: &mut [Socket], proc_root: &Path, passwd: &Path, t
             Some(pids) => pids
                 .iter()
                 .filter_map(|pid| {
-                    described.entry(*pid).or_insert_with(|| describe(proc_root, *pid, &users)).clone()
+                    described
+                        .entry(*pid)
+                        .or_insert_with(|| describe(proc_root, *pid, &users))
+                        .clone()
                 })
                 .collect(),
             None => Vec::new(),

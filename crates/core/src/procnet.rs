@@ -125,6 +125,7 @@ fn parse_inet_line(line: &[u8], protocol: Protocol, family: Family, netns: u64) 
         cookie: None,
         netns,
         v6only: None,
+        interface: None,
         unix_type: None,
         owners: Owners::Unknown(UnknownReason::NotResolved),
     })
@@ -166,6 +167,7 @@ fn parse_unix_line(line: &[u8], netns: u64) -> Option<Socket> {
         cookie: None,
         netns,
         v6only: None,
+        interface: None,
         unix_type: Some(UnixType::from_kernel(kind)),
         owners: Owners::Unknown(UnknownReason::NotResolved),
     })

@@ -186,13 +186,7 @@ impl Scanner {
                 }
             },
         };
-        Ok(Scanner {
-            diag,
-            backend,
-            proc_net: proc_root.join("net"),
-            netns,
-            fallbacks: Vec::new(),
-        })
+        Ok(Scanner { diag, backend, proc_net: proc_root.join("net"), netns, fallbacks: Vec::new() })
     }
 
     /// Runs `dumps` and returns their sockets in order.
@@ -226,6 +220,8 @@ impl Scanner {
 fn module_missing(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(nix::libc::ENOENT | nix::libc::EOPNOTSUPP | nix::libc::EINVAL | nix::libc::EAFNOSUPPORT)
+        Some(
+            nix::libc::ENOENT | nix::libc::EOPNOTSUPP | nix::libc::EINVAL | nix::libc::EAFNOSUPPORT
+        )
     )
 }

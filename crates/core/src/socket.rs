@@ -256,6 +256,8 @@ pub struct Socket {
     pub netns: u64,
     /// For IPv6 sockets, whether `IPV6_V6ONLY` is set (`None` where unknown or not IPv6).
     pub v6only: Option<bool>,
+    /// Index of the network interface the socket is bound to (`SO_BINDTODEVICE`), if any.
+    pub interface: Option<u32>,
     /// Unix socket type (stream, seqpacket, datagram); `None` for inet sockets.
     pub unix_type: Option<UnixType>,
     /// The processes holding the socket, or why they are unknown.
@@ -263,9 +265,13 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// The local endpoint as `ss` prints it: `0.0.0.0:22`, `[::1]:53`, `/run/x.sock`, `@name`.
+    /// The local endpoint as `ss` prints it: `0.0.0.0:22`, `[::1]:53`, `*:80` (an IPv6 wildcard
+    /// that also accepts IPv4), `[::]:80` (IPv6 only), `/run/x.sock`, `@name`.
     pub fn local_display(&self) -> String {
         match (self.addr, &self.path) {
+            (Some(IpAddr::V6(a)), _) if a.is_unspecified() && self.v6only == Some(false) => {
+                format!("*:{}", self.port)
+            }
             (Some(IpAddr::V6(a)), _) => format!("[{a}]:{}", self.port),
             (Some(a), _) => format!("{a}:{}", self.port),
             (None, Some(p)) => p.clone(),
@@ -339,7 +345,8 @@ pub enum UnknownReason {
     /// Owner lookup was not asked for.
     NotResolved,
     /// No readable process holds it, and `unreadable` processes' fd tables could not be read:
-    /// the owner is probably among them. Root, or CAP_SYS_PTRACE, can read them.
+    /// the owner is probably among them. Root, or CAP_SYS_PTRACE, can read most; a process
+    /// protected by a security module or owned by another user namespace may refuse even root.
     PermissionDenied {
         /// How many processes' `/proc/PID/fd` could not be read.
         unreadable: usize,
@@ -354,11 +361,9 @@ impl fmt::Display for UnknownReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UnknownReason::NotResolved => f.write_str("owner lookup not requested"),
-            UnknownReason::PermissionDenied { unreadable } => write!(
-                f,
-                "permission denied: {unreadable} processes' fds unreadable \
-                 (run as root or grant CAP_SYS_PTRACE)"
-            ),
+            UnknownReason::PermissionDenied { unreadable } => {
+                write!(f, "permission denied: the fds of {unreadable} process(es) are unreadable")
+            }
             UnknownReason::NotFound => {
                 f.write_str("not found: no visible process holds it (closed, kernel-owned, or in another pid namespace)")
             }

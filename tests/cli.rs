@@ -1,0 +1,147 @@
+//! The `portwatch list` command: output formats, filters, exit codes.
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+
+use crate::util::{is_root, json_list, pids_of, portwatch, run};
+
+#[test]
+fn json_objects_carry_every_documented_field() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let list = json_list(&["--port", &port.to_string()]);
+    let s = list.iter().find(|s| s["port"] == port).expect("listener in JSON");
+    for key in [
+        "proto",
+        "family",
+        "addr",
+        "port",
+        "path",
+        "state",
+        "inode",
+        "uid",
+        "cookie",
+        "netns",
+        "pids",
+        "processes",
+        "owner_unknown_reason",
+    ] {
+        assert!(s.get(key).is_some(), "field {key} present in {s}");
+    }
+    assert_eq!(s["proto"], "tcp");
+    assert_eq!(s["family"], "ipv4");
+    assert_eq!(s["addr"], "127.0.0.1");
+    assert_eq!(s["state"], "LISTEN");
+    assert!(s["inode"].as_u64().unwrap() > 0 && s["netns"].as_u64().unwrap() > 0);
+    let me = std::process::id();
+    assert!(s["pids"].as_array().unwrap().iter().any(|p| p == me));
+    let p = s["processes"].as_array().unwrap().iter().find(|p| p["pid"] == me).unwrap();
+    for key in ["pid", "comm", "cmdline", "user", "ns_pid", "uid"] {
+        assert!(p.get(key).is_some(), "process field {key} present");
+    }
+    assert!(s["owner_unknown_reason"].is_null());
+}
+
+#[test]
+fn wildcards_print_as_documented() {
+    let v4 = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let v6 = TcpListener::bind("[::]:0").unwrap();
+    let list = json_list(&[]);
+    let me = std::process::id();
+    let p4 =
+        pids_of(&list, "udp", "0.0.0.0", v4.local_addr().unwrap().port()).expect("udp 0.0.0.0");
+    let p6 = pids_of(&list, "tcp", "::", v6.local_addr().unwrap().port()).expect("tcp ::");
+    assert!(p4.contains(&me) && p6.contains(&me));
+}
+
+#[test]
+fn table_shows_address_state_and_process() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let out = run(&["list", "--tcp", "--port", &port.to_string()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("Proto"), "header first: {text}");
+    let row = lines.find(|l| l.contains(&format!("127.0.0.1:{port}"))).expect("row for listener");
+    assert!(row.starts_with("tcp") && row.contains("LISTEN"), "{row}");
+    assert!(row.contains(&format!("{}/", std::process::id())), "pid/comm shown: {row}");
+}
+
+#[test]
+fn protocol_and_family_flags_filter() {
+    let tcp = TcpListener::bind("[::1]:0").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (tp, up) = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
+    let only_udp = json_list(&["--udp"]);
+    assert!(only_udp.iter().all(|s| s["proto"] == "udp"));
+    assert!(pids_of(&only_udp, "udp", "127.0.0.1", up).is_some());
+    let only4 = json_list(&["-4"]);
+    assert!(only4.iter().all(|s| s["family"] == "ipv4"));
+    assert!(pids_of(&only4, "tcp", "::1", tp).is_none());
+    let only6 = json_list(&["-6", "-t"]);
+    assert!(pids_of(&only6, "tcp", "::1", tp).is_some());
+    let unix = json_list(&["--unix"]);
+    assert!(unix.iter().all(|s| s["proto"] == "unix" && s["port"] == 0));
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_flag() {
+    for (args, names) in [
+        (&["list", "--port", "70000"][..], "--port"),
+        (&["list", "--format", "xml"][..], "--format"),
+        (&["list", "--state", "bogus"][..], "--state"),
+        (&["list", "--backend", "ebpf"][..], "--backend"),
+        (&["list", "-4", "-6"][..], "--ipv4"),
+        (&["frobnicate"][..], "frobnicate"),
+        (&[][..], "Usage"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "portwatch {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "portwatch {args:?} names {names}: {err}");
+    }
+    let help = run(&["list", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+}
+
+#[test]
+fn closed_stdout_exits_0_quietly() {
+    let (rx, tx) = nix::unistd::pipe().unwrap();
+    drop(rx); // the reader is gone before portwatch writes a byte
+    let out = portwatch()
+        .args(["list", "--unix", "--tcp", "--udp"])
+        .stdout(Stdio::from(tx))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("Broken pipe") && !err.contains("error"), "quiet: {err}");
+}
+
+#[test]
+fn unprivileged_caller_gets_owners_unknown_with_reason() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run portwatch as another user (nobody)");
+        return;
+    }
+    // A root-owned listener, looked at by a process running as nobody: the socket is listed,
+    // its owner unknown because our fds are not readable to nobody.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let out = portwatch()
+        .args(["list", "--format", "json", "--port", &port.to_string()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let s = list.iter().find(|s| s["port"] == port).expect("socket still listed");
+    assert_eq!(s["owner_unknown_reason"], "permission_denied");
+    assert_eq!(s["pids"], serde_json::json!([]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_SYS_PTRACE"), "says what grants access: {err}");
+}
