@@ -52,7 +52,9 @@ pub fn query(filter: &SocketFilter) -> Query {
 }
 
 pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
-    let sockets = query(&args.filter).owners(!args.no_processes).run()?;
+    // The table shows no command lines: do not pay for reading them.
+    let cmdlines = args.format == Format::Json;
+    let sockets = query(&args.filter).owners(!args.no_processes).cmdlines(cmdlines).run()?;
     match args.format {
         Format::Json => {
             serde_json::to_writer(&mut *out, &sockets).map_err(io::Error::from)?;
@@ -146,9 +148,11 @@ fn warn_unknown_owners(sockets: &[Socket]) {
         } else {
             "run as root or grant CAP_SYS_PTRACE to see them"
         };
-        eprintln!(
+        // One write, so the line is not interleaved with other output.
+        let msg = format!(
             "portwatch: owners of {denied} socket(s) unknown: the fds of {unreadable} \
-             process(es) are unreadable; {fix}"
+             process(es) are unreadable; {fix}\n"
         );
+        let _ = io::stderr().write_all(msg.as_bytes());
     }
 }

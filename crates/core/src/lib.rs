@@ -47,7 +47,7 @@
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod diag;
 mod error;
@@ -57,6 +57,7 @@ mod owners;
 mod procnet;
 mod query;
 mod socket;
+mod sys;
 
 pub use crate::{
     error::{Error, Result},

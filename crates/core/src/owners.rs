@@ -11,19 +11,20 @@
 //! Parsers (`parse_*`) take bytes and are tested on fixtures.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::CStr;
+use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open, readlinkat};
+use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::Mode;
 
 use crate::socket::{Owners, Process, Socket, UnknownReason};
+use crate::sys;
 
 /// Pids handed to a worker thread at a time: small enough to balance, large enough that the
 /// shared counter is not contended.
@@ -31,11 +32,20 @@ const CHUNK: usize = 16;
 /// Below this many processes one thread is as fast as several.
 const PARALLEL_MIN_PIDS: usize = 64;
 
+/// What to read about each owning process beyond pid, name and uid.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Detail {
+    /// Read `/proc/PID/cmdline`.
+    pub(crate) cmdline: bool,
+}
+
 /// The outcome of one walk over `/proc/*/fd`.
 #[derive(Debug, Default)]
 pub(crate) struct FdScan {
     /// Wanted inode → pids holding it (unsorted, each pid once per inode).
     pub(crate) holders: HashMap<u64, Vec<u32>>,
+    /// Every holding process, described right after its fds were read (while it still lives).
+    pub(crate) processes: HashMap<u32, Process>,
     /// Processes whose fd table could not be read (permission).
     pub(crate) unreadable: usize,
 }
@@ -131,12 +141,12 @@ enum PidScan {
 }
 
 /// Walks `/proc/PID/fd` relative to an open `/proc`, calling `found(inode)` for every socket fd
-/// whose inode is wanted. `names` is a scratch buffer kept across calls.
+/// whose inode is wanted. `fds` is a scratch buffer kept across calls.
 fn scan_pid(
     proc_dir: &OwnedFd,
     pid: u32,
     wanted: &HashSet<u64>,
-    names: &mut Vec<u32>,
+    fds: &mut Vec<u32>,
     mut found: impl FnMut(u64),
 ) -> PidScan {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
@@ -146,21 +156,18 @@ fn scan_pid(
         // ENOENT/ESRCH: exited; anything else: nothing we can learn from this process.
         Err(_) => return PidScan::Done,
     };
-    names.clear();
+    fds.clear();
     // Collect first: the directory handle is borrowed by its iterator while it runs.
     for entry in dir.iter() {
         let Ok(entry) = entry else { break };
-        if let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse::<u32>().ok())
-        {
-            names.push(fd);
+        if let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse().ok()) {
+            fds.push(fd);
         }
     }
-    let mut name = String::new();
-    for fd in names.iter() {
-        use std::fmt::Write;
-        name.clear();
-        let _ = write!(name, "{fd}");
-        let link = match readlinkat(&dir, name.as_str()) {
+    let mut name = [0u8; 12];
+    let mut link = [0u8; 64];
+    for &fd in fds.iter() {
+        let link = match sys::readlinkat(&dir, decimal_cstr(fd, &mut name), &mut link) {
             Ok(link) => link,
             // Some processes let anyone list their fd table but refuse every link, even to
             // root (a process protected by a security module or another user namespace).
@@ -168,7 +175,7 @@ fn scan_pid(
             // A closed fd (ENOENT) or an exited process: skip it.
             Err(_) => continue,
         };
-        if let Some(inode) = parse_socket_link(OsStr::as_bytes(&link)) {
+        if let Some(inode) = parse_socket_link(link) {
             if wanted.contains(&inode) {
                 found(inode);
             }
@@ -177,8 +184,60 @@ fn scan_pid(
     PidScan::Done
 }
 
-/// Finds every process under `proc_root` holding one of `wanted`, over up to `threads` threads.
-pub(crate) fn scan_fds(proc_root: &Path, wanted: &HashSet<u64>, threads: usize) -> FdScan {
+/// `n` as a NUL-terminated decimal string in `buf`, without allocating.
+fn decimal_cstr(mut n: u32, buf: &mut [u8; 12]) -> &CStr {
+    let mut i = buf.len() - 1;
+    buf[i] = 0;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Digits then one NUL: always a valid C string; the fallback is unreachable.
+    CStr::from_bytes_with_nul(&buf[i..]).unwrap_or_default()
+}
+
+/// Largest /proc file read (a command line can be long; status is ~1.5 KiB).
+const PROC_FILE_MAX: usize = 1 << 20;
+
+/// Reads a small /proc file relative to an open `/proc` into `buf` (cleared first).
+///
+/// Unlike `std::fs::read` it does not `fstat` first (/proc files report size 0) and stops at
+/// the first short read: `status` and `cmdline` are generated whole by each read that has room
+/// for them, so a short read is the end and a second `read` would only return 0.
+fn read_proc_file(proc_dir: &OwnedFd, path: &str, buf: &mut Vec<u8>) -> Option<()> {
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let mut file = std::fs::File::from(openat(proc_dir, path, flags, Mode::empty()).ok()?);
+    buf.clear();
+    let mut chunk = 4096;
+    loop {
+        let start = buf.len();
+        buf.resize(start + chunk, 0);
+        let n = match file.read(&mut buf[start..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(_) => return None,
+        };
+        buf.truncate(start + n);
+        if n < chunk || buf.len() >= PROC_FILE_MAX {
+            return Some(());
+        }
+        chunk *= 2;
+    }
+}
+
+/// Finds and describes every process under `proc_root` holding one of `wanted`, over up to
+/// `threads` threads.
+pub(crate) fn scan_fds(
+    proc_root: &Path,
+    wanted: &HashSet<u64>,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    threads: usize,
+) -> FdScan {
     let mut scan = FdScan::default();
     if wanted.is_empty() {
         return scan;
@@ -195,7 +254,8 @@ pub(crate) fn scan_fds(proc_root: &Path, wanted: &HashSet<u64>, threads: usize) 
     let result = Mutex::new(scan);
     let worker = || {
         let mut local = FdScan::default();
-        let mut names = Vec::new();
+        let mut fds = Vec::new();
+        let mut buf = Vec::new();
         loop {
             let start = next.fetch_add(CHUNK, Ordering::Relaxed);
             let Some(chunk) = pids.get(start..pids.len().min(start + CHUNK)) else { break };
@@ -203,7 +263,9 @@ pub(crate) fn scan_fds(proc_root: &Path, wanted: &HashSet<u64>, threads: usize) 
                 break;
             }
             for &pid in chunk {
-                let seen = scan_pid(&proc_dir, pid, wanted, &mut names, |inode| {
+                let mut holds = false;
+                let seen = scan_pid(&proc_dir, pid, wanted, &mut fds, |inode| {
+                    holds = true;
                     let v = local.holders.entry(inode).or_default();
                     if !v.contains(&pid) {
                         v.push(pid);
@@ -212,11 +274,17 @@ pub(crate) fn scan_fds(proc_root: &Path, wanted: &HashSet<u64>, threads: usize) 
                 if let PidScan::Unreadable = seen {
                     local.unreadable += 1;
                 }
+                if let Some(p) =
+                    holds.then(|| describe(&proc_dir, pid, users, detail, &mut buf)).flatten()
+                {
+                    local.processes.insert(pid, p);
+                }
             }
         }
         // A poisoned lock only means another worker panicked; its data is still a valid map.
         let mut total = result.lock().unwrap_or_else(|e| e.into_inner());
         total.unreadable += local.unreadable;
+        total.processes.extend(local.processes);
         for (inode, pids) in local.holders {
             total.holders.entry(inode).or_default().extend(pids);
         }
@@ -235,14 +303,21 @@ pub(crate) fn scan_fds(proc_root: &Path, wanted: &HashSet<u64>, threads: usize) 
 }
 
 /// Describes one process from `/proc/PID/status` and `/proc/PID/cmdline`; `None` if it exited.
-pub(crate) fn describe(
-    proc_root: &Path,
+/// `buf` is a scratch buffer kept across calls.
+fn describe(
+    proc_dir: &OwnedFd,
     pid: u32,
     users: &HashMap<u32, String>,
+    detail: Detail,
+    buf: &mut Vec<u8>,
 ) -> Option<Process> {
-    let dir = proc_root.join(pid.to_string());
-    let status = parse_status(&std::fs::read(dir.join("status")).ok()?)?;
-    let cmdline = std::fs::read(dir.join("cmdline")).map(|b| parse_cmdline(&b)).unwrap_or_default();
+    read_proc_file(proc_dir, &format!("{pid}/status"), buf)?;
+    let status = parse_status(buf)?;
+    let cmdline =
+        match detail.cmdline.then(|| read_proc_file(proc_dir, &format!("{pid}/cmdline"), buf)) {
+            Some(Some(())) => parse_cmdline(buf),
+            _ => Vec::new(),
+        };
     Some(Process {
         pid,
         comm: status.name,
@@ -264,26 +339,26 @@ pub(crate) fn read_users(passwd: &Path) -> HashMap<u32, String> {
     }
 }
 
-/// Fills in `owners` of every socket: one fd walk for all of them, then one description per
-/// holding process.
-pub(crate) fn resolve(sockets: &mut [Socket], proc_root: &Path, passwd: &Path, threads: usize) {
+/// Fills in `owners` of every socket with one walk over all processes.
+pub(crate) fn resolve(
+    sockets: &mut [Socket],
+    proc_root: &Path,
+    passwd: &Path,
+    detail: Detail,
+    threads: usize,
+) {
     let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
-    let scan = scan_fds(proc_root, &wanted, threads);
-    let users = if scan.holders.is_empty() { HashMap::new() } else { read_users(passwd) };
-    let mut described: HashMap<u32, Option<Process>> = HashMap::new();
+    let users = if wanted.is_empty() { HashMap::new() } else { read_users(passwd) };
+    let scan = scan_fds(proc_root, &wanted, &users, detail, threads);
     for socket in sockets.iter_mut() {
-        let mut procs: Vec<Process> = match scan.holders.get(&socket.inode) {
-            Some(pids) => pids
-                .iter()
-                .filter_map(|pid| {
-                    described
-                        .entry(*pid)
-                        .or_insert_with(|| describe(proc_root, *pid, &users))
-                        .clone()
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        // A holder that exited between its fd walk and its description is left out.
+        let mut procs: Vec<Process> = scan
+            .holders
+            .get(&socket.inode)
+            .into_iter()
+            .flatten()
+            .filter_map(|pid| scan.processes.get(pid).cloned())
+            .collect();
         procs.sort_by_key(|p| p.pid);
         socket.owners = if !procs.is_empty() {
             Owners::Known(procs)
@@ -339,6 +414,14 @@ NSpid:\t1\n";
         for cut in 0..STATUS_CONTAINER.len() {
             let _ = parse_status(&STATUS_CONTAINER.as_bytes()[..cut]);
         }
+    }
+
+    #[test]
+    fn decimal_names() {
+        let mut buf = [0u8; 12];
+        assert_eq!(decimal_cstr(0, &mut buf).to_bytes(), b"0");
+        assert_eq!(decimal_cstr(1234, &mut buf).to_bytes(), b"1234");
+        assert_eq!(decimal_cstr(u32::MAX, &mut buf).to_bytes(), b"4294967295");
     }
 
     #[test]

@@ -379,7 +379,8 @@ pub struct Process {
     pub pid: u32,
     /// Command name (`/proc/PID/status` `Name:`).
     pub comm: String,
-    /// Full command line, one element per argument (empty for kernel threads and zombies).
+    /// Full command line, one element per argument (empty for kernel threads and zombies, and
+    /// when [`Query::cmdlines`](crate::Query::cmdlines) turned it off).
     pub cmdline: Vec<String>,
     /// Real uid.
     pub uid: u32,
