@@ -1,5 +1,6 @@
 //! `portwatch list`: one query, printed as a table or a JSON array.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 use portwatch_core::{
@@ -71,7 +72,13 @@ pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
 pub fn owners_text(s: &Socket) -> String {
     match &s.owners {
         Owners::Known(procs) => {
-            procs.iter().map(|p| format!("{}/{}", p.pid, p.comm)).collect::<Vec<_>>().join(",")
+            let mut text = String::new();
+            for (i, p) in procs.iter().enumerate() {
+                use std::fmt::Write;
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(text, "{sep}{}/{}", p.pid, p.comm);
+            }
+            text
         }
         Owners::Unknown(UnknownReason::NotResolved) => "-".to_owned(),
         Owners::Unknown(UnknownReason::PermissionDenied { .. }) => {
@@ -83,51 +90,56 @@ pub fn owners_text(s: &Socket) -> String {
 }
 
 /// The user column: the owning process's user, else the socket's uid.
-fn user_text(s: &Socket) -> String {
-    if let Some(p) = s.processes().first() {
-        return p.user.clone().unwrap_or_else(|| p.uid.to_string());
+fn user_text(s: &Socket) -> Cow<'_, str> {
+    match s.processes().first() {
+        Some(p) => p.user.as_deref().map_or_else(|| Cow::Owned(p.uid.to_string()), Cow::Borrowed),
+        None => s.uid.map_or(Cow::Borrowed("-"), |u| Cow::Owned(u.to_string())),
     }
-    s.uid.map_or_else(|| "-".to_owned(), |u| u.to_string())
+}
+
+/// The state column; only unnamed states need formatting.
+fn state_text(s: &Socket) -> Cow<'static, str> {
+    match s.state {
+        State::Other(_) => Cow::Owned(s.state.to_string()),
+        named => Cow::Borrowed(named.as_str()),
+    }
+}
+
+/// Writes `cell` left-aligned in `width` columns, then two spaces.
+fn cell(out: &mut impl Write, cell: &str, width: usize) -> io::Result<()> {
+    const SPACES: &[u8] = &[b' '; 128];
+    out.write_all(cell.as_bytes())?;
+    let mut pad = width.saturating_sub(cell.chars().count()) + 2;
+    while pad > 0 {
+        let n = pad.min(SPACES.len());
+        out.write_all(&SPACES[..n])?;
+        pad -= n;
+    }
+    Ok(())
 }
 
 fn print_table(sockets: &[Socket], out: &mut impl Write) -> io::Result<()> {
-    let rows: Vec<[String; 5]> = sockets
-        .iter()
-        .map(|s| {
-            [
-                s.protocol.to_string(),
-                s.state.to_string(),
-                s.local_display(),
-                user_text(s),
-                owners_text(s),
-            ]
-        })
-        .collect();
+    // Only the address and user columns need text built per row; the rest is borrowed.
+    let rows: Vec<(String, Cow<'_, str>)> =
+        sockets.iter().map(|s| (s.local_display(), user_text(s))).collect();
     let header = ["Proto", "State", "Local Address:Port", "User", "Process"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
+    let mut widths = [header[0].len(), header[1].len(), header[2].len(), header[3].len()];
+    for (s, (local, user)) in sockets.iter().zip(&rows) {
+        widths[0] = widths[0].max(s.protocol.as_str().len());
+        widths[1] = widths[1].max(state_text(s).len());
+        widths[2] = widths[2].max(local.chars().count());
+        widths[3] = widths[3].max(user.chars().count());
     }
-    let line = |out: &mut dyn Write, cells: [&str; 5]| -> io::Result<()> {
-        writeln!(
-            out,
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-        )
-    };
-    line(out, header)?;
-    for row in &rows {
-        line(out, [&row[0], &row[1], &row[2], &row[3], &row[4]])?;
+    for (text, width) in header.iter().zip(widths) {
+        cell(out, text, width)?;
+    }
+    writeln!(out, "{}", header[4])?;
+    for (s, (local, user)) in sockets.iter().zip(&rows) {
+        cell(out, s.protocol.as_str(), widths[0])?;
+        cell(out, &state_text(s), widths[1])?;
+        cell(out, local, widths[2])?;
+        cell(out, user, widths[3])?;
+        writeln!(out, "{}", owners_text(s))?;
     }
     Ok(())
 }
