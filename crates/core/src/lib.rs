@@ -51,6 +51,10 @@
 
 mod diag;
 mod error;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod internals;
 #[cfg(feature = "serde")]
 mod json;
 mod owners;

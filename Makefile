@@ -1,0 +1,55 @@
+# portwatch: build, test, lint and benchmark. CI (.ci/run) uses these same targets.
+#
+#   make build          release binary at target/release/portwatch
+#   make test           the test suite (installs ss if this machine lacks it)
+#   make lint           rustfmt, clippy and rustdoc, warnings denied
+#   make bench          criterion benches of the hot paths
+#   make bench-compare  whole-process timing against ss and lsof (run as root)
+
+CARGO ?= cargo
+RUNS ?= 15
+SIZES ?= 10x1,1000x200,10000x2000
+
+.PHONY: all build test lint fmt doc bench bench-compare deps deps-bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+# Tools the tests call: ss (iproute2) for the differential test.
+deps:
+	@command -v ss >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; \
+	  else echo "make: ss not found: install iproute2 (the differential test will skip)"; fi; }
+
+# Tools bench-compare times against.
+deps-bench: deps
+	@command -v lsof >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq lsof >/dev/null; \
+	  else echo "make: lsof not found: install lsof"; exit 1; fi; }
+
+test: deps
+	$(CARGO) test --workspace --all-features --locked
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features --locked
+
+doc:
+	$(CARGO) doc --workspace --no-deps --all-features --open
+
+bench:
+	$(CARGO) bench --bench scan --locked
+
+bench-compare: deps-bench build
+	python3 benches/compare.py --runs $(RUNS) --sizes $(SIZES) --portwatch target/release/portwatch
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,61 @@
+//! Hot paths exposed to the root package's criterion benches (feature `bench-internals`).
+//! Not a public API: no stability promise, hidden from the docs.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::diag::{self, Dump, DumpState};
+use crate::socket::{Family, Protocol, Socket, StateSet};
+use crate::{owners, procnet};
+
+/// One dump datagram holding `n` inet_diag LISTEN messages and NLMSG_DONE, sequence 1, as the
+/// kernel would send it on this machine.
+pub fn inet_datagram(n: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(n * 88 + 20);
+    let header = |buf: &mut Vec<u8>, len: u32, ty: u16| {
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        buf.extend_from_slice(&1u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+    };
+    for i in 0..n {
+        header(&mut buf, 16 + 72, 20);
+        let mut msg = [0u8; 72];
+        msg[0] = 2; // AF_INET
+        msg[1] = 10; // LISTEN
+        msg[4..6].copy_from_slice(&(10000 + i as u16).to_be_bytes());
+        msg[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        msg[48..52].copy_from_slice(&(i as u32).to_ne_bytes()); // cookie low
+        msg[68..72].copy_from_slice(&(100_000 + i as u32).to_ne_bytes()); // inode
+        buf.extend_from_slice(&msg);
+    }
+    header(&mut buf, 20, 3);
+    buf.extend_from_slice(&0i32.to_ne_bytes());
+    buf
+}
+
+/// Decodes a datagram from [`inet_datagram`]; returns the sockets.
+pub fn decode_inet(buf: &[u8]) -> Vec<Socket> {
+    let dump =
+        Dump::Inet { protocol: Protocol::Tcp, family: Family::Ipv4, states: StateSet::LISTENING };
+    let mut st = DumpState { dump, seq: 1, netns: 1, interrupted: false };
+    let mut out = Vec::new();
+    let _ = diag::decode_datagram(buf, &mut st, &mut out);
+    out
+}
+
+/// Parses `/proc/net/tcp` content.
+pub fn parse_proc_net_tcp(bytes: &[u8]) -> Vec<Socket> {
+    let dump =
+        Dump::Inet { protocol: Protocol::Tcp, family: Family::Ipv4, states: StateSet::LISTENING };
+    procnet::parse(bytes, dump, 1).unwrap_or_default()
+}
+
+/// One owner walk over `proc_root` for `inodes`; returns how many inodes were found.
+pub fn owner_walk(proc_root: &Path, inodes: &HashSet<u64>, threads: usize) -> usize {
+    let users = Default::default();
+    owners::scan_fds(proc_root, inodes, &users, owners::Detail { cmdline: true }, threads)
+        .holders
+        .len()
+}
