@@ -145,3 +145,28 @@ fn unprivileged_caller_gets_owners_unknown_with_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CAP_SYS_PTRACE"), "says what grants access: {err}");
 }
+
+#[test]
+fn runtime_error_exits_1_with_one_actionable_line() {
+    if !is_root() {
+        eprintln!("skipped: needs root to hide /proc in a private mount namespace");
+        return;
+    }
+    let have_unshare = std::process::Command::new("unshare").arg("--help").output().is_ok();
+    if !have_unshare {
+        eprintln!("skipped: unshare (util-linux) is not installed");
+        return;
+    }
+    // A tmpfs over /proc in a private mount namespace: portwatch cannot find its namespace.
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("mount -t tmpfs none /proc && exec {} list", env!("CARGO_BIN_EXE_portwatch")))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("portwatch: ") && err.contains("/proc"), "{err}");
+    assert!(err.contains("is procfs mounted at /proc?"), "says what to check: {err}");
+    assert!(out.stdout.is_empty());
+}
