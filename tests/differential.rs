@@ -95,46 +95,54 @@ fn matches_ss() {
     let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let _child = Holder::spawn(&[&udp]);
 
-    let compared = wait_for("portwatch and ss to agree", Duration::from_secs(20), || {
-        let (before_i, before_u) = (ss_inet(), ss_unix());
-        let ours = portwatch_table();
-        let (after_i, after_u) = (ss_inet(), ss_unix());
-        let mut problems = Vec::new();
-        let mut compared = BTreeSet::new();
-        let mut seen_by_ss = BTreeSet::new();
-        for (before, after) in [(before_i, after_i), (before_u, after_u)] {
-            seen_by_ss.extend(before.keys().chain(after.keys()).cloned());
-            for (key, pids) in &before {
-                // Stable: the same in both ss runs.
-                if after.get(key) != Some(pids) {
-                    continue;
-                }
-                match ours.get(key) {
-                    Some(p) if p == pids => {
-                        compared.insert(key.clone());
-                    }
-                    other => problems.push(format!("{key:?}: ss {pids:?}, portwatch {other:?}")),
-                }
-            }
-        }
-        // Nothing that neither ss run saw.
-        for key in ours.keys().filter(|k| !seen_by_ss.contains(*k)) {
-            problems.push(format!("{key:?} only in portwatch"));
-        }
-        if problems.is_empty() {
-            Some(compared)
-        } else {
-            eprintln!("retrying, differences: {problems:#?}");
-            None
-        }
-    });
-    // The comparison covered our own sockets of each kind, not just whatever else was there.
-    let ours = [
+    // The comparison must cover our own sockets of each kind, not just whatever else is there.
+    // Forks in other tests briefly hold every fd, so a socket is only compared once both ss
+    // runs agree on it: retry until ours were.
+    let mine = [
         ("tcp".to_owned(), "::".to_owned(), tcp.local_addr().unwrap().port()),
         ("udp".to_owned(), "127.0.0.1".to_owned(), udp.local_addr().unwrap().port()),
         ("unix".to_owned(), path.display().to_string(), 0),
     ];
-    for key in &ours {
+    let compared =
+        wait_for("portwatch and ss to agree on our sockets", Duration::from_secs(20), || {
+            let (before_i, before_u) = (ss_inet(), ss_unix());
+            let ours = portwatch_table();
+            let (after_i, after_u) = (ss_inet(), ss_unix());
+            let mut problems = Vec::new();
+            let mut compared = BTreeSet::new();
+            let mut seen_by_ss = BTreeSet::new();
+            for (before, after) in [(before_i, after_i), (before_u, after_u)] {
+                seen_by_ss.extend(before.keys().chain(after.keys()).cloned());
+                for (key, pids) in &before {
+                    // Stable: the same in both ss runs.
+                    if after.get(key) != Some(pids) {
+                        continue;
+                    }
+                    match ours.get(key) {
+                        Some(p) if p == pids => {
+                            compared.insert(key.clone());
+                        }
+                        other => {
+                            problems.push(format!("{key:?}: ss {pids:?}, portwatch {other:?}"))
+                        }
+                    }
+                }
+            }
+            // Nothing that neither ss run saw.
+            for key in ours.keys().filter(|k| !seen_by_ss.contains(*k)) {
+                problems.push(format!("{key:?} only in portwatch"));
+            }
+            for key in mine.iter().filter(|k| !compared.contains(*k)) {
+                problems.push(format!("{key:?} not stable across the two ss runs yet"));
+            }
+            if problems.is_empty() {
+                Some(compared)
+            } else {
+                eprintln!("retrying, differences: {problems:#?}");
+                None
+            }
+        });
+    for key in &mine {
         assert!(compared.contains(key), "{key:?} compared; compared: {compared:?}");
     }
     drop(unix);

@@ -59,6 +59,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A [`WatcherBuilder`](crate::WatcherBuilder) setting is out of range.
+    #[error("invalid {setting}: {reason}")]
+    InvalidSetting {
+        /// The setting, as the builder method names it.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file had content that could not be parsed.
     #[error("cannot parse {}: {reason}", path.display())]
     Parse {

@@ -46,8 +46,9 @@ fn reason_code(r: UnknownReason) -> &'static str {
 
 impl Serialize for Process {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Process", 6)?;
+        let mut s = serializer.serialize_struct("Process", 7)?;
         s.serialize_field("pid", &self.pid)?;
+        s.serialize_field("ppid", &self.ppid)?;
         s.serialize_field("comm", &self.comm)?;
         s.serialize_field("cmdline", &self.cmdline_string())?;
         s.serialize_field("uid", &self.uid)?;
@@ -80,6 +81,7 @@ mod tests {
             unix_type: None,
             owners: Owners::Known(vec![Process {
                 pid: 10,
+                ppid: Some(1),
                 comm: "srv".into(),
                 cmdline: vec!["srv".into(), "-p".into(), "8080".into()],
                 uid: 1000,

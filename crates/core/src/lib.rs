@@ -51,6 +51,8 @@
 
 mod diag;
 mod error;
+mod event;
+mod filter;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 #[allow(missing_docs)]
@@ -60,11 +62,17 @@ mod json;
 mod owners;
 mod procnet;
 mod query;
+mod snapshot;
 mod socket;
 mod sys;
+mod tracker;
+mod watch;
 
 pub use crate::{
     error::{Error, Result},
+    event::Event,
+    filter::Filter,
     query::{Backend, Query},
     socket::{Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType, UnknownReason},
+    watch::{StopHandle, Watcher, WatcherBuilder},
 };

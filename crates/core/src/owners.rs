@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -61,6 +61,7 @@ pub(crate) fn parse_socket_link(link: &[u8]) -> Option<u64> {
 pub(crate) struct Status {
     pub(crate) name: String,
     pub(crate) uid: u32,
+    pub(crate) ppid: Option<u32>,
     /// Pid in the innermost pid namespace (last `NSpid:` field).
     pub(crate) ns_pid: Option<u32>,
 }
@@ -70,6 +71,7 @@ pub(crate) fn parse_status(bytes: &[u8]) -> Option<Status> {
     let mut name = None;
     let mut uid = None;
     let mut ns_pid = None;
+    let mut ppid = None;
     for line in bytes.split(|b| *b == b'\n') {
         let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
         let (key, value) = (&line[..colon], line[colon + 1..].trim_ascii());
@@ -77,6 +79,7 @@ pub(crate) fn parse_status(bytes: &[u8]) -> Option<Status> {
             b"Name" => name = Some(String::from_utf8_lossy(value).into_owned()),
             // Real, effective, saved, filesystem: the real uid is the first.
             b"Uid" => uid = first_number(value),
+            b"PPid" => ppid = first_number(value),
             b"NSpid" => {
                 ns_pid = std::str::from_utf8(value)
                     .ok()
@@ -86,7 +89,7 @@ pub(crate) fn parse_status(bytes: &[u8]) -> Option<Status> {
             _ => {}
         }
     }
-    Some(Status { name: name?, uid: uid?, ns_pid })
+    Some(Status { name: name?, uid: uid?, ppid, ns_pid })
 }
 
 fn first_number(value: &[u8]) -> Option<u32> {
@@ -229,6 +232,11 @@ fn read_proc_file(proc_dir: &OwnedFd, path: &str, buf: &mut Vec<u8>) -> Option<(
     }
 }
 
+/// Opens `/proc` as a directory handle for the `*at` calls.
+pub(crate) fn open_proc(proc_root: &Path) -> nix::Result<OwnedFd> {
+    open(proc_root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+}
+
 /// Finds and describes every process under `proc_root` holding one of `wanted`, over up to
 /// `threads` threads.
 pub(crate) fn scan_fds(
@@ -238,20 +246,32 @@ pub(crate) fn scan_fds(
     detail: Detail,
     threads: usize,
 ) -> FdScan {
-    let mut scan = FdScan::default();
     if wanted.is_empty() {
-        return scan;
+        return FdScan::default();
     }
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let (Ok(proc_dir), Ok(pids)) = (open(proc_root, flags, Mode::empty()), list_pids(proc_root))
-    else {
+    let (Ok(proc_dir), Ok(pids)) = (open_proc(proc_root), list_pids(proc_root)) else {
         log::warn!("cannot read {}: process owners unknown", proc_root.display());
-        scan.unreadable = 1;
-        return scan;
+        return FdScan { unreadable: 1, ..FdScan::default() };
     };
+    scan_pids(&proc_dir, &pids, wanted, users, detail, threads)
+}
+
+/// Walks the fds of `pids` (relative to the open `/proc`), over up to `threads` threads, and
+/// describes every process holding one of `wanted`.
+pub(crate) fn scan_pids(
+    proc_dir: &OwnedFd,
+    pids: &[u32],
+    wanted: &HashSet<u64>,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    threads: usize,
+) -> FdScan {
+    if wanted.is_empty() || pids.is_empty() {
+        return FdScan::default();
+    }
     let threads = if pids.len() < PARALLEL_MIN_PIDS { 1 } else { threads.clamp(1, 16) };
     let next = AtomicUsize::new(0);
-    let result = Mutex::new(scan);
+    let result = Mutex::new(FdScan::default());
     let worker = || {
         let mut local = FdScan::default();
         let mut fds = Vec::new();
@@ -264,7 +284,7 @@ pub(crate) fn scan_fds(
             }
             for &pid in chunk {
                 let mut holds = false;
-                let seen = scan_pid(&proc_dir, pid, wanted, &mut fds, |inode| {
+                let seen = scan_pid(proc_dir, pid, wanted, &mut fds, |inode| {
                     holds = true;
                     let v = local.holders.entry(inode).or_default();
                     if !v.contains(&pid) {
@@ -275,7 +295,7 @@ pub(crate) fn scan_fds(
                     local.unreadable += 1;
                 }
                 if let Some(p) =
-                    holds.then(|| describe(&proc_dir, pid, users, detail, &mut buf)).flatten()
+                    holds.then(|| describe(proc_dir, pid, users, detail, &mut buf)).flatten()
                 {
                     local.processes.insert(pid, p);
                 }
@@ -283,11 +303,7 @@ pub(crate) fn scan_fds(
         }
         // A poisoned lock only means another worker panicked; its data is still a valid map.
         let mut total = result.lock().unwrap_or_else(|e| e.into_inner());
-        total.unreadable += local.unreadable;
-        total.processes.extend(local.processes);
-        for (inode, pids) in local.holders {
-            total.holders.entry(inode).or_default().extend(pids);
-        }
+        total.merge(local);
     };
     if threads == 1 {
         worker();
@@ -300,6 +316,40 @@ pub(crate) fn scan_fds(
         });
     }
     result.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FdScan {
+    fn merge(&mut self, other: FdScan) {
+        self.unreadable += other.unreadable;
+        self.processes.extend(other.processes);
+        for (inode, pids) in other.holders {
+            let v = self.holders.entry(inode).or_default();
+            for pid in pids {
+                if !v.contains(&pid) {
+                    v.push(pid);
+                }
+            }
+        }
+    }
+
+    /// The owners of `inode` by ascending pid, or why there are none.
+    fn owners_of(&self, inode: u64) -> Owners {
+        let mut procs: Vec<Process> = self
+            .holders
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .filter_map(|pid| self.processes.get(pid).cloned())
+            .collect();
+        procs.sort_by_key(|p| p.pid);
+        if !procs.is_empty() {
+            Owners::Known(procs)
+        } else if self.unreadable > 0 {
+            Owners::Unknown(UnknownReason::PermissionDenied { unreadable: self.unreadable })
+        } else {
+            Owners::Unknown(UnknownReason::NotFound)
+        }
+    }
 }
 
 /// Describes one process from `/proc/PID/status` and `/proc/PID/cmdline`; `None` if it exited.
@@ -320,6 +370,7 @@ fn describe(
         };
     Some(Process {
         pid,
+        ppid: status.ppid,
         comm: status.name,
         cmdline,
         uid: status.uid,
@@ -351,23 +402,131 @@ pub(crate) fn resolve(
     let users = if wanted.is_empty() { HashMap::new() } else { read_users(passwd) };
     let scan = scan_fds(proc_root, &wanted, &users, detail, threads);
     for socket in sockets.iter_mut() {
-        // A holder that exited between its fd walk and its description is left out.
-        let mut procs: Vec<Process> = scan
-            .holders
-            .get(&socket.inode)
-            .into_iter()
-            .flatten()
-            .filter_map(|pid| scan.processes.get(pid).cloned())
-            .collect();
-        procs.sort_by_key(|p| p.pid);
-        socket.owners = if !procs.is_empty() {
-            Owners::Known(procs)
-        } else if scan.unreadable > 0 {
-            Owners::Unknown(UnknownReason::PermissionDenied { unreadable: scan.unreadable })
-        } else {
-            Owners::Unknown(UnknownReason::NotFound)
-        };
+        socket.owners = scan.owners_of(socket.inode);
     }
+}
+
+/// Owner lookup for a watcher: remembers the processes it has seen so that finding the owners
+/// of a few new sockets does not read every process's fds.
+///
+/// New sockets are looked for in phases, stopping after the first phase that finds them all:
+/// processes that appeared since the last lookup, then processes running as a socket's uid,
+/// then every other process. The parents of the holders found are then checked too, so a
+/// listener shared by a forked server lists the parent as well as the new workers. A watcher
+/// with no new sockets calls nothing here, and reads no `/proc/*/fd` at all.
+pub(crate) struct OwnerIndex {
+    proc_root: PathBuf,
+    passwd: PathBuf,
+    users: Option<HashMap<u32, String>>,
+    seen_pids: HashSet<u32>,
+    detail: Detail,
+    threads: usize,
+}
+
+impl OwnerIndex {
+    pub(crate) fn new(
+        proc_root: &Path,
+        passwd: &Path,
+        detail: Detail,
+        threads: usize,
+    ) -> OwnerIndex {
+        OwnerIndex {
+            proc_root: proc_root.to_owned(),
+            passwd: passwd.to_owned(),
+            users: None,
+            seen_pids: HashSet::new(),
+            detail,
+            threads,
+        }
+    }
+
+    /// Finds the owners of `sockets` (new ones: owners of known sockets are carried over by
+    /// the caller).
+    pub(crate) fn resolve(&mut self, sockets: &mut [Socket]) {
+        if sockets.is_empty() {
+            return;
+        }
+        let (Ok(proc_dir), Ok(pids)) = (open_proc(&self.proc_root), list_pids(&self.proc_root))
+        else {
+            for s in sockets.iter_mut() {
+                s.owners = Owners::Unknown(UnknownReason::PermissionDenied { unreadable: 1 });
+            }
+            return;
+        };
+        let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
+        let mut missing: HashSet<u64> =
+            sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let uids: HashSet<u32> = sockets.iter().filter_map(|s| s.uid).collect();
+        let mut scanned: HashSet<u32> = HashSet::new();
+        let mut total = FdScan::default();
+        let phases: [&dyn Fn(u32) -> bool; 3] = [
+            &|pid| !self.seen_pids.contains(&pid),
+            &|pid| owner_uid(&proc_dir, pid).is_some_and(|u| uids.contains(&u)),
+            &|_| true,
+        ];
+        for phase in phases {
+            if missing.is_empty() {
+                break;
+            }
+            let batch: Vec<u32> =
+                pids.iter().copied().filter(|p| !scanned.contains(p) && phase(*p)).collect();
+            let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+            let scan = scan_pids(&proc_dir, &batch, &wanted, users, self.detail, self.threads);
+            scanned.extend(batch);
+            missing.retain(|i| !scan.holders.contains_key(i));
+            total.merge(scan);
+        }
+        // Forked sharers: a holder's parent often holds the same socket (the listener was
+        // opened before the fork). Walk up while parents keep holding something.
+        let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+        let mut parents: Vec<u32> = total.processes.values().filter_map(|p| p.ppid).collect();
+        while !parents.is_empty() {
+            parents.retain(|p| *p > 1 && scanned.insert(*p));
+            let scan = scan_pids(&proc_dir, &parents, &wanted, users, self.detail, 1);
+            parents = scan.processes.values().filter_map(|p| p.ppid).collect();
+            total.merge(scan);
+        }
+        self.seen_pids = pids.into_iter().collect();
+        for s in sockets.iter_mut() {
+            s.owners = total.owners_of(s.inode);
+        }
+    }
+}
+
+/// The effective uid a process runs as: the owner of its `/proc/PID` directory (one `fstatat`,
+/// no file read).
+fn owner_uid(proc_dir: &OwnedFd, pid: u32) -> Option<u32> {
+    nix::sys::stat::fstatat(proc_dir, pid.to_string().as_str(), nix::fcntl::AtFlags::empty())
+        .ok()
+        .map(|st| st.st_uid)
+}
+
+/// Whether `pid` (or, with `children`, one of its descendants) holds the socket.
+pub(crate) fn held_by(s: &Socket, pid: u32, children: bool, proc_root: &Path) -> bool {
+    s.processes().iter().any(|p| {
+        if p.pid == pid {
+            return true;
+        }
+        if !children {
+            return false;
+        }
+        // Walk up the parents; bounded in case of a cycle from pid reuse mid-walk.
+        let mut parent = p.ppid;
+        for _ in 0..64 {
+            match parent {
+                Some(pp) if pp == pid => return true,
+                Some(pp) if pp > 1 => parent = parent_of(proc_root, pp),
+                _ => return false,
+            }
+        }
+        false
+    })
+}
+
+/// The parent pid of `pid`, from `/proc/PID/status`.
+fn parent_of(proc_root: &Path, pid: u32) -> Option<u32> {
+    let bytes = std::fs::read(proc_root.join(pid.to_string()).join("status")).ok()?;
+    parse_status(&bytes)?.ppid
 }
 
 #[cfg(test)]
@@ -398,7 +557,7 @@ NSpid:\t1\n";
     #[test]
     fn status_in_container() {
         let s = parse_status(STATUS_CONTAINER.as_bytes()).unwrap();
-        assert_eq!(s, Status { name: "node".into(), uid: 1000, ns_pid: Some(7) });
+        assert_eq!(s, Status { name: "node".into(), uid: 1000, ppid: Some(4200), ns_pid: Some(7) });
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use crate::diag::{Dump, SockDiag};
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::owners;
 use crate::procnet;
-use crate::socket::{Family, Protocol, Socket, State, StateSet};
+use crate::socket::{Family, Protocol, Socket, StateSet};
 
 /// Where sockets are read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,10 +46,7 @@ pub enum Backend {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Query {
-    protocols: Vec<Protocol>,
-    families: Vec<Family>,
-    states: StateSet,
-    ports: Vec<u16>,
+    filter: Filter,
     owners: bool,
     cmdlines: bool,
     backend: Backend,
@@ -66,10 +64,7 @@ impl Query {
     /// TCP and UDP, IPv4 and IPv6, listening (TCP `LISTEN`, UDP `UNCONN`), with owners.
     pub fn new() -> Query {
         Query {
-            protocols: vec![Protocol::Tcp, Protocol::Udp],
-            families: vec![Family::Ipv4, Family::Ipv6],
-            states: StateSet::LISTENING,
-            ports: Vec::new(),
+            filter: Filter::new(),
             owners: true,
             cmdlines: true,
             backend: Backend::Auto,
@@ -78,30 +73,34 @@ impl Query {
         }
     }
 
+    /// The whole selection at once (replaces what the other selection methods set).
+    pub fn filter(mut self, filter: Filter) -> Query {
+        self.filter = filter;
+        self
+    }
+
     /// Which protocols to list. Unix sockets are listed only when asked for here.
     pub fn protocols(mut self, protocols: &[Protocol]) -> Query {
-        self.protocols = protocols.to_vec();
+        self.filter = self.filter.protocols(protocols);
         self
     }
 
     /// Which inet families to list (unix sockets are not affected).
     pub fn families(mut self, families: &[Family]) -> Query {
-        self.families = families.to_vec();
+        self.filter = self.filter.families(families);
         self
     }
 
-    /// Which states to list, filtered by the kernel. The default, [`StateSet::LISTENING`], is
-    /// `LISTEN` for TCP and unix and `UNCONN` for UDP. Unix datagram sockets in `UNCONN` are
-    /// never listed: they are not listeners.
+    /// Which states to list, filtered by the kernel: see [`Filter::states`].
     pub fn states(mut self, states: StateSet) -> Query {
-        self.states = states;
+        self.filter = self.filter.states(states);
         self
     }
 
     /// Keep only sockets on this local port (call again for more ports). Unix sockets have
     /// no port and are dropped by a port filter.
     pub fn port(mut self, port: u16) -> Query {
-        self.ports.push(port);
+        self.filter = self.filter.port(port);
         self
     }
 
@@ -132,16 +131,17 @@ impl Query {
         let started = Instant::now();
         let mut scanner = Scanner::new(self.backend, &self.proc_root)?;
         log::trace!("backend open in {:?}", started.elapsed());
-        let mut sockets = scanner.scan(&self.dumps())?;
-        if !self.ports.is_empty() {
-            sockets.retain(|s| s.protocol != Protocol::Unix && self.ports.contains(&s.port));
-        }
+        let mut sockets = scanner.scan(&self.filter.dumps())?;
+        sockets.retain(|s| self.filter.matches(s));
         let dumped = Instant::now();
         log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
         if self.owners {
             let detail = owners::Detail { cmdline: self.cmdlines };
             owners::resolve(&mut sockets, &self.proc_root, &self.passwd, detail, worker_threads());
             log::debug!("resolved owners in {:?}", dumped.elapsed());
+            if let Some((pid, children)) = self.filter.owner_pid() {
+                sockets.retain(|s| owners::held_by(s, pid, children, &self.proc_root));
+            }
         }
         // The inode makes the order total, so an unstable sort gives the same result.
         sockets.sort_unstable_by(|a, b| {
@@ -150,42 +150,12 @@ impl Query {
         });
         Ok(sockets)
     }
-
-    /// The dumps this query needs.
-    fn dumps(&self) -> Vec<Dump> {
-        let mut dumps = Vec::new();
-        for &protocol in &self.protocols {
-            if protocol == Protocol::Unix {
-                let states = self.states.without(State::Unconnected);
-                if !states.is_empty() {
-                    dumps.push(Dump::Unix { states });
-                }
-                continue;
-            }
-            // No hashed TCP socket is ever in TCP_CLOSE (UDP's UNCONN), and asking for any TCP
-            // state beyond LISTEN makes the kernel walk the whole established hash (~0.45 ms
-            // per family even when it is empty), so TCP dumps never ask for it.
-            let states = match protocol {
-                Protocol::Tcp => self.states.without(State::Unconnected),
-                _ => self.states,
-            };
-            if states.is_empty() {
-                continue;
-            }
-            for &family in &self.families {
-                if family != Family::Unix {
-                    dumps.push(Dump::Inet { protocol, family, states });
-                }
-            }
-        }
-        dumps
-    }
 }
 
 /// How many threads the owner walk may use: the CPUs this thread may run on. (One
 /// `sched_getaffinity`; `std::thread::available_parallelism` also reads cgroup files, which
 /// costs more than the whole walk saves on an idle machine.)
-fn worker_threads() -> usize {
+pub(crate) fn worker_threads() -> usize {
     nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .map(|set| {
             (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).count()
@@ -225,6 +195,11 @@ impl Scanner {
             },
         };
         Ok(Scanner { diag, backend, proc_net: proc_root.join("net"), netns, fallbacks: Vec::new() })
+    }
+
+    /// The inode of the network namespace the scanner reads.
+    pub(crate) fn netns(&self) -> u64 {
+        self.netns
     }
 
     /// Runs `dumps` and returns their sockets in order.

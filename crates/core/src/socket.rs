@@ -377,6 +377,8 @@ impl fmt::Display for UnknownReason {
 pub struct Process {
     /// Pid as this `/proc` sees it.
     pub pid: u32,
+    /// Parent pid (`None` where unknown).
+    pub ppid: Option<u32>,
     /// Command name (`/proc/PID/status` `Name:`).
     pub comm: String,
     /// Full command line, one element per argument (empty for kernel threads and zombies, and

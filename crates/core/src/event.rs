@@ -1,0 +1,71 @@
+//! What a [`Watcher`](crate::Watcher) reports.
+
+use std::time::SystemTime;
+
+use crate::socket::{Process, Socket};
+
+/// Something that happened to a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A socket opened (or, with `initial`, was already open when watching began).
+    Opened {
+        /// The socket, with the processes holding it when it was found.
+        socket: Socket,
+        /// When it was seen (wall clock).
+        at: SystemTime,
+        /// It was already open when watching began.
+        initial: bool,
+    },
+    /// A socket closed and its endpoint stayed closed for the grace period.
+    Closed {
+        /// The socket, with the last processes known to hold it.
+        socket: Socket,
+        /// When it went away (wall clock).
+        at: SystemTime,
+    },
+    /// The same endpoint stayed open (or reopened within the grace period) held by other
+    /// processes.
+    OwnersChanged {
+        /// The socket with its new owners.
+        socket: Socket,
+        /// The processes that held it before.
+        previous: Vec<Process>,
+        /// When the change was seen (wall clock).
+        at: SystemTime,
+    },
+}
+
+impl Event {
+    /// The socket the event is about.
+    pub fn socket(&self) -> &Socket {
+        match self {
+            Event::Opened { socket, .. }
+            | Event::Closed { socket, .. }
+            | Event::OwnersChanged { socket, .. } => socket,
+        }
+    }
+
+    /// When it happened.
+    pub fn at(&self) -> SystemTime {
+        match self {
+            Event::Opened { at, .. }
+            | Event::Closed { at, .. }
+            | Event::OwnersChanged { at, .. } => *at,
+        }
+    }
+
+    /// `"open"`, `"close"` or `"owners"`: the `event` field of the JSON form.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Opened { .. } => "open",
+            Event::Closed { .. } => "close",
+            Event::OwnersChanged { .. } => "owners",
+        }
+    }
+
+    /// Whether the socket was already open when watching began.
+    pub fn initial(&self) -> bool {
+        matches!(self, Event::Opened { initial: true, .. })
+    }
+}

@@ -1,0 +1,313 @@
+//! The watcher's durable memory of which sockets were open, so a restarted watcher neither
+//! announces them again nor forgets to close the ones that went away meanwhile.
+//!
+//! A small versioned text format, one socket per `s` line followed by one `p` line per owning
+//! process; fields are space-separated and percent-escaped. Written atomically (temporary
+//! file, fsync, rename, fsync of the directory). Parsing is strict — a corrupt file is
+//! rejected whole with a reason, never half-applied.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::socket::{Family, Owners, Process, Protocol, Socket, State, UnixType, UnknownReason};
+
+const MAGIC: &str = "portwatch-snapshot 1";
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// The network namespace it was taken in: a snapshot from another is not applied.
+    pub(crate) netns: u64,
+    pub(crate) sockets: Vec<Socket>,
+}
+
+fn escape(s: &str, out: &mut String) {
+    if s.is_empty() {
+        out.push_str("%-"); // an empty field must still be a field
+        return;
+    }
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+fn unescape(s: &str) -> Result<String, String> {
+    if s == "%-" {
+        return Ok(String::new());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or("truncated escape")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex}"))?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn parse_opt<T: std::str::FromStr>(s: &str, what: &str) -> Result<Option<T>, String> {
+    if s == "-" { Ok(None) } else { s.parse().map(Some).map_err(|_| format!("bad {what} {s:?}")) }
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("bad {what} {s:?}"))
+}
+
+/// Serializes a snapshot.
+pub(crate) fn encode(snap: &Snapshot) -> String {
+    let mut out = format!("{MAGIC}\nnetns {}\n", snap.netns);
+    for s in &snap.sockets {
+        let _ = write!(
+            out,
+            "s {} {} {} {} ",
+            s.protocol.as_str(),
+            s.family.as_str(),
+            opt(s.addr),
+            s.port
+        );
+        match &s.path {
+            Some(p) => escape(p, &mut out),
+            None => out.push('-'),
+        }
+        let unix = s.unix_type.map(|t| match t {
+            UnixType::Stream => 1,
+            UnixType::Datagram => 2,
+            UnixType::Seqpacket => 5,
+            UnixType::Other(n) => n,
+        });
+        let v6only = s.v6only.map(u8::from);
+        let _ = writeln!(
+            out,
+            " {} {} {} {} {} {} {}",
+            s.state.to_kernel(),
+            s.inode,
+            opt(s.uid),
+            opt(s.cookie),
+            opt(v6only),
+            opt(s.interface),
+            opt(unix)
+        );
+        for p in s.processes() {
+            let _ = write!(out, "p {} {} {} {} ", p.pid, opt(p.ppid), p.uid, opt(p.ns_pid));
+            match &p.user {
+                Some(u) => escape(u, &mut out),
+                None => out.push('-'),
+            }
+            out.push(' ');
+            escape(&p.comm, &mut out);
+            for arg in &p.cmdline {
+                out.push(' ');
+                escape(arg, &mut out);
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Parses a snapshot, or says what is wrong with it.
+pub(crate) fn decode(text: &str) -> Result<Snapshot, String> {
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, MAGIC)) => {}
+        Some((_, other)) if other.starts_with("portwatch-snapshot ") => {
+            return Err(format!("unsupported version {other:?}, this build reads {MAGIC:?}"));
+        }
+        _ => return Err("not a portwatch snapshot".to_owned()),
+    }
+    let netns = match lines.next() {
+        Some((_, l)) => parse(l.strip_prefix("netns ").ok_or("missing netns line")?, "netns")?,
+        None => return Err("missing netns line".to_owned()),
+    };
+    let mut sockets: Vec<Socket> = Vec::new();
+    for (n, line) in lines {
+        let at = |e: String| format!("line {}: {e}", n + 1);
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.first().copied() {
+            Some("s") if f.len() == 13 => sockets.push(decode_socket(&f, netns).map_err(at)?),
+            Some("p") if f.len() >= 7 => {
+                let p = decode_process(&f).map_err(at)?;
+                let s = sockets.last_mut().ok_or_else(|| at("process before any socket".into()))?;
+                match &mut s.owners {
+                    Owners::Known(v) => v.push(p),
+                    o => *o = Owners::Known(vec![p]),
+                }
+            }
+            Some("") | None => {}
+            _ => return Err(at(format!("unexpected line {line:?}"))),
+        }
+    }
+    Ok(Snapshot { netns, sockets })
+}
+
+fn decode_socket(f: &[&str], netns: u64) -> Result<Socket, String> {
+    let protocol = match f[1] {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "unix" => Protocol::Unix,
+        p => return Err(format!("bad protocol {p:?}")),
+    };
+    let family = match f[2] {
+        "ipv4" => Family::Ipv4,
+        "ipv6" => Family::Ipv6,
+        "unix" => Family::Unix,
+        p => return Err(format!("bad family {p:?}")),
+    };
+    let path = if f[5] == "-" { None } else { Some(unescape(f[5])?) };
+    let v6only: Option<u8> = parse_opt(f[10], "v6only")?;
+    let unix: Option<u8> = parse_opt(f[12], "unix type")?;
+    Ok(Socket {
+        protocol,
+        family,
+        addr: parse_opt::<IpAddr>(f[3], "address")?,
+        port: parse(f[4], "port")?,
+        path,
+        remote: None,
+        state: State::from_kernel(parse(f[6], "state")?),
+        inode: parse(f[7], "inode")?,
+        uid: parse_opt(f[8], "uid")?,
+        cookie: parse_opt(f[9], "cookie")?,
+        netns,
+        v6only: v6only.map(|v| v != 0),
+        interface: parse_opt(f[11], "interface")?,
+        unix_type: unix.map(UnixType::from_kernel),
+        owners: Owners::Unknown(UnknownReason::NotFound),
+    })
+}
+
+fn decode_process(f: &[&str]) -> Result<Process, String> {
+    Ok(Process {
+        pid: parse(f[1], "pid")?,
+        ppid: parse_opt(f[2], "ppid")?,
+        uid: parse(f[3], "uid")?,
+        ns_pid: parse_opt(f[4], "ns_pid")?,
+        user: if f[5] == "-" { None } else { Some(unescape(f[5])?) },
+        comm: unescape(f[6])?,
+        cmdline: f[7..].iter().map(|a| unescape(a)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Reads and parses a snapshot file.
+pub(crate) fn load(path: &Path) -> Result<Snapshot, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8".to_owned())?;
+    decode(text)
+}
+
+/// Writes a snapshot atomically: a temporary file beside it, fsync, rename over, fsync of the
+/// directory. A crash leaves the old snapshot or the new one, never a torn one.
+pub(crate) fn save(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name =
+        path.file_name().ok_or_else(|| std::io::Error::other("snapshot path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(encode(snap).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        let tcp = Socket {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv6,
+            addr: Some("::".parse().unwrap()),
+            port: 8080,
+            path: None,
+            remote: None,
+            state: State::Listen,
+            inode: 77,
+            uid: Some(1000),
+            cookie: Some(99),
+            netns: 4026531840,
+            v6only: Some(false),
+            interface: Some(1),
+            unix_type: None,
+            owners: Owners::Known(vec![Process {
+                pid: 10,
+                ppid: Some(1),
+                comm: "my server".into(),
+                cmdline: vec!["node".into(), "app.js".into(), "".into(), "100%".into()],
+                uid: 1000,
+                user: Some("dev".into()),
+                ns_pid: Some(7),
+            }]),
+        };
+        let unix = Socket {
+            protocol: Protocol::Unix,
+            family: Family::Unix,
+            addr: None,
+            port: 0,
+            path: Some("@abstract name\n".into()),
+            unix_type: Some(UnixType::Seqpacket),
+            cookie: None,
+            uid: None,
+            v6only: None,
+            interface: None,
+            owners: Owners::Unknown(UnknownReason::NotFound),
+            ..tcp.clone()
+        };
+        Snapshot { netns: 4026531840, sockets: vec![tcp, unix] }
+    }
+
+    #[test]
+    fn round_trip() {
+        let snap = sample();
+        assert_eq!(decode(&encode(&snap)).unwrap(), snap);
+    }
+
+    #[test]
+    fn corrupt_snapshots_are_rejected_with_a_reason() {
+        let good = encode(&sample());
+        assert!(decode("").unwrap_err().contains("not a portwatch snapshot"));
+        assert!(decode("portwatch-snapshot 9\n").unwrap_err().contains("unsupported version"));
+        assert!(decode(&good.replace("s tcp", "s sctp")).unwrap_err().contains("line 3"));
+        assert!(decode(&good.replace(" 8080 ", " 99999 ")).unwrap_err().contains("bad port"));
+        assert!(decode("portwatch-snapshot 1\nnetns 1\np 1 - 0 - - x\n").is_err());
+        for cut in 0..good.len() {
+            let _ = decode(&good[..cut]);
+        }
+    }
+
+    #[test]
+    fn save_is_atomic_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("portwatch-snap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state");
+        save(&path, &sample()).unwrap();
+        assert_eq!(load(&path).unwrap(), sample());
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

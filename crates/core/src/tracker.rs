@@ -1,0 +1,497 @@
+//! Turns successive socket observations into open, close and owner-change events.
+//!
+//! Pure logic: no I/O, no clock of its own. Callers hand it what a scan saw, destroy
+//! notifications and the current time, and it decides what to report. Owns identity (which
+//! observations are the same socket), debouncing (the close grace period, restarts on the same
+//! endpoint) and correlation of destroy events by cookie.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::event::Event;
+use crate::socket::{Family, Owners, Process, Protocol, Socket};
+
+/// Where a socket listens: what a user means by "port 8080 closed".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint {
+    netns: u64,
+    protocol: Protocol,
+    family: Family,
+    addr: Option<IpAddr>,
+    port: u16,
+    path: Option<String>,
+}
+
+impl Endpoint {
+    pub(crate) fn of(s: &Socket) -> Endpoint {
+        Endpoint {
+            netns: s.netns,
+            protocol: s.protocol,
+            family: s.family,
+            addr: s.addr,
+            port: s.port,
+            path: s.path.clone(),
+        }
+    }
+}
+
+/// One socket: its endpoint plus what tells two sockets on one endpoint apart (the cookie, or
+/// the inode where the backend has no cookies).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    endpoint: Endpoint,
+    id: u64,
+}
+
+impl Key {
+    pub(crate) fn of(s: &Socket) -> Key {
+        Key { endpoint: Endpoint::of(s), id: s.cookie.unwrap_or(s.inode) }
+    }
+}
+
+/// A socket that went away and is waiting out the grace period.
+#[derive(Debug)]
+struct Closing {
+    socket: Socket,
+    /// When the close is reported if the endpoint has not reopened.
+    due: Instant,
+}
+
+/// How long a destroyed cookie is remembered, so a dump that raced with the close does not
+/// bring the socket back.
+const DESTROYED_MEMORY: Duration = Duration::from_secs(5);
+
+/// The set of open sockets and the closes waiting out their grace.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    known: HashMap<Key, Socket>,
+    by_cookie: HashMap<u64, Key>,
+    closing: HashMap<Endpoint, Vec<Closing>>,
+    destroyed: HashMap<u64, Instant>,
+    grace: Duration,
+    /// Whether sockets open before the first observation are reported (`initial: true`).
+    report_initial: bool,
+    observed: bool,
+}
+
+fn pids(owners: &Owners) -> Vec<u32> {
+    match owners {
+        Owners::Known(p) => p.iter().map(|p| p.pid).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Tracker {
+    pub(crate) fn new(grace: Duration, report_initial: bool) -> Tracker {
+        Tracker {
+            known: HashMap::new(),
+            by_cookie: HashMap::new(),
+            closing: HashMap::new(),
+            destroyed: HashMap::new(),
+            grace,
+            report_initial,
+            observed: false,
+        }
+    }
+
+    /// Starts from sockets known from an earlier run (a snapshot): they are not announced
+    /// again if the first observation still sees them; those it does not see are closed.
+    pub(crate) fn adopt(&mut self, sockets: Vec<Socket>) {
+        for s in sockets {
+            self.insert(s);
+        }
+        // The next observation is a continuation, not a first look.
+        self.observed = true;
+    }
+
+    /// The owners already known for a socket with this key, if any.
+    pub(crate) fn owners_of(&self, s: &Socket) -> Option<&Owners> {
+        self.known.get(&Key::of(s)).map(|k| &k.owners)
+    }
+
+    /// Every socket currently open, in no particular order.
+    pub(crate) fn current(&self) -> impl Iterator<Item = &Socket> {
+        self.known.values()
+    }
+
+    fn insert(&mut self, s: Socket) {
+        let key = Key::of(&s);
+        if let Some(c) = s.cookie {
+            self.by_cookie.insert(c, key.clone());
+        }
+        self.known.insert(key, s);
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Socket> {
+        let s = self.known.remove(key)?;
+        if let Some(c) = s.cookie {
+            self.by_cookie.remove(&c);
+        }
+        Some(s)
+    }
+
+    /// Records what one scan saw. Known sockets it does not show have closed (a dump is
+    /// exact: an inconsistent one is redone); sockets it shows for the first time have opened
+    /// — or, on an endpoint still waiting out a close, restarted. Absences are handled first
+    /// so that a socket replaced between two scans is seen as a restart.
+    pub(crate) fn observe(
+        &mut self,
+        seen: Vec<Socket>,
+        now: Instant,
+        wall: SystemTime,
+        out: &mut Vec<Event>,
+    ) {
+        let seen_keys: HashSet<Key> = seen.iter().map(Key::of).collect();
+        let gone: Vec<Key> =
+            self.known.keys().filter(|k| !seen_keys.contains(*k)).cloned().collect();
+        for key in gone {
+            if let Some(s) = self.remove(&key) {
+                self.close(s, now, wall, out);
+            }
+        }
+        let initial = !self.observed;
+        self.observed = true;
+        for s in seen {
+            if s.cookie.is_some_and(|c| self.destroyed.contains_key(&c)) {
+                continue; // the kernel already told us it is gone
+            }
+            let key = Key::of(&s);
+            if self.known.contains_key(&key) {
+                continue;
+            }
+            let endpoint = Endpoint::of(&s);
+            let restarted = self.closing.get_mut(&endpoint).and_then(Vec::pop);
+            if self.closing.get(&endpoint).is_some_and(Vec::is_empty) {
+                self.closing.remove(&endpoint);
+            }
+            match restarted {
+                Some(old) => {
+                    if pids(&old.socket.owners) != pids(&s.owners) {
+                        let previous = old.socket.processes().to_vec();
+                        out.push(Event::OwnersChanged { socket: s.clone(), previous, at: wall });
+                    }
+                }
+                None if initial && !self.report_initial => {}
+                None => out.push(Event::Opened { socket: s.clone(), at: wall, initial }),
+            }
+            self.insert(s);
+        }
+    }
+
+    /// A destroy notification: the socket with this cookie closed. Unknown cookies (every
+    /// connection's end arrives too) are ignored at the cost of one lookup.
+    pub(crate) fn destroyed(
+        &mut self,
+        cookie: u64,
+        now: Instant,
+        wall: SystemTime,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(key) = self.by_cookie.get(&cookie).cloned() else { return };
+        self.destroyed.insert(cookie, now);
+        if let Some(s) = self.remove(&key) {
+            self.close(s, now, wall, out);
+        }
+    }
+
+    fn close(&mut self, s: Socket, now: Instant, wall: SystemTime, out: &mut Vec<Event>) {
+        if self.grace.is_zero() {
+            out.push(Event::Closed { socket: s, at: wall });
+        } else {
+            let endpoint = Endpoint::of(&s);
+            self.closing
+                .entry(endpoint)
+                .or_default()
+                .push(Closing { socket: s, due: now + self.grace });
+        }
+    }
+
+    /// Reports the closes whose grace has run out by `now`.
+    pub(crate) fn expire(&mut self, now: Instant, wall: SystemTime, out: &mut Vec<Event>) {
+        self.destroyed.retain(|_, at| now.duration_since(*at) < DESTROYED_MEMORY);
+        let mut emptied = Vec::new();
+        for (endpoint, closing) in self.closing.iter_mut() {
+            let (due, waiting): (Vec<Closing>, Vec<Closing>) =
+                closing.drain(..).partition(|c| c.due <= now);
+            *closing = waiting;
+            for c in due {
+                // The close happened `grace` ago; report that moment, not the expiry.
+                let at = wall.checked_sub(now.duration_since(c.due) + self.grace).unwrap_or(wall);
+                out.push(Event::Closed { socket: c.socket, at });
+            }
+            if closing.is_empty() {
+                emptied.push(endpoint.clone());
+            }
+        }
+        for e in emptied {
+            self.closing.remove(&e);
+        }
+    }
+
+    /// Replaces the owners of a known socket whose processes changed while it stayed open.
+    pub(crate) fn update_owners(
+        &mut self,
+        s: &Socket,
+        owners: Owners,
+        wall: SystemTime,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(known) = self.known.get_mut(&Key::of(s)) else { return };
+        if pids(&known.owners) == pids(&owners) {
+            return;
+        }
+        let previous: Vec<Process> = known.processes().to_vec();
+        known.owners = owners;
+        out.push(Event::OwnersChanged { socket: known.clone(), previous, at: wall });
+    }
+
+    /// When the earliest pending close is due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.closing.values().flatten().map(|c| c.due).min()
+    }
+
+    /// Reports every pending close now (shutting down).
+    pub(crate) fn flush(&mut self, wall: SystemTime, out: &mut Vec<Event>) {
+        for (_, closing) in self.closing.drain() {
+            for c in closing {
+                out.push(Event::Closed { socket: c.socket, at: wall });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::{State, UnknownReason};
+
+    fn sock(port: u16, cookie: u64, pids: &[u32]) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            addr: Some("0.0.0.0".parse().unwrap()),
+            port,
+            path: None,
+            remote: None,
+            state: State::Listen,
+            inode: cookie + 1000,
+            uid: Some(0),
+            cookie: Some(cookie),
+            netns: 1,
+            v6only: None,
+            interface: None,
+            unix_type: None,
+            owners: if pids.is_empty() {
+                Owners::Unknown(UnknownReason::NotFound)
+            } else {
+                Owners::Known(
+                    pids.iter()
+                        .map(|&pid| Process {
+                            pid,
+                            ppid: None,
+                            comm: "srv".into(),
+                            cmdline: vec![],
+                            uid: 0,
+                            user: None,
+                            ns_pid: None,
+                        })
+                        .collect(),
+                )
+            },
+        }
+    }
+
+    /// A fake clock: a fixed origin plus an offset the test advances.
+    struct Clock {
+        origin: Instant,
+        offset: Duration,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock { origin: Instant::now(), offset: Duration::ZERO }
+        }
+        fn now(&self) -> Instant {
+            self.origin + self.offset
+        }
+        fn wall(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + self.offset
+        }
+        fn advance(&mut self, ms: u64) {
+            self.offset += Duration::from_millis(ms);
+        }
+    }
+
+    /// One whole cycle: the given scans, then expiry.
+    fn cycle(t: &mut Tracker, clock: &Clock, scans: &[Vec<Socket>]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for scan in scans {
+            t.observe(scan.clone(), clock.now(), clock.wall(), &mut out);
+        }
+        t.expire(clock.now(), clock.wall(), &mut out);
+        out
+    }
+
+    fn kinds(events: &[Event]) -> Vec<(&'static str, u16)> {
+        events.iter().map(|e| (e.kind(), e.socket().port)).collect()
+    }
+
+    #[test]
+    fn open_then_close_with_grace() {
+        let mut clock = Clock::new();
+        let mut t = Tracker::new(Duration::from_millis(200), true);
+        assert!(cycle(&mut t, &clock, &[vec![]]).is_empty());
+        clock.advance(100);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 1, &[10])]]);
+        assert_eq!(kinds(&e), [("open", 80)]);
+        assert!(matches!(e[0], Event::Opened { initial: false, .. }));
+        clock.advance(100);
+        // Gone, but within grace: nothing yet.
+        assert!(cycle(&mut t, &clock, &[vec![]]).is_empty());
+        assert_eq!(t.next_due(), Some(clock.now() + Duration::from_millis(200)));
+        clock.advance(199);
+        assert!(cycle(&mut t, &clock, &[vec![]]).is_empty());
+        clock.advance(1);
+        let e = cycle(&mut t, &clock, &[vec![]]);
+        assert_eq!(kinds(&e), [("close", 80)]);
+        // Last known owners travel with the close, stamped when the socket went away.
+        assert_eq!(e[0].socket().pids(), [10]);
+        assert_eq!(e[0].at(), clock.wall() - Duration::from_millis(200));
+    }
+
+    #[test]
+    fn restart_inside_grace_is_silent_or_owners_changed() {
+        let mut clock = Clock::new();
+        let mut t = Tracker::new(Duration::from_millis(500), true);
+        cycle(&mut t, &clock, &[vec![]]);
+        cycle(&mut t, &clock, &[vec![sock(80, 1, &[10])]]);
+        clock.advance(100);
+        assert!(cycle(&mut t, &clock, &[vec![]]).is_empty());
+        clock.advance(100);
+        // Same process reopens the endpoint (new cookie): no close, no open.
+        assert!(cycle(&mut t, &clock, &[vec![sock(80, 2, &[10])]]).is_empty());
+        clock.advance(1000);
+        assert!(cycle(&mut t, &clock, &[vec![sock(80, 2, &[10])]]).is_empty());
+        // Close, and another process takes the endpoint within grace: owners changed only.
+        cycle(&mut t, &clock, &[vec![]]);
+        clock.advance(100);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 3, &[11])]]);
+        assert_eq!(kinds(&e), [("owners", 80)]);
+        match &e[0] {
+            Event::OwnersChanged { socket, previous, .. } => {
+                assert_eq!(socket.pids(), [11]);
+                assert_eq!(previous.iter().map(|p| p.pid).collect::<Vec<_>>(), [10]);
+            }
+            other => panic!("{other:?}"),
+        }
+        clock.advance(1000);
+        assert!(cycle(&mut t, &clock, &[vec![sock(80, 3, &[11])]]).is_empty());
+    }
+
+    #[test]
+    fn replacement_between_two_scans_is_a_restart() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::from_millis(500), true);
+        cycle(&mut t, &clock, &[vec![sock(80, 1, &[10])]]);
+        // Old cookie gone and new one present in the same cycle.
+        assert!(cycle(&mut t, &clock, &[vec![sock(80, 2, &[10])]]).is_empty());
+    }
+
+    #[test]
+    fn zero_grace_reports_at_once() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        cycle(&mut t, &clock, &[vec![sock(80, 1, &[10])]]);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 2, &[10])]]);
+        assert_eq!(kinds(&e), [("close", 80), ("open", 80)]);
+        assert_eq!(t.next_due(), None);
+    }
+
+    #[test]
+    fn initial_sockets_flagged_or_skipped() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        let e = cycle(&mut t, &clock, &[vec![sock(22, 1, &[1])]]);
+        assert!(matches!(e[..], [Event::Opened { initial: true, .. }]));
+        let mut quiet = Tracker::new(Duration::ZERO, false);
+        assert!(cycle(&mut quiet, &clock, &[vec![sock(22, 1, &[1])]]).is_empty());
+        // ...but its later close is still reported, and later opens are not initial.
+        let e = cycle(&mut quiet, &clock, &[vec![sock(23, 2, &[1])]]);
+        assert_eq!(kinds(&e), [("close", 22), ("open", 23)]);
+        assert!(matches!(e[1], Event::Opened { initial: false, .. }));
+    }
+
+    #[test]
+    fn burst_scans_catch_a_socket_seen_once() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        cycle(&mut t, &clock, &[vec![]]);
+        // Seen only in the middle scan of a three-scan burst: opened, with its owner, and
+        // closed by the next scan.
+        let e = cycle(&mut t, &clock, &[vec![], vec![sock(9000, 5, &[42])], vec![]]);
+        assert_eq!(kinds(&e), [("open", 9000), ("close", 9000)]);
+        assert_eq!(e[0].socket().pids(), [42]);
+    }
+
+    #[test]
+    fn destroy_closes_known_cookie_at_once_and_ignores_unknown() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        cycle(&mut t, &clock, &[vec![sock(80, 7, &[10])]]);
+        let mut out = Vec::new();
+        t.destroyed(12345, clock.now(), clock.wall(), &mut out);
+        assert!(out.is_empty());
+        t.destroyed(7, clock.now(), clock.wall(), &mut out);
+        assert_eq!(kinds(&out), [("close", 80)]);
+        // A dump that raced with the close and still shows the socket does not reopen it.
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 7, &[10])]]);
+        assert!(e.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn destroy_respects_grace_and_restart() {
+        let mut clock = Clock::new();
+        let mut t = Tracker::new(Duration::from_millis(300), true);
+        cycle(&mut t, &clock, &[vec![sock(80, 7, &[10])]]);
+        let mut out = Vec::new();
+        t.destroyed(7, clock.now(), clock.wall(), &mut out);
+        assert!(out.is_empty());
+        clock.advance(50);
+        assert!(cycle(&mut t, &clock, &[vec![sock(80, 8, &[10])]]).is_empty());
+    }
+
+    #[test]
+    fn adopted_sockets_are_not_announced_and_missing_ones_close() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        t.adopt(vec![sock(80, 1, &[10]), sock(81, 2, &[10])]);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 1, &[10]), sock(82, 3, &[11])]]);
+        assert_eq!(kinds(&e), [("close", 81), ("open", 82)]);
+        assert!(matches!(e[1], Event::Opened { initial: false, .. }));
+    }
+
+    #[test]
+    fn reuseport_siblings_are_separate_sockets() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 1, &[10]), sock(80, 2, &[11])]]);
+        assert_eq!(kinds(&e), [("open", 80), ("open", 80)]);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 2, &[11])]]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].socket().pids(), [10]);
+    }
+
+    #[test]
+    fn owners_update_reports_change_once() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        let s = sock(80, 1, &[10, 11]);
+        cycle(&mut t, &clock, &[vec![s.clone()]]);
+        let mut out = Vec::new();
+        let fewer = sock(80, 1, &[11]).owners;
+        t.update_owners(&s, fewer.clone(), clock.wall(), &mut out);
+        t.update_owners(&s, fewer, clock.wall(), &mut out);
+        assert_eq!(kinds(&out), [("owners", 80)]);
+    }
+}
