@@ -5,3 +5,4 @@ mod cli;
 mod differential;
 mod list;
 mod util;
+mod watch;

@@ -4,8 +4,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use nix::sys::wait::waitpid;
-use nix::unistd::{ForkResult, Pid, close, fork, pipe, read};
+use nix::unistd::{ForkResult, Pid, close, fork, pipe2, read};
 
 /// The `portwatch` binary under test.
 pub fn portwatch() -> Command {
@@ -60,7 +61,9 @@ impl Holder {
     /// dropped.
     pub fn spawn(keep: &[&dyn AsFd]) -> Holder {
         let keep: Vec<RawFd> = keep.iter().map(|f| f.as_fd().as_raw_fd()).collect();
-        let (rx, tx) = pipe().expect("pipe");
+        // CLOEXEC: processes other tests spawn meanwhile must not inherit the write end, or
+        // the child would never see EOF.
+        let (rx, tx) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
         let rx_raw = rx.as_raw_fd();
         // SAFETY: the child only makes async-signal-safe calls (close, read, _exit) before it
         // exits: no allocation, no locks, so the other threads of the test harness cannot

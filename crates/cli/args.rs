@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// List listening sockets and their processes, like `ss -tulnp`.
     List(ListArgs),
+    /// Report sockets opening and closing, with their processes, as they happen.
+    Watch(WatchArgs),
 }
 
 /// Which sockets to show; shared by the commands that read sockets.
@@ -38,9 +40,9 @@ pub struct SocketFilter {
     /// IPv6 only.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
-    /// Only this local port (repeat for more).
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
-    pub ports: Vec<u16>,
+    /// Only this local port or range, e.g. 8080 or 8000-8999 (repeat for more).
+    #[arg(short = 'p', long = "port", value_name = "PORT[-PORT]", value_parser = parse_port_range)]
+    pub ports: Vec<(u16, u16)>,
     /// Socket states to show (repeat or comma-separate): listening (the default), established,
     /// syn-sent, time-wait, … or all.
     #[arg(long = "state", value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
@@ -56,6 +58,22 @@ pub enum StateArg {
     Listening,
     All,
     One(portwatch_core::State),
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| {
+        p.trim().parse::<u16>().map_err(|_| format!("{p:?} is not a port number from 0 to 65535"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (port(a)?, port(b)?);
+            if a > b {
+                return Err(format!("range {s} runs backwards: write {b}-{a}"));
+            }
+            Ok((a, b))
+        }
+        None => port(s).map(|p| (p, p)),
+    }
 }
 
 fn parse_state(s: &str) -> Result<StateArg, String> {
@@ -98,4 +116,87 @@ pub struct ListArgs {
     /// Do not look up owning processes (faster; every owner shows as not resolved).
     #[arg(long)]
     pub no_processes: bool,
+}
+
+/// Seconds as a decimal number (`2`, `0.5`), not negative.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 2 or 0.05)"))?;
+    if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
+        return Err(format!("{s} is not between 0 and 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
+}
+
+/// Like `parse_seconds`, but 0 is refused.
+fn parse_positive_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_seconds(s)?;
+    if d.is_zero() {
+        return Err("must be above 0".to_owned());
+    }
+    Ok(d)
+}
+
+/// Milliseconds as a whole number.
+fn parse_millis(s: &str) -> Result<std::time::Duration, String> {
+    let v: u64 =
+        s.trim().parse().map_err(|_| format!("{s:?} is not a whole number of milliseconds"))?;
+    if v > 3_600_000 {
+        return Err(format!("{v} ms is longer than an hour"));
+    }
+    Ok(std::time::Duration::from_millis(v))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchFormat {
+    /// One line per event, the reference monitor's wording.
+    Text,
+    /// JSON Lines: one event object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filter: SocketFilter,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = WatchFormat::Text)]
+    pub format: WatchFormat,
+    /// Seconds between scan cycles (default 0.2; fractions allowed).
+    #[arg(long, env = "SCAN_INTERVAL", value_name = "SECONDS", value_parser = parse_positive_seconds, allow_hyphen_values = true)]
+    pub interval: Option<std::time::Duration>,
+    /// Scans per cycle (default 1); a socket seen by any of them is reported.
+    #[arg(long, env = "BURST_SCANS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub burst_scans: Option<u32>,
+    /// Seconds between the scans of a cycle (default 0.05).
+    #[arg(long, env = "BURST_DELAY", value_name = "SECONDS", value_parser = parse_seconds, allow_hyphen_values = true)]
+    pub burst_delay: Option<std::time::Duration>,
+    /// Milliseconds a closed port must stay closed before its close is reported (default 0).
+    #[arg(long, env = "CLOSE_GRACE_MS", value_name = "MS", value_parser = parse_millis, allow_hyphen_values = true)]
+    pub close_grace: Option<std::time::Duration>,
+    /// Keep the set of open ports in this file across restarts.
+    #[arg(long, env = "SNAPSHOT_PATH", value_name = "PATH")]
+    pub snapshot: Option<std::path::PathBuf>,
+    /// High fidelity: a scan every 8 ms (catches listeners living 10 ms) and a 200 ms close
+    /// grace; flags given alongside override it.
+    #[arg(long)]
+    pub hf: bool,
+    /// Only ports held by this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// With --pid, also ports held by its descendants.
+    #[arg(long, requires = "pid")]
+    pub children: bool,
+    /// Drop sockets bound to loopback addresses.
+    #[arg(long)]
+    pub ignore_loopback: bool,
+    /// Run CMD (with `sh -c`) for each event: the event is in PORTWATCH_* environment
+    /// variables and, as JSON, on its stdin; never in the command line.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Do not report ports already open at start.
+    #[arg(long)]
+    pub no_initial: bool,
 }

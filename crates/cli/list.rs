@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 use portwatch_core::{
-    Backend, Family, Owners, Protocol, Query, Socket, State, StateSet, UnknownReason,
+    Backend, Family, Filter, Owners, Protocol, Query, Socket, State, StateSet, UnknownReason,
 };
 
 use crate::Result;
@@ -12,6 +12,11 @@ use crate::args::{BackendArg, Format, ListArgs, SocketFilter, StateArg};
 
 /// Builds the library query the filter flags describe.
 pub fn query(filter: &SocketFilter) -> Query {
+    Query::new().filter(selection(filter)).backend(backend(filter))
+}
+
+/// The library filter the selection flags describe.
+pub fn selection(filter: &SocketFilter) -> Filter {
     let mut protocols = Vec::new();
     if filter.tcp {
         protocols.push(Protocol::Tcp);
@@ -39,17 +44,20 @@ pub fn query(filter: &SocketFilter) -> Query {
             StateArg::One(state) => set.with(*state),
         })
     };
-    let backend = match filter.backend {
+    let mut f = Filter::new().protocols(&protocols).families(families).states(states);
+    for (first, last) in &filter.ports {
+        f = f.port_range(*first, *last);
+    }
+    f
+}
+
+/// The backend the flag names.
+pub fn backend(filter: &SocketFilter) -> Backend {
+    match filter.backend {
         BackendArg::Auto => Backend::Auto,
         BackendArg::Netlink => Backend::Netlink,
         BackendArg::Proc => Backend::Proc,
-    };
-    let mut q =
-        Query::new().protocols(&protocols).families(families).states(states).backend(backend);
-    for port in &filter.ports {
-        q = q.port(*port);
     }
-    q
 }
 
 pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {

@@ -4,6 +4,7 @@
 
 mod args;
 mod list;
+mod watch;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -70,11 +71,17 @@ fn main() -> ExitCode {
     let mut out = io::BufWriter::new(stdout.lock());
     let result = match &cli.command {
         Command::List(args) => list::run(args, &mut out),
+        Command::Watch(args) => watch::run(args, &mut out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A closed stdout (`portwatch list | head -1`) is how a reader says it has enough.
         Err(Error::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        // A setting the library refused is a usage error, like a bad flag.
+        Err(Error::Core(portwatch_core::Error::InvalidSetting { setting, reason })) => {
+            eprintln!("portwatch: invalid --{}: {reason}", setting.replace('_', "-"));
+            ExitCode::from(2)
+        }
         Err(e) => {
             // If stdout is gone too there is nobody to tell; the status still says it.
             let _ = out.flush();

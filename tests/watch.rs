@@ -1,0 +1,478 @@
+//! The Watcher and `portwatch watch` against real sockets and processes.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use portwatch_core::{Event, Filter, Protocol, Watcher};
+
+use crate::util::{Holder, portwatch, run, wait_for};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn me() -> u32 {
+    std::process::id()
+}
+
+/// Waits for the first event matching `want`, failing after `PATIENCE`.
+fn expect(w: &Watcher, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + PATIENCE;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(e) = w.recv_timeout(left) {
+            if want(&e) {
+                return e;
+            }
+        }
+    }
+    panic!("no {what} within {PATIENCE:?}");
+}
+
+/// Returns once the watcher reports new sockets: opens short-lived sentinels until one is
+/// reported (one open before the first scan would count as initial).
+fn ready(w: &Watcher) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = sentinel.local_addr().unwrap().port();
+        let seen = w.recv_timeout(Duration::from_millis(200));
+        drop(sentinel);
+        if seen.is_some_and(|e| on_port(&e, "open", port) && !e.initial()) {
+            return;
+        }
+    }
+    panic!("watcher did not start reporting within {PATIENCE:?}");
+}
+
+/// Waits until events matching every one of `wants` have arrived (in any order); returns
+/// every event seen meanwhile.
+fn expect_all(w: &Watcher, what: &str, wants: &[&dyn Fn(&Event) -> bool]) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let mut found: Vec<Option<Event>> = vec![None; wants.len()];
+    let deadline = Instant::now() + PATIENCE;
+    while found.iter().any(Option::is_none) {
+        let left = deadline.checked_duration_since(Instant::now());
+        let Some(e) = left.and_then(|l| w.recv_timeout(l)) else {
+            panic!("not all of {what} within {PATIENCE:?}: got {found:?}");
+        };
+        if let Some(i) = wants.iter().enumerate().position(|(i, f)| found[i].is_none() && f(&e)) {
+            found[i] = Some(e.clone());
+        }
+        seen.push(e);
+    }
+    seen
+}
+
+/// Collects every event for `quiet` after the last one.
+fn drain(w: &Watcher, quiet: Duration) -> Vec<Event> {
+    let mut v = Vec::new();
+    while let Some(e) = w.recv_timeout(quiet) {
+        v.push(e);
+    }
+    v
+}
+
+fn on_port(e: &Event, kind: &str, port: u16) -> bool {
+    e.kind() == kind && e.socket().port == port
+}
+
+#[test]
+fn open_and_close_with_pid_and_instant_close() {
+    let w = Watcher::builder()
+        .interval(Duration::from_millis(50))
+        .filter(Filter::new().protocols(&[Protocol::Tcp, Protocol::Udp]))
+        .report_initial(false)
+        .build()
+        .unwrap();
+    ready(&w);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let opened = expect(&w, "open", |e| on_port(e, "open", port));
+    assert!(opened.socket().pids().contains(&me()));
+    assert!(!opened.initial());
+    assert!(w.current().iter().any(|s| s.port == port), "current() shows it");
+    drop(l);
+    let closed = expect(&w, "close", |e| on_port(e, "close", port));
+    assert!(closed.socket().pids().contains(&me()), "last owners travel with the close");
+    assert!(!w.current().iter().any(|s| s.port == port));
+
+    let u = UdpSocket::bind("[::1]:0").unwrap();
+    let uport = u.local_addr().unwrap().port();
+    expect(&w, "udp open", |e| on_port(e, "open", uport) && e.socket().protocol == Protocol::Udp);
+    drop(u);
+    expect(&w, "udp close", |e| on_port(e, "close", uport));
+}
+
+#[test]
+fn restart_inside_grace_is_not_reported() {
+    let w = Watcher::builder()
+        .interval(Duration::from_millis(20))
+        .close_grace(Duration::from_millis(1500))
+        .report_initial(false)
+        .build()
+        .unwrap();
+    ready(&w);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    expect(&w, "open", |e| on_port(e, "open", addr.port()));
+    drop(l);
+    // Reopen at once on the same endpoint (std sets SO_REUSEADDR), as a restarting server.
+    let again = TcpListener::bind(addr).unwrap();
+    let events: Vec<_> = drain(&w, Duration::from_millis(2000))
+        .into_iter()
+        .filter(|e| e.socket().port == addr.port())
+        .collect();
+    assert!(events.is_empty(), "a restart is not an open or a close: {events:?}");
+    // A real close is still reported, after the grace.
+    let t = Instant::now();
+    drop(again);
+    expect(&w, "close after grace", |e| on_port(e, "close", addr.port()));
+    assert!(t.elapsed() >= Duration::from_millis(1400), "grace respected: {:?}", t.elapsed());
+}
+
+#[test]
+fn initial_sockets_are_flagged() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let w = Watcher::builder().interval(Duration::from_millis(50)).build().unwrap();
+    let e = expect(&w, "initial open", |e| on_port(e, "open", port));
+    assert!(e.initial());
+}
+
+#[test]
+fn stop_ends_the_event_stream_promptly() {
+    let w = Watcher::builder().interval(Duration::from_secs(3600)).build().unwrap();
+    let stop = w.stop_handle();
+    let t = Instant::now();
+    stop.stop();
+    // The iterator ends without waiting for the hour-long interval.
+    let n = w.events().count();
+    assert!(t.elapsed() < Duration::from_secs(5), "stopped in {:?} after {n} events", t.elapsed());
+}
+
+#[test]
+fn bad_settings_name_the_setting() {
+    for (b, setting) in [
+        (Watcher::builder().interval(Duration::ZERO), "interval"),
+        (Watcher::builder().burst_scans(0), "burst_scans"),
+        (
+            Watcher::builder()
+                .interval(Duration::from_millis(100))
+                .burst_scans(5)
+                .burst_delay(Duration::from_millis(50)),
+            "burst_delay",
+        ),
+        (Watcher::builder().close_grace(Duration::from_secs(7200)), "close_grace"),
+    ] {
+        match b.build() {
+            Err(portwatch_core::Error::InvalidSetting { setting: s, .. }) => assert_eq!(s, setting),
+            Err(e) => panic!("{setting}: unexpected {e}"),
+            Ok(_) => panic!("{setting}: accepted"),
+        }
+    }
+}
+
+#[test]
+fn snapshot_continuity_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("portwatch-snap-it-{}", me()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snapshot");
+    let _ = std::fs::remove_file(&path);
+    let stays = TcpListener::bind("127.0.0.1:0").unwrap();
+    let goes = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (stays_port, goes_port) =
+        (stays.local_addr().unwrap().port(), goes.local_addr().unwrap().port());
+    let builder = || Watcher::builder().interval(Duration::from_millis(50)).snapshot(&path);
+
+    let first = builder().build().unwrap();
+    expect_all(
+        &first,
+        "both opens",
+        &[&|e| on_port(e, "open", stays_port), &|e| on_port(e, "open", goes_port)],
+    );
+    first.stop();
+    assert!(std::fs::read_to_string(&path).unwrap().starts_with("portwatch-snapshot 1"));
+
+    // While no watcher runs: one closes, one opens.
+    drop(goes);
+    let new = TcpListener::bind("127.0.0.1:0").unwrap();
+    let new_port = new.local_addr().unwrap().port();
+
+    let second = builder().build().unwrap();
+    let mut got = expect_all(
+        &second,
+        "the close of the port gone meanwhile and the new port",
+        &[&|e| on_port(e, "close", goes_port), &|e| on_port(e, "open", new_port)],
+    );
+    let new_open = got.iter().find(|e| on_port(e, "open", new_port)).unwrap();
+    assert!(!new_open.initial(), "opened while down is a real open");
+    got.extend(drain(&second, Duration::from_millis(500)));
+    let again: Vec<_> = got.iter().filter(|e| on_port(e, "open", stays_port)).collect();
+    assert!(again.is_empty(), "a port still open is not announced twice");
+    drop(second);
+
+    // A corrupt snapshot is ignored, not fatal.
+    std::fs::write(&path, "garbage").unwrap();
+    let third = builder().build().unwrap();
+    expect(&third, "fresh start after corrupt snapshot", |e| on_port(e, "open", stays_port));
+    drop(third);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A running `portwatch watch`, its stdout lines delivered over a channel.
+struct WatchCmd {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl WatchCmd {
+    fn start(args: &[&str]) -> WatchCmd {
+        let mut child = portwatch()
+            .arg("watch")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WatchCmd { child, lines }
+    }
+
+    /// Waits until a line matching `want` arrives.
+    fn expect(&self, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {what} within {PATIENCE:?}");
+    }
+
+    /// Returns once the watcher is scanning: opens short-lived sentinel listeners until one
+    /// is reported (a sentinel open at its first scan would count as initial, and
+    /// `--no-initial` would hide it, hence more than one).
+    fn ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
+            let tag = format!("{}", sentinel.local_addr().unwrap().port());
+            let seen = self.lines.recv_timeout(Duration::from_millis(200));
+            drop(sentinel);
+            if seen.is_ok_and(|l| l.contains(&tag)) {
+                return;
+            }
+        }
+        panic!("portwatch watch did not start reporting within {PATIENCE:?}");
+    }
+
+    /// Every line until `quiet` passes without one.
+    fn collect(&self, quiet: Duration) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(quiet) {
+            v.push(l);
+        }
+        v
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        wait_for("portwatch watch to exit", PATIENCE, || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for WatchCmd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
+}
+
+#[test]
+fn text_output_keeps_the_reference_wording() {
+    let w = WatchCmd::start(&["--interval", "0.05", "--no-initial", "-t"]);
+    w.ready();
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let open = w.expect("open", |l| l.contains(&format!("New port opened: {port} ")));
+    assert!(open.starts_with("[20") && open.contains("Z] New port opened"), "{open}");
+    assert!(open.contains(&format!("pids: {} ", me())), "{open}");
+    assert!(open.contains("(tcp, 0.0.0.0"), "{open}");
+    drop(l);
+    let close = w.expect("close", |l| l.contains(&format!("Port closed: {port} ")));
+    assert!(close.contains(&format!("last pids: {} ", me())), "{close}");
+    assert!(w.terminate().success(), "SIGTERM exits 0");
+}
+
+#[test]
+fn json_lines_carry_ts_event_initial_and_socket_fields() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let w =
+        WatchCmd::start(&["--format", "json", "--interval", "0.05", "--port", &port.to_string()]);
+    let v = json(&w.expect("initial open", |l| l.contains("\"event\":\"open\"")));
+    assert_eq!(v["initial"], true);
+    assert_eq!(v["port"], port);
+    assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+    for key in ["proto", "family", "addr", "state", "inode", "cookie", "netns", "pids", "processes"]
+    {
+        assert!(v.get(key).is_some(), "{key} present");
+    }
+    drop(l);
+    let v = json(&w.expect("close", |l| l.contains("\"event\":\"close\"")));
+    assert_eq!(v["initial"], false);
+    assert!(v["pids"].as_array().unwrap().iter().any(|p| p == me()));
+}
+
+#[test]
+fn pid_filter_follows_one_process() {
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let theirs = TcpListener::bind("127.0.0.1:0").unwrap();
+    let their_port = theirs.local_addr().unwrap().port();
+    let child = Holder::spawn(&[&theirs]);
+    drop(theirs);
+    let w = WatchCmd::start(&[
+        "--format",
+        "json",
+        "--interval",
+        "0.05",
+        "--pid",
+        &child.pid.to_string(),
+    ]);
+    let v = json(&w.expect("the child's port", |l| l.contains(&format!("\"port\":{their_port},"))));
+    assert_eq!(v["pids"], serde_json::json!([child.pid]));
+    let rest = w.collect(Duration::from_millis(500));
+    let other_port = other.local_addr().unwrap().port();
+    assert!(
+        rest.iter().all(|l| json(l)["pids"].as_array().unwrap().iter().any(|p| p == child.pid)),
+        "only the child's ports: {rest:?}"
+    );
+    assert!(!rest.iter().any(|l| l.contains(&format!("\"port\":{other_port},"))));
+    drop(child);
+    w.expect("the child's close", |l| {
+        l.contains("\"event\":\"close\"") && l.contains(&format!("\"port\":{their_port},"))
+    });
+}
+
+#[test]
+fn exec_hook_gets_event_in_environment_and_stdin() {
+    let dir = std::env::temp_dir().join(format!("portwatch-exec-{}", me()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("hook.out");
+    let _ = std::fs::remove_file(&out);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // Event data reaches the hook as variables and stdin only; a port named like a shell
+    // command could not run anything.
+    let hook = format!(
+        "echo \"$PORTWATCH_EVENT $PORTWATCH_PROTO $PORTWATCH_PORT $PORTWATCH_PIDS\" >> {0}; cat >> {0}",
+        out.display()
+    );
+    let w = WatchCmd::start(&["--interval", "0.05", "--port", &port.to_string(), "--exec", &hook]);
+    let text = wait_for("the hook to run", PATIENCE, || {
+        std::fs::read_to_string(&out).ok().filter(|t| t.contains("\"event\":\"open\""))
+    });
+    assert!(text.contains(&format!("open tcp {port} {}", me())), "{text}");
+    let json_line = text.lines().find(|l| l.starts_with('{')).unwrap();
+    assert_eq!(json(json_line)["port"], port);
+    // A failing hook does not stop the watcher.
+    drop(w);
+    let w =
+        WatchCmd::start(&["--interval", "0.05", "--port", &port.to_string(), "--exec", "exit 3"]);
+    w.expect("output despite a failing hook", |l| l.contains(&format!("New port opened: {port} ")));
+    drop(l);
+    w.expect("close despite a failing hook", |l| l.contains(&format!("Port closed: {port} ")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reference_burst_case_in_hf() {
+    // The reference report's failing case: 20 listeners living 50 ms, started 10 ms apart,
+    // TCP and UDP, each caught with its pid, open and close.
+    let w = WatchCmd::start(&["--hf", "--format", "json", "--no-initial", "-4"]);
+    w.ready();
+    let _ = w.collect(Duration::from_millis(300)); // the sentinels' closes
+    let burst = |udp: bool| -> Vec<u16> {
+        let threads: Vec<_> = (0..20)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(10));
+                std::thread::spawn(move || {
+                    let _ = i;
+                    // Bind, hold 50 ms, close; the port is what the watcher must report.
+                    if udp {
+                        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        std::thread::sleep(Duration::from_millis(50));
+                        s.local_addr().unwrap().port()
+                    } else {
+                        let s = TcpListener::bind("127.0.0.1:0").unwrap();
+                        std::thread::sleep(Duration::from_millis(50));
+                        s.local_addr().unwrap().port()
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let tcp = burst(false);
+    let udp = burst(true);
+    let lines = w.collect(Duration::from_millis(1500));
+    for (proto, ports) in [("tcp", &tcp), ("udp", &udp)] {
+        for port in ports {
+            for kind in ["open", "close"] {
+                let found = lines.iter().map(|l| json(l)).any(|v| {
+                    v["proto"] == proto
+                        && v["port"] == *port
+                        && v["event"] == kind
+                        && v["pids"].as_array().unwrap().iter().any(|p| p == me())
+                });
+                assert!(found, "{proto} {port} {kind} with our pid in {} lines", lines.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_watch_flags_exit_2_naming_the_flag() {
+    for (args, name) in [
+        (&["watch", "--interval", "-1"][..], "--interval"),
+        (&["watch", "--interval", "0"][..], "--interval"),
+        (&["watch", "--close-grace", "soon"][..], "--close-grace"),
+        (&["watch", "--burst-scans", "0"][..], "--burst-scans"),
+        (&["watch", "--format", "yaml"][..], "--format"),
+        (&["watch", "--children"][..], "--pid"),
+        (
+            &["watch", "--burst-scans", "10", "--burst-delay", "1", "--interval", "2"][..],
+            "--burst-delay",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{args:?} names {name}: {err}");
+    }
+    // The same checks apply to the reference monitor's environment variables.
+    let out = portwatch().args(["watch"]).env("CLOSE_GRACE_MS", "abc").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--close-grace"));
+    let out = portwatch().args(["watch"]).env("SCAN_INTERVAL", "-5").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
