@@ -5,12 +5,15 @@
 #   make lint           rustfmt, clippy and rustdoc, warnings denied
 #   make bench          criterion benches of the hot paths
 #   make bench-compare  whole-process timing against ss and lsof (run as root)
+#   make bench-fidelity what watch catches (by listener lifetime) and its idle CPU
 
 CARGO ?= cargo
 RUNS ?= 15
 SIZES ?= 10x1,1000x200,10000x2000
+COUNT ?= 100
+IDLE_SECONDS ?= 20
 
-.PHONY: all build test lint fmt doc bench bench-compare deps deps-bench clean
+.PHONY: all build test lint fmt doc bench bench-compare bench-fidelity deps deps-bench clean
 
 all: build
 
@@ -50,6 +53,9 @@ bench:
 
 bench-compare: deps-bench build
 	python3 benches/compare.py --runs $(RUNS) --sizes $(SIZES) --portwatch target/release/portwatch
+
+bench-fidelity: build
+	python3 benches/fidelity.py --portwatch target/release/portwatch --count $(COUNT) --idle-seconds $(IDLE_SECONDS)
 
 clean:
 	$(CARGO) clean

@@ -140,6 +140,13 @@ impl Filter {
         dumps
     }
 
+    /// Whether the change probe can stand in for dumps: only inet sockets in listening
+    /// states, which appear by being hashed and leave by being freed.
+    pub(crate) fn probe_safe(&self) -> bool {
+        !self.protocols.contains(&Protocol::Unix)
+            && self.states.without(State::Listen).without(State::Unconnected).is_empty()
+    }
+
     /// Whether a dumped socket passes the checks that do not need its owners.
     pub(crate) fn matches(&self, s: &Socket) -> bool {
         if !self.ports.is_empty()

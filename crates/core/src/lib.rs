@@ -60,6 +60,7 @@ pub mod internals;
 #[cfg(feature = "serde")]
 mod json;
 mod owners;
+mod probe;
 mod procnet;
 mod query;
 mod snapshot;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
 use crate::owners::{self, Detail, OwnerIndex};
+use crate::probe::ChangeProbe;
 use crate::query::{Backend, Scanner, worker_threads};
 use crate::snapshot::{self, Snapshot};
 use crate::socket::Socket;
@@ -31,6 +32,9 @@ const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_GRACE: Duration = Duration::from_secs(3600);
 /// How often owners of open sockets are checked for having exited.
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+/// With the change probe, a full scan still runs at least this often: the probe cannot see
+/// a socket changing state without being added or freed.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(2);
 /// Most burst scans per cycle.
 const MAX_BURST: u32 = 1000;
 
@@ -295,9 +299,16 @@ impl WatcherBuilder {
             dirty: false,
             last_error: None,
             last_liveness: Instant::now(),
+            probe: None,
+            destroyed_since_scan: false,
+            last_full_scan: Instant::now(),
             proc_root,
             cfg: self,
         };
+        let mut scan = scan;
+        if scan.feed.is_some() && scan.cfg.filter.probe_safe() {
+            scan.probe = ChangeProbe::open(&scan.proc_root.join("net"));
+        }
         let thread = std::thread::Builder::new()
             .name("portwatch-scan".into())
             .spawn(move || scan.run())
@@ -395,6 +406,13 @@ struct Loop {
     last_error: Option<String>,
     /// When owner liveness was last checked.
     last_liveness: Instant,
+    /// Skips dumps while no inet socket appeared or went away (see `probe`); `None` where it
+    /// cannot be trusted: no destroy feed, unix sockets or non-listening states watched.
+    probe: Option<ChangeProbe>,
+    /// A destroy message (any cookie) arrived since the last full scan.
+    destroyed_since_scan: bool,
+    /// When the last full scan ran.
+    last_full_scan: Instant,
     proc_root: PathBuf,
 }
 
@@ -426,8 +444,17 @@ impl Loop {
         self.save_snapshot();
     }
 
-    /// One scan: dump, carry known owners over, look up new ones, filter, diff.
+    /// One scan: dump, carry known owners over, look up new ones, filter, diff. Skipped
+    /// when the change probe says no inet socket appeared and none was destroyed.
     fn scan(&mut self, events: &mut Vec<Event>) {
+        let quiet = self.probe.as_mut().is_some_and(|p| !p.changed());
+        if quiet && !self.destroyed_since_scan && self.last_full_scan.elapsed() < FULL_SCAN_EVERY {
+            self.tracker.expire(Instant::now(), SystemTime::now(), events);
+            self.emit(events);
+            return;
+        }
+        self.destroyed_since_scan = false;
+        self.last_full_scan = Instant::now();
         let sockets = match self.scanner.scan(&self.dumps) {
             Ok(s) => {
                 self.last_error = None;
@@ -548,8 +575,11 @@ impl Loop {
     fn on_destroy(&mut self, events: &mut Vec<Event>) {
         let Some(feed) = self.feed.as_mut() else { return };
         let tracker = &mut self.tracker;
-        let drained = feed
-            .drain(|cookie| tracker.destroyed(cookie, Instant::now(), SystemTime::now(), events));
+        let any = &mut self.destroyed_since_scan;
+        let drained = feed.drain(|cookie| {
+            *any = true;
+            tracker.destroyed(cookie, Instant::now(), SystemTime::now(), events)
+        });
         match drained {
             Ok(d) if d.overrun => {
                 log::debug!("destroy events overran the receive buffer: rescanning");
