@@ -172,26 +172,12 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket::{Owners, UnknownReason};
 
     fn tcp(addr: &str, port: u16) -> Socket {
-        Socket {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv4,
-            addr: Some(addr.parse().unwrap()),
-            port,
-            path: None,
-            remote: None,
-            state: State::Listen,
-            inode: 1,
-            uid: Some(1000),
-            cookie: Some(1),
-            netns: 1,
-            v6only: None,
-            interface: None,
-            unix_type: None,
-            owners: Owners::Unknown(UnknownReason::NotResolved),
-        }
+        let mut s = crate::socket::fixtures::listener(port, 1, &[]);
+        s.addr = Some(addr.parse().unwrap());
+        s.uid = Some(1000);
+        s
     }
 
     #[test]

@@ -60,35 +60,24 @@ impl Serialize for Process {
 
 #[cfg(test)]
 mod tests {
+    use crate::socket::fixtures;
     use crate::socket::*;
 
     #[test]
     fn socket_json_shape() {
-        let s = Socket {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv6,
-            addr: Some("::".parse().unwrap()),
-            port: 8080,
-            path: None,
-            remote: None,
-            state: State::Listen,
-            inode: 42,
-            uid: Some(1000),
-            cookie: Some(7),
-            netns: 4026531840,
-            v6only: Some(false),
-            interface: None,
-            unix_type: None,
-            owners: Owners::Known(vec![Process {
-                pid: 10,
-                ppid: Some(1),
-                comm: "srv".into(),
-                cmdline: vec!["srv".into(), "-p".into(), "8080".into()],
-                uid: 1000,
-                user: Some("dev".into()),
-                ns_pid: Some(1),
-            }]),
-        };
+        let mut s = fixtures::listener(8080, 7, &[]);
+        s.family = Family::Ipv6;
+        s.addr = Some("::".parse().unwrap());
+        s.inode = 42;
+        s.uid = Some(1000);
+        s.v6only = Some(false);
+        s.owners = Owners::Known(vec![Process {
+            cmdline: vec!["srv".into(), "-p".into(), "8080".into()],
+            uid: 1000,
+            user: Some("dev".into()),
+            ns_pid: Some(1),
+            ..fixtures::process(10)
+        }]);
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["proto"], "tcp");
         assert_eq!(v["family"], "ipv6");

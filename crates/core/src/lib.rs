@@ -26,6 +26,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Watching
+//!
+//! [`Watcher`] reports sockets opening and closing as [`Event`]s, with their owners. It scans
+//! every 200 ms by default (so a listener that lives 250 ms is always seen), or every 8 ms with
+//! [`WatcherBuilder::high_fidelity`]. Closes come within a millisecond from the sock_diag
+//! destroy multicast groups. New sockets' owners are looked up right after the scan that
+//! found them. An idle watcher skips its dumps while the kernel's socket counters and the
+//! destroy feed are quiet.
+//!
+//! ```no_run
+//! use portwatch_core::{Event, Filter, Watcher};
+//!
+//! let watcher = Watcher::builder().filter(Filter::new().ignore_loopback(true)).build()?;
+//! for event in watcher.events() {
+//!     if let Event::Closed { socket, .. } = event {
+//!         println!("{} closed, last held by {:?}", socket.local_display(), socket.pids());
+//!     }
+//! }
+//! # Ok::<(), portwatch_core::Error>(())
+//! ```
+//!
 //! # Backends
 //!
 //! [`Backend::Auto`] (the default) uses sock_diag and falls back, with one warning, to parsing
@@ -37,7 +58,8 @@
 //! Listing sockets needs none: sock_diag dumps work for any user. Naming the owner of a socket
 //! held by another user's process needs to read that process's `/proc/PID/fd`: root, or
 //! `CAP_SYS_PTRACE` (`CAP_DAC_READ_SEARCH` is not enough since Linux 4.x's ptrace checks).
-//! Without it such sockets come back with [`UnknownReason::PermissionDenied`].
+//! Without it such sockets come back with [`UnknownReason::PermissionDenied`]. The destroy
+//! multicast groups a [`Watcher`] joins need no privilege either.
 //!
 //! # Cargo features
 //!

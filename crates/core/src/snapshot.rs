@@ -238,31 +238,22 @@ mod tests {
     use super::*;
 
     fn sample() -> Snapshot {
-        let tcp = Socket {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv6,
-            addr: Some("::".parse().unwrap()),
-            port: 8080,
-            path: None,
-            remote: None,
-            state: State::Listen,
-            inode: 77,
-            uid: Some(1000),
-            cookie: Some(99),
-            netns: 4026531840,
-            v6only: Some(false),
-            interface: Some(1),
-            unix_type: None,
-            owners: Owners::Known(vec![Process {
-                pid: 10,
-                ppid: Some(1),
-                comm: "my server".into(),
-                cmdline: vec!["node".into(), "app.js".into(), "".into(), "100%".into()],
-                uid: 1000,
-                user: Some("dev".into()),
-                ns_pid: Some(7),
-            }]),
-        };
+        let mut tcp = crate::socket::fixtures::listener(8080, 99, &[]);
+        tcp.family = Family::Ipv6;
+        tcp.addr = Some("::".parse().unwrap());
+        tcp.inode = 77;
+        tcp.uid = Some(1000);
+        tcp.netns = 4026531840;
+        tcp.v6only = Some(false);
+        tcp.interface = Some(1);
+        tcp.owners = Owners::Known(vec![Process {
+            comm: "my server".into(),
+            cmdline: vec!["node".into(), "app.js".into(), "".into(), "100%".into()],
+            uid: 1000,
+            user: Some("dev".into()),
+            ns_pid: Some(7),
+            ..crate::socket::fixtures::process(10)
+        }]);
         let unix = Socket {
             protocol: Protocol::Unix,
             family: Family::Unix,

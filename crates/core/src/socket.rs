@@ -399,6 +399,51 @@ impl Process {
     }
 }
 
+/// Test fixtures shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A TCP/IPv4 listener on 0.0.0.0:`port` in netns 1, cookie `cookie`, inode
+    /// `cookie + 1000`, held by `pids` (owner unknown when empty).
+    pub(crate) fn listener(port: u16, cookie: u64, pids: &[u32]) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            addr: Some(IpAddr::from([0, 0, 0, 0])),
+            port,
+            path: None,
+            remote: None,
+            state: State::Listen,
+            inode: cookie + 1000,
+            uid: Some(0),
+            cookie: Some(cookie),
+            netns: 1,
+            v6only: None,
+            interface: None,
+            unix_type: None,
+            owners: if pids.is_empty() {
+                Owners::Unknown(UnknownReason::NotFound)
+            } else {
+                Owners::Known(pids.iter().map(|&pid| process(pid)).collect())
+            },
+        }
+    }
+
+    /// A process `pid` named `srv`, child of 1, uid 0.
+    pub(crate) fn process(pid: u32) -> Process {
+        Process {
+            pid,
+            ppid: Some(1),
+            comm: "srv".into(),
+            cmdline: vec![],
+            uid: 0,
+            user: None,
+            ns_pid: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

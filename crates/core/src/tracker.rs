@@ -264,42 +264,9 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket::{State, UnknownReason};
 
     fn sock(port: u16, cookie: u64, pids: &[u32]) -> Socket {
-        Socket {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv4,
-            addr: Some("0.0.0.0".parse().unwrap()),
-            port,
-            path: None,
-            remote: None,
-            state: State::Listen,
-            inode: cookie + 1000,
-            uid: Some(0),
-            cookie: Some(cookie),
-            netns: 1,
-            v6only: None,
-            interface: None,
-            unix_type: None,
-            owners: if pids.is_empty() {
-                Owners::Unknown(UnknownReason::NotFound)
-            } else {
-                Owners::Known(
-                    pids.iter()
-                        .map(|&pid| Process {
-                            pid,
-                            ppid: None,
-                            comm: "srv".into(),
-                            cmdline: vec![],
-                            uid: 0,
-                            user: None,
-                            ns_pid: None,
-                        })
-                        .collect(),
-                )
-            },
-        }
+        crate::socket::fixtures::listener(port, cookie, pids)
     }
 
     /// A fake clock: a fixed origin plus an offset the test advances.
