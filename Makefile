@@ -20,12 +20,18 @@ all: build
 build:
 	$(CARGO) build --release --locked
 
-# Tools the tests call: ss (iproute2) for the differential test.
+# Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
+# (util-linux) and python3 for the namespace sandboxes. Tests skip, saying why, without them.
 deps:
-	@command -v ss >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; \
-	  else echo "make: ss not found: install iproute2 (the differential test will skip)"; fi; }
+	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "make: missing$$missing: the tests that need them will skip"; fi; \
+	fi
 
 # Tools bench-compare times against.
 deps-bench: deps

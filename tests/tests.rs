@@ -4,5 +4,6 @@
 mod cli;
 mod differential;
 mod list;
+mod netns;
 mod util;
 mod watch;

@@ -50,6 +50,10 @@ pub struct SocketFilter {
     /// Where to read sockets from.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+    /// Read another network namespace: a path (/run/netns/NAME, /proc/PID/ns/net,
+    /// /var/run/docker/netns/ID) or the pid of a process inside it.
+    #[arg(long, value_name = "PATH|PID")]
+    pub netns: Option<String>,
 }
 
 /// A `--state` value.

@@ -4,15 +4,29 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 use portwatch_core::{
-    Backend, Family, Filter, Owners, Protocol, Query, Socket, State, StateSet, UnknownReason,
+    Backend, Family, Filter, Netns, Owners, Protocol, Query, Socket, State, StateSet, UnknownReason,
 };
 
 use crate::Result;
 use crate::args::{BackendArg, Format, ListArgs, SocketFilter, StateArg};
 
 /// Builds the library query the filter flags describe.
-pub fn query(filter: &SocketFilter) -> Query {
-    Query::new().filter(selection(filter)).backend(backend(filter))
+pub fn query(filter: &SocketFilter) -> Result<Query> {
+    let q = Query::new().filter(selection(filter)).backend(backend(filter));
+    Ok(match netns(filter)? {
+        Some(ns) => q.netns(&ns),
+        None => q,
+    })
+}
+
+/// The namespace `--netns` names: a pid when it is all digits, else a path.
+pub fn netns(filter: &SocketFilter) -> Result<Option<Netns>> {
+    let Some(arg) = &filter.netns else { return Ok(None) };
+    let ns = match arg.parse::<u32>() {
+        Ok(pid) => Netns::from_pid(pid)?,
+        Err(_) => Netns::from_path(arg)?,
+    };
+    Ok(Some(ns))
 }
 
 /// The library filter the selection flags describe.
@@ -63,7 +77,7 @@ pub fn backend(filter: &SocketFilter) -> Backend {
 pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
     // The table shows no command lines: do not pay for reading them.
     let cmdlines = args.format == Format::Json;
-    let sockets = query(&args.filter).owners(!args.no_processes).cmdlines(cmdlines).run()?;
+    let sockets = query(&args.filter)?.owners(!args.no_processes).cmdlines(cmdlines).run()?;
     match args.format {
         Format::Json => {
             serde_json::to_writer(&mut *out, &sockets).map_err(io::Error::from)?;

@@ -14,7 +14,7 @@ use portwatch_core::{Event, Owners, Process, Socket, UnknownReason, Watcher};
 
 use crate::Result;
 use crate::args::{WatchArgs, WatchFormat};
-use crate::list::{backend, selection};
+use crate::list::{backend, netns, selection};
 
 /// Events waiting for their hook; past this, events are dropped for hooks (not for output).
 const HOOK_QUEUE: usize = 1024;
@@ -52,6 +52,9 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
     }
     if let Some(path) = &args.snapshot {
         builder = builder.snapshot(path);
+    }
+    if let Some(ns) = netns(&args.filter)? {
+        builder = builder.netns(ns);
     }
     let watcher = builder
         .filter(filter)

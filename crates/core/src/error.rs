@@ -59,6 +59,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// No network namespace at this path (or no such process).
+    #[error("network namespace {} not found: check the path, or that the process still runs", path.display())]
+    NamespaceNotFound {
+        /// The path looked for.
+        path: PathBuf,
+    },
+    /// The path exists but is not a network namespace.
+    #[error("{} is not a network namespace (expected /run/netns/NAME, /proc/PID/ns/net or /var/run/docker/netns/ID)", path.display())]
+    NotNetworkNamespace {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Entering or opening the namespace needs a privilege this process lacks.
+    #[error("permission denied for network namespace {}: run as root or grant {need}", path.display())]
+    NamespacePermission {
+        /// The namespace.
+        path: PathBuf,
+        /// What would grant it.
+        need: &'static str,
+    },
     /// A [`WatcherBuilder`](crate::WatcherBuilder) setting is out of range.
     #[error("invalid {setting}: {reason}")]
     InvalidSetting {

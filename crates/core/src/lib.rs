@@ -81,6 +81,7 @@ mod filter;
 pub mod internals;
 #[cfg(feature = "serde")]
 mod json;
+mod netns;
 mod owners;
 mod probe;
 mod procnet;
@@ -95,6 +96,7 @@ pub use crate::{
     error::{Error, Result},
     event::Event,
     filter::Filter,
+    netns::Netns,
     query::{Backend, Query},
     socket::{Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType, UnknownReason},
     watch::{StopHandle, Watcher, WatcherBuilder},

@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::diag::{Dump, SockDiag};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::netns::Netns;
 use crate::owners;
 use crate::procnet;
 use crate::socket::{Family, Protocol, Socket, StateSet};
@@ -47,6 +48,7 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Query {
     filter: Filter,
+    netns: Option<Netns>,
     owners: bool,
     cmdlines: bool,
     backend: Backend,
@@ -65,12 +67,20 @@ impl Query {
     pub fn new() -> Query {
         Query {
             filter: Filter::new(),
+            netns: None,
             owners: true,
             cmdlines: true,
             backend: Backend::Auto,
             proc_root: PathBuf::from("/proc"),
             passwd: PathBuf::from("/etc/passwd"),
         }
+    }
+
+    /// Read this network namespace instead of the calling thread's. Owners are still found
+    /// in this process's `/proc`.
+    pub fn netns(mut self, netns: &Netns) -> Query {
+        self.netns = Some(netns.clone());
+        self
     }
 
     /// The whole selection at once (replaces what the other selection methods set).
@@ -129,7 +139,11 @@ impl Query {
     /// returns the sockets sorted by protocol, family, address, port and path.
     pub fn run(&self) -> Result<Vec<Socket>> {
         let started = Instant::now();
-        let mut scanner = Scanner::new(self.backend, &self.proc_root)?;
+        let netns = match &self.netns {
+            Some(ns) => ns.clone(),
+            None => Netns::current()?,
+        };
+        let mut scanner = Scanner::new(self.backend, &self.proc_root, &netns)?;
         log::trace!("backend open in {:?}", started.elapsed());
         let mut sockets = scanner.scan(&self.filter.dumps())?;
         sockets.retain(|s| self.filter.matches(s));
@@ -174,19 +188,24 @@ pub(crate) fn current_netns(proc_root: &Path) -> Result<u64> {
 pub(crate) struct Scanner {
     diag: Option<SockDiag>,
     backend: Backend,
-    proc_net: PathBuf,
+    /// Where the /proc fallback reads the namespace, if it can.
+    proc_net: Option<PathBuf>,
     netns: u64,
     /// Dumps that sock_diag cannot do here and that are read from /proc instead.
     fallbacks: Vec<Dump>,
 }
 
 impl Scanner {
-    pub(crate) fn new(backend: Backend, proc_root: &Path) -> Result<Scanner> {
-        let netns = current_netns(proc_root)?;
+    pub(crate) fn new(backend: Backend, proc_root: &Path, ns: &Netns) -> Result<Scanner> {
+        let (netns, proc_net) = if ns.is_current() {
+            (current_netns(proc_root)?, Some(proc_root.join("net")))
+        } else {
+            (ns.inode(), ns.proc_net().map(Path::to_owned))
+        };
         let diag = match backend {
             Backend::Proc => None,
-            Backend::Netlink => Some(SockDiag::open()?),
-            Backend::Auto => match SockDiag::open() {
+            Backend::Netlink => Some(ns.enter(SockDiag::open)??),
+            Backend::Auto => match ns.enter(SockDiag::open)? {
                 Ok(d) => Some(d),
                 Err(e) => {
                     log::warn!("{e}; reading /proc/net instead (slower, no socket cookies)");
@@ -194,7 +213,16 @@ impl Scanner {
                 }
             },
         };
-        Ok(Scanner { diag, backend, proc_net: proc_root.join("net"), netns, fallbacks: Vec::new() })
+        if diag.is_none() && proc_net.is_none() {
+            return Err(Error::InvalidSetting {
+                setting: "backend",
+                reason: format!(
+                    "the /proc backend reads {} only through a process inside it: name it by pid",
+                    ns.path().display()
+                ),
+            });
+        }
+        Ok(Scanner { diag, backend, proc_net, netns, fallbacks: Vec::new() })
     }
 
     /// The inode of the network namespace the scanner reads.
@@ -206,8 +234,12 @@ impl Scanner {
     pub(crate) fn scan(&mut self, dumps: &[Dump]) -> Result<Vec<Socket>> {
         let mut out = Vec::new();
         for &dump in dumps {
+            let proc_net = self.proc_net.as_deref();
             let Some(diag) = self.diag.as_mut().filter(|_| !self.fallbacks.contains(&dump)) else {
-                procnet::read(&self.proc_net, dump, self.netns, &mut out)?;
+                // `new` made sure one of the two backends is there.
+                if let Some(p) = proc_net {
+                    procnet::read(p, dump, self.netns, &mut out)?;
+                }
                 continue;
             };
             let t = Instant::now();
@@ -223,7 +255,10 @@ impl Scanner {
                         dump.name()
                     );
                     self.fallbacks.push(dump);
-                    procnet::read(&self.proc_net, dump, self.netns, &mut out)?;
+                    match proc_net {
+                        Some(p) => procnet::read(p, dump, self.netns, &mut out)?,
+                        None => return Err(Error::Netlink { request: dump.name(), source }),
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -19,6 +19,7 @@ use crate::diag::{DestroyFeed, Dump};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
+use crate::netns::Netns;
 use crate::owners::{self, Detail, OwnerIndex};
 use crate::probe::ChangeProbe;
 use crate::query::{Backend, Scanner, worker_threads};
@@ -110,6 +111,7 @@ pub struct WatcherBuilder {
     destroy_events: bool,
     cmdlines: bool,
     destroy_recv_buffer: Option<usize>,
+    netns: Option<Netns>,
 }
 
 impl Default for WatcherBuilder {
@@ -126,6 +128,7 @@ impl Default for WatcherBuilder {
             destroy_events: true,
             cmdlines: true,
             destroy_recv_buffer: None,
+            netns: None,
         }
     }
 }
@@ -160,6 +163,12 @@ impl WatcherBuilder {
     /// Which sockets to watch (default: TCP and UDP listeners).
     pub fn filter(mut self, filter: Filter) -> Self {
         self.filter = filter;
+        self
+    }
+
+    /// Watch this network namespace instead of the calling thread's.
+    pub fn netns(mut self, netns: Netns) -> Self {
+        self.netns = Some(netns);
         self
     }
 
@@ -257,9 +266,13 @@ impl WatcherBuilder {
     fn start(self, sink: Sink, events: Option<Receiver<Event>>) -> Result<Watcher> {
         self.validate()?;
         let proc_root = PathBuf::from("/proc");
-        let scanner = Scanner::new(self.backend, &proc_root)?;
+        let ns = match &self.netns {
+            Some(ns) => ns.clone(),
+            None => Netns::current()?,
+        };
+        let scanner = Scanner::new(self.backend, &proc_root, &ns)?;
         let feed = if self.destroy_events && self.backend != Backend::Proc {
-            match DestroyFeed::open() {
+            match ns.enter(DestroyFeed::open)? {
                 Ok(feed) => {
                     if let Some(bytes) = self.destroy_recv_buffer {
                         feed.set_recv_buffer(bytes)?;
@@ -307,7 +320,8 @@ impl WatcherBuilder {
         };
         let mut scan = scan;
         if scan.feed.is_some() && scan.cfg.filter.probe_safe() {
-            scan.probe = ChangeProbe::open(&scan.proc_root.join("net"));
+            // Opened inside the namespace: the open file stays bound to it.
+            scan.probe = ns.enter(|| ChangeProbe::open(Path::new("/proc/thread-self/net")))?;
         }
         let thread = std::thread::Builder::new()
             .name("portwatch-scan".into())

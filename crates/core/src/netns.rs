@@ -1,0 +1,122 @@
+//! Network namespaces: naming one, and creating sockets inside it.
+//!
+//! A netlink socket belongs to the namespace of the thread that created it, for its whole
+//! life. So to read another namespace, a short-lived dedicated thread `setns`es into it,
+//! creates what is needed and returns it; the caller's threads never change namespace.
+//! Owners are still found in this process's `/proc`, which sees the host's pids (and, through
+//! `NSpid`, the pid inside the container).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
+
+use crate::error::{Error, Result};
+
+/// A network namespace to read sockets from.
+///
+/// ```no_run
+/// use portwatch_core::{Netns, Query};
+///
+/// let ns = Netns::from_path("/run/netns/blue")?;
+/// let sockets = Query::new().netns(&ns).run()?;
+/// # Ok::<(), portwatch_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Netns {
+    /// `None`: the namespace of whichever thread does the work (the caller's).
+    file: Option<Arc<File>>,
+    path: PathBuf,
+    inode: u64,
+    /// `/proc/PID/net` of a process inside, for the /proc fallback backend.
+    proc_net: Option<PathBuf>,
+}
+
+impl Netns {
+    /// The calling thread's network namespace.
+    pub fn current() -> Result<Netns> {
+        let path = PathBuf::from("/proc/thread-self/ns/net");
+        let inode = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.ino();
+        Ok(Netns { file: None, path, inode, proc_net: Some(PathBuf::from("/proc/net")) })
+    }
+
+    /// The namespace bound at `path`: `/run/netns/NAME` (from `ip netns add`),
+    /// `/proc/PID/ns/net`, `/var/run/docker/netns/ID`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Netns> {
+        let path = path.as_ref().to_owned();
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NamespaceNotFound { path: path.clone() },
+            std::io::ErrorKind::PermissionDenied => Error::NamespacePermission {
+                path: path.clone(),
+                need: "CAP_SYS_PTRACE (to open another user's /proc/PID/ns/net)",
+            },
+            _ => Error::io(&path, e),
+        })?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let ns = Netns { inode: meta.ino(), file: Some(Arc::new(file)), path, proc_net: None };
+        // Only entering it proves what it is: a regular file, or another kind of namespace,
+        // is refused with EINVAL.
+        ns.enter(|| ())?;
+        Ok(ns)
+    }
+
+    /// The network namespace of process `pid` (`/proc/PID/ns/net`).
+    pub fn from_pid(pid: u32) -> Result<Netns> {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::NamespaceNotFound { path });
+        }
+        let mut ns = Netns::from_path(path)?;
+        ns.proc_net = Some(PathBuf::from(format!("/proc/{pid}/net")));
+        Ok(ns)
+    }
+
+    /// The namespace's inode number: what `netns` fields of sockets and events carry.
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Where it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this is "the caller's namespace" rather than a named one.
+    pub(crate) fn is_current(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Where the /proc fallback can read this namespace's sockets, if anywhere.
+    pub(crate) fn proc_net(&self) -> Option<&Path> {
+        self.proc_net.as_deref()
+    }
+
+    /// Runs `f` on a dedicated thread inside the namespace and returns its result. Sockets
+    /// `f` creates stay in the namespace after the thread ends.
+    pub(crate) fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let Some(file) = &self.file else { return Ok(f()) };
+        let fd = file.as_fd();
+        let path = &self.path;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                    Errno::EINVAL => Error::NotNetworkNamespace { path: path.clone() },
+                    Errno::EPERM => Error::NamespacePermission {
+                        path: path.clone(),
+                        need: "CAP_SYS_ADMIN (to enter another network namespace)",
+                    },
+                    e => Error::io(path, e.into()),
+                })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::io(path, std::io::Error::other("namespace thread panicked")))
+            })
+        })
+    }
+}

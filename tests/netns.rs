@@ -1,0 +1,196 @@
+//! Other network namespaces, from the host: sandboxes made with `ip netns add` and with
+//! `unshare --net --pid --fork --mount-proc`, each holding TCP and UDP listeners.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, Stdio};
+
+use crate::util::{is_root, json_list, portwatch, run};
+
+/// Binds TCP 7101 and UDP 7102 on 0.0.0.0, prints its pid (as it sees it), then waits for
+/// stdin to close.
+const LISTENER: &str = "import os, socket, sys
+t = socket.socket(); t.bind(('0.0.0.0', 7101)); t.listen()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 7102))
+print(os.getpid(), flush=True)
+sys.stdin.read()";
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// Whether this test can run here; prints why not.
+fn can_run(tools: &[&str]) -> bool {
+    if !is_root() {
+        eprintln!("skipped: creating network namespaces needs root");
+        return false;
+    }
+    if let Some(t) = tools.iter().find(|t| !have(t)) {
+        eprintln!("skipped: {t} is not installed (.ci/run installs iproute2, util-linux, python3)");
+        return false;
+    }
+    true
+}
+
+/// A process holding the listeners inside a fresh namespace; cleans up on drop.
+struct Sandbox {
+    child: Child,
+    /// The listener process's pid on the host.
+    host_pid: u32,
+    /// Its pid as it sees itself.
+    ns_pid: u32,
+    netns_name: Option<String>,
+}
+
+impl Sandbox {
+    fn start(mut cmd: Command, netns_name: Option<String>) -> Sandbox {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let ns_pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("sandbox said {line:?}"));
+        // `unshare --fork` runs the listener as its child; `ip netns exec` execs in place.
+        let host_pid =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or(child.id());
+        Sandbox { child, host_pid, ns_pid, netns_name }
+    }
+
+    /// `ip netns add NAME`, then the listener inside it.
+    fn named(tag: &str) -> Sandbox {
+        let name = format!("pwtest-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &name, "python3", "-c", LISTENER]);
+        Sandbox::start(cmd, Some(name))
+    }
+
+    /// `unshare --net --pid --fork --mount-proc`: the listener is pid 1 of its own pid
+    /// namespace.
+    fn unshared() -> Sandbox {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--pid", "--fork", "--mount-proc", "python3", "-c", LISTENER]);
+        Sandbox::start(cmd, None)
+    }
+
+    fn path(&self) -> String {
+        match &self.netns_name {
+            Some(n) => format!("/run/netns/{n}"),
+            None => format!("/proc/{}/ns/net", self.host_pid),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // the listener exits on EOF
+        let _ = self.child.wait();
+        if let Some(n) = &self.netns_name {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ports(list: &[serde_json::Value]) -> Vec<(String, u64)> {
+    list.iter()
+        .map(|s| (s["proto"].as_str().unwrap().to_owned(), s["port"].as_u64().unwrap()))
+        .collect()
+}
+
+fn assert_sandbox_listed(list: &[serde_json::Value], sb: &Sandbox, netns_inode: u64) {
+    for (proto, port) in [("tcp", 7101), ("udp", 7102)] {
+        let s = list
+            .iter()
+            .find(|s| s["proto"] == proto && s["port"] == port)
+            .unwrap_or_else(|| panic!("{proto} {port} in {list:?}"));
+        assert_eq!(s["netns"], netns_inode, "tagged with the sandbox's namespace");
+        assert_eq!(s["pids"], serde_json::json!([sb.host_pid]), "host pid");
+    }
+}
+
+#[test]
+fn named_namespace_by_path_and_by_pid() {
+    if !can_run(&["ip", "python3"]) {
+        return;
+    }
+    let sb = Sandbox::named("list");
+    let inode = std::fs::metadata(sb.path()).unwrap().ino();
+    let by_path = json_list(&["--netns", &sb.path()]);
+    assert_sandbox_listed(&by_path, &sb, inode);
+    let by_pid = json_list(&["--netns", &sb.host_pid.to_string()]);
+    assert_sandbox_listed(&by_pid, &sb, inode);
+    // Nothing of the host leaks in: the sandbox holds exactly its two sockets.
+    assert_eq!(ports(&by_path).len(), 2, "{by_path:?}");
+    // And nothing of the sandbox leaks out.
+    let host = json_list(&[]);
+    assert!(host.iter().all(|s| s["netns"] != inode));
+}
+
+#[test]
+fn unshared_sandbox_shows_ns_pid_1() {
+    if !can_run(&["unshare", "python3"]) {
+        return;
+    }
+    let sb = Sandbox::unshared();
+    assert_eq!(sb.ns_pid, 1, "the listener is init of its pid namespace");
+    let inode = std::fs::metadata(sb.path()).unwrap().ino();
+    let list = json_list(&["--netns", &sb.host_pid.to_string()]);
+    assert_sandbox_listed(&list, &sb, inode);
+    let p = &list[0]["processes"][0];
+    assert_eq!(p["pid"], sb.host_pid);
+    assert_eq!(p["ns_pid"], 1, "pid inside the sandbox");
+}
+
+#[test]
+fn watch_sees_a_namespace_from_outside() {
+    if !can_run(&["ip", "python3"]) {
+        return;
+    }
+    let sb = Sandbox::named("watch");
+    let mut w = portwatch()
+        .args(["watch", "--format", "json", "--interval", "0.05", "--netns", &sb.path()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    let mut next =
+        || serde_json::from_str::<serde_json::Value>(&lines.next().unwrap().unwrap()).unwrap();
+    let (a, b) = (next(), next());
+    let mut opened = [a["port"].as_u64().unwrap(), b["port"].as_u64().unwrap()];
+    opened.sort_unstable();
+    assert_eq!(opened, [7101, 7102]);
+    assert!(a["initial"] == true && a["pids"] == serde_json::json!([sb.host_pid]));
+    let host_pid = sb.host_pid;
+    drop(sb); // the listener exits: both close, seen from the host
+    let (c, d) = (next(), next());
+    assert_eq!((c["event"].as_str(), d["event"].as_str()), (Some("close"), Some("close")));
+    assert_eq!(c["pids"], serde_json::json!([host_pid]));
+    let _ = w.kill();
+    let _ = w.wait();
+}
+
+#[test]
+fn namespace_errors_exit_1_and_say_what_to_do() {
+    for (arg, says) in [
+        ("/nonexistent/netns", "not found"),
+        ("/etc/hostname", "is not a network namespace"),
+        ("4294967295", "not found"),
+    ] {
+        let out = run(&["list", "--netns", arg]);
+        assert_eq!(out.status.code(), Some(1), "--netns {arg}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "--netns {arg}: {err}");
+    }
+    if !can_run(&["ip", "python3"]) {
+        return;
+    }
+    let sb = Sandbox::named("perm");
+    let out = {
+        use std::os::unix::process::CommandExt;
+        portwatch().args(["list", "--netns", &sb.path()]).uid(65534).gid(65534).output().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
+}
