@@ -194,3 +194,101 @@ fn namespace_errors_exit_1_and_say_what_to_do() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
 }
+
+/// A stand-in Docker daemon on a unix socket: answers each `GET /containers/NAME/json` from
+/// `containers` (name → pid), 404 otherwise, and records the request lines.
+fn fake_docker(
+    sock: &std::path::Path,
+    containers: Vec<(&'static str, u32)>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_file(sock);
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            // Read the whole request head, however it arrives.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 512];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).to_string();
+            let line = req.lines().next().unwrap_or("").to_owned();
+            log.lock().unwrap().push(line.clone());
+            let found = containers
+                .iter()
+                .find(|(name, _)| line == format!("GET /containers/{name}/json HTTP/1.0"));
+            let answer = match found {
+                Some((name, pid)) => format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n\
+                     {{\"Id\":\"0123456789ab{name}\",\"Name\":\"/{name}\",\"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
+                ),
+                None => {
+                    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}".to_owned()
+                }
+            };
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    seen
+}
+
+#[test]
+fn container_by_name_through_the_docker_api() {
+    if !can_run(&["ip", "python3"]) {
+        return;
+    }
+    let sb = Sandbox::named("docker");
+    let sock =
+        std::env::temp_dir().join(format!("portwatch-fake-docker-{}.sock", std::process::id()));
+    let requests = fake_docker(&sock, vec![("fakebox", sb.host_pid)]);
+    let host = format!("unix://{}", sock.display());
+    let out = portwatch()
+        .args(["list", "--format", "json", "--container", "fakebox"])
+        .env("DOCKER_HOST", &host)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_sandbox_listed(&list, &sb, std::fs::metadata(sb.path()).unwrap().ino());
+    for s in &list {
+        assert_eq!(s["container"]["name"], "fakebox");
+        assert_eq!(s["container"]["id"], "0123456789abfakebox");
+    }
+    assert_eq!(requests.lock().unwrap().as_slice(), ["GET /containers/fakebox/json HTTP/1.0"]);
+    // A container the daemon does not know: exit 1 and say so.
+    let out = portwatch()
+        .args(["list", "--container", "ghost"])
+        .env("DOCKER_HOST", &host)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such container: ghost"));
+    let _ = std::fs::remove_file(&sock);
+}
+
+#[test]
+fn docker_errors_exit_1_and_say_what_to_do() {
+    for (host, says) in [
+        ("unix:///nonexistent/docker.sock", "cannot reach the Docker daemon"),
+        ("tcp://127.0.0.1:2375", "not a unix:// socket"),
+    ] {
+        let out = portwatch()
+            .args(["list", "--container", "x"])
+            .env("DOCKER_HOST", host)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{host}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{host}");
+    }
+    // Nothing that is not a container name reaches the daemon.
+    let out = portwatch().args(["list", "--container", "../../etc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a container name"));
+}

@@ -54,6 +54,10 @@ pub struct SocketFilter {
     /// /var/run/docker/netns/ID) or the pid of a process inside it.
     #[arg(long, value_name = "PATH|PID")]
     pub netns: Option<String>,
+    /// Read a Docker container's network namespace, found through the Docker Engine API on
+    /// /var/run/docker.sock (or a unix:// DOCKER_HOST).
+    #[arg(long, value_name = "NAME|ID", conflicts_with = "netns")]
+    pub container: Option<String>,
 }
 
 /// A `--state` value.

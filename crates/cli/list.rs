@@ -4,8 +4,11 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 use portwatch_core::{
-    Backend, Family, Filter, Netns, Owners, Protocol, Query, Socket, State, StateSet, UnknownReason,
+    Backend, ContainerRef, Family, Filter, Netns, Owners, Protocol, Query, Socket, State, StateSet,
+    UnknownReason,
 };
+
+use portwatch_core::docker;
 
 use crate::Result;
 use crate::args::{BackendArg, Format, ListArgs, SocketFilter, StateArg};
@@ -19,8 +22,15 @@ pub fn query(filter: &SocketFilter) -> Result<Query> {
     })
 }
 
-/// The namespace `--netns` names: a pid when it is all digits, else a path.
+/// The namespace `--netns` or `--container` names (`--netns`: a pid when it is all digits,
+/// else a path).
 pub fn netns(filter: &SocketFilter) -> Result<Option<Netns>> {
+    if let Some(name) = &filter.container {
+        let socket = docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref())?;
+        let c = docker::inspect(&socket, name)?;
+        let label = ContainerRef::new(c.id.clone(), c.name.clone());
+        return Ok(Some(c.netns()?.with_container(label)));
+    }
     let Some(arg) = &filter.netns else { return Ok(None) };
     let ns = match arg.parse::<u32>() {
         Ok(pid) => Netns::from_pid(pid)?,

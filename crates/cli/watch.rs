@@ -140,9 +140,13 @@ fn port_text(s: &Socket) -> String {
 }
 
 fn where_text(s: &Socket) -> String {
-    match s.addr {
+    let at = match s.addr {
         Some(a) => format!("{}, {a}", s.protocol),
         None => s.protocol.to_string(),
+    };
+    match &s.container {
+        Some(c) => format!("{at}, container {}", c.name),
+        None => at,
     }
 }
 

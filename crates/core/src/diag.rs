@@ -220,6 +220,7 @@ fn decode_inet(payload: &[u8], protocol: Protocol, netns: u64) -> Result<Socket,
         v6only,
         interface: (id.interface_id != 0).then_some(id.interface_id),
         unix_type: None,
+        container: None,
         owners: unresolved(),
     })
 }
@@ -259,6 +260,7 @@ fn decode_unix(payload: &[u8], netns: u64) -> Result<Socket, String> {
         v6only: None,
         interface: None,
         unix_type: Some(UnixType::from_kernel(h.kind)),
+        container: None,
         owners: unresolved(),
     })
 }

@@ -79,6 +79,13 @@ pub enum Error {
         /// What would grant it.
         need: &'static str,
     },
+    /// The Docker daemon could not be asked, or answered that the container is missing or
+    /// stopped.
+    #[error("{reason}")]
+    Docker {
+        /// What happened and what to do.
+        reason: String,
+    },
     /// A [`WatcherBuilder`](crate::WatcherBuilder) setting is out of range.
     #[error("invalid {setting}: {reason}")]
     InvalidSetting {

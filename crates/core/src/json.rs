@@ -9,7 +9,7 @@ use crate::socket::{Owners, Process, Socket, UnknownReason};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Socket", 17)?;
+        let mut s = serializer.serialize_struct("Socket", 18)?;
         s.serialize_field("proto", self.protocol.as_str())?;
         s.serialize_field("family", self.family.as_str())?;
         s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
@@ -24,6 +24,10 @@ impl Serialize for Socket {
         s.serialize_field("v6only", &self.v6only)?;
         s.serialize_field("interface", &self.interface)?;
         s.serialize_field("unix_type", &self.unix_type.map(|t| t.as_str()))?;
+        s.serialize_field(
+            "container",
+            &self.container.as_deref().map(|c| Container { id: &c.id, name: &c.name }),
+        )?;
         s.serialize_field("pids", &self.pids())?;
         s.serialize_field("processes", self.processes())?;
         let reason = match &self.owners {
@@ -33,6 +37,13 @@ impl Serialize for Socket {
         s.serialize_field("owner_unknown_reason", &reason)?;
         s.end()
     }
+}
+
+/// `{"id": …, "name": …}`.
+#[derive(serde::Serialize)]
+struct Container<'a> {
+    id: &'a str,
+    name: &'a str,
 }
 
 /// A short machine-readable code; the `Display` text says more.

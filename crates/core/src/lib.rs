@@ -72,6 +72,8 @@
 #![deny(unsafe_code)]
 
 mod diag;
+#[cfg(feature = "docker")]
+pub mod docker;
 mod error;
 mod event;
 mod filter;
@@ -98,6 +100,9 @@ pub use crate::{
     filter::Filter,
     netns::Netns,
     query::{Backend, Query},
-    socket::{Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType, UnknownReason},
+    socket::{
+        ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,
+        UnknownReason,
+    },
     watch::{StopHandle, Watcher, WatcherBuilder},
 };

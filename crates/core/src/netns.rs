@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 
 use crate::error::{Error, Result};
+use crate::socket::ContainerRef;
 
 /// A network namespace to read sockets from.
 ///
@@ -34,6 +35,8 @@ pub struct Netns {
     inode: u64,
     /// `/proc/PID/net` of a process inside, for the /proc fallback backend.
     proc_net: Option<PathBuf>,
+    /// The container this is the namespace of, stamped on every socket read here.
+    container: Option<Arc<ContainerRef>>,
 }
 
 impl Netns {
@@ -41,7 +44,13 @@ impl Netns {
     pub fn current() -> Result<Netns> {
         let path = PathBuf::from("/proc/thread-self/ns/net");
         let inode = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.ino();
-        Ok(Netns { file: None, path, inode, proc_net: Some(PathBuf::from("/proc/net")) })
+        Ok(Netns {
+            file: None,
+            path,
+            inode,
+            proc_net: Some(PathBuf::from("/proc/net")),
+            container: None,
+        })
     }
 
     /// The namespace bound at `path`: `/run/netns/NAME` (from `ip netns add`),
@@ -57,7 +66,13 @@ impl Netns {
             _ => Error::io(&path, e),
         })?;
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-        let ns = Netns { inode: meta.ino(), file: Some(Arc::new(file)), path, proc_net: None };
+        let ns = Netns {
+            inode: meta.ino(),
+            file: Some(Arc::new(file)),
+            path,
+            proc_net: None,
+            container: None,
+        };
         // Only entering it proves what it is: a regular file, or another kind of namespace,
         // is refused with EINVAL.
         ns.enter(|| ())?;
@@ -88,6 +103,21 @@ impl Netns {
     /// Whether this is "the caller's namespace" rather than a named one.
     pub(crate) fn is_current(&self) -> bool {
         self.file.is_none()
+    }
+
+    /// Labels the namespace as a container's: sockets and events read here carry it.
+    pub fn with_container(mut self, container: ContainerRef) -> Netns {
+        self.container = Some(Arc::new(container));
+        self
+    }
+
+    /// The container this namespace belongs to, if labelled.
+    pub fn container(&self) -> Option<&ContainerRef> {
+        self.container.as_deref()
+    }
+
+    pub(crate) fn container_label(&self) -> Option<Arc<ContainerRef>> {
+        self.container.clone()
     }
 
     /// Where the /proc fallback can read this namespace's sockets, if anywhere.

@@ -127,6 +127,7 @@ fn parse_inet_line(line: &[u8], protocol: Protocol, family: Family, netns: u64) 
         v6only: None,
         interface: None,
         unix_type: None,
+        container: None,
         owners: Owners::Unknown(UnknownReason::NotResolved),
     })
 }
@@ -169,6 +170,7 @@ fn parse_unix_line(line: &[u8], netns: u64) -> Option<Socket> {
         v6only: None,
         interface: None,
         unix_type: Some(UnixType::from_kernel(kind)),
+        container: None,
         owners: Owners::Unknown(UnknownReason::NotResolved),
     })
 }

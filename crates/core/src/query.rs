@@ -14,7 +14,9 @@ use crate::filter::Filter;
 use crate::netns::Netns;
 use crate::owners;
 use crate::procnet;
+use crate::socket::ContainerRef;
 use crate::socket::{Family, Protocol, Socket, StateSet};
+use std::sync::Arc;
 
 /// Where sockets are read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -191,6 +193,8 @@ pub(crate) struct Scanner {
     /// Where the /proc fallback reads the namespace, if it can.
     proc_net: Option<PathBuf>,
     netns: u64,
+    /// Stamped on every socket read.
+    container: Option<Arc<ContainerRef>>,
     /// Dumps that sock_diag cannot do here and that are read from /proc instead.
     fallbacks: Vec<Dump>,
 }
@@ -222,7 +226,14 @@ impl Scanner {
                 ),
             });
         }
-        Ok(Scanner { diag, backend, proc_net, netns, fallbacks: Vec::new() })
+        Ok(Scanner {
+            diag,
+            backend,
+            proc_net,
+            netns,
+            container: ns.container_label(),
+            fallbacks: Vec::new(),
+        })
     }
 
     /// The inode of the network namespace the scanner reads.
@@ -261,6 +272,11 @@ impl Scanner {
                     }
                 }
                 Err(e) => return Err(e),
+            }
+        }
+        if let Some(c) = &self.container {
+            for s in &mut out {
+                s.container = Some(Arc::clone(c));
             }
         }
         Ok(out)

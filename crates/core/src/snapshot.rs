@@ -187,6 +187,7 @@ fn decode_socket(f: &[&str], netns: u64) -> Result<Socket, String> {
         v6only: v6only.map(|v| v != 0),
         interface: parse_opt(f[11], "interface")?,
         unix_type: unix.map(UnixType::from_kernel),
+        container: None,
         owners: Owners::Unknown(UnknownReason::NotFound),
     })
 }

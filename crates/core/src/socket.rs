@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// Transport protocol of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -260,6 +261,8 @@ pub struct Socket {
     pub interface: Option<u32>,
     /// Unix socket type (stream, seqpacket, datagram); `None` for inet sockets.
     pub unix_type: Option<UnixType>,
+    /// The container whose namespace the socket was read from, when known.
+    pub container: Option<Arc<ContainerRef>>,
     /// The processes holding the socket, or why they are unknown.
     pub owners: Owners,
 }
@@ -290,6 +293,23 @@ impl Socket {
     /// The pids of the processes holding the socket, ascending.
     pub fn pids(&self) -> Vec<u32> {
         self.processes().iter().map(|p| p.pid).collect()
+    }
+}
+
+/// A container's identity, as sockets read from its namespace carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ContainerRef {
+    /// Container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+}
+
+impl ContainerRef {
+    /// A container reference.
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> ContainerRef {
+        ContainerRef { id: id.into(), name: name.into() }
     }
 }
 
@@ -422,6 +442,7 @@ pub(crate) mod fixtures {
             v6only: None,
             interface: None,
             unix_type: None,
+            container: None,
             owners: if pids.is_empty() {
                 Owners::Unknown(UnknownReason::NotFound)
             } else {

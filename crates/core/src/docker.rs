@@ -1,0 +1,186 @@
+//! Naming a Docker container's network namespace (feature `docker`).
+//!
+//! A deliberately small Docker Engine API client: one HTTP/1.0 request over the daemon's unix
+//! socket (never TCP), so the daemon closes the connection and never chunks the body, and
+//! `GET /containers/{id}/json` for the container's name, id and init pid. No async runtime,
+//! no HTTP library.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+
+/// The daemon's default socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Longest answer accepted from the daemon.
+const MAX_RESPONSE: u64 = 16 << 20;
+
+/// A running container, as the Docker daemon describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Container {
+    /// Full container id.
+    pub id: String,
+    /// Name, without Docker's leading `/`.
+    pub name: String,
+    /// Host pid of the container's init process.
+    pub pid: u32,
+}
+
+impl Container {
+    /// The container's network namespace (`/proc/PID/ns/net` of its init).
+    pub fn netns(&self) -> Result<Netns> {
+        Netns::from_pid(self.pid)
+    }
+}
+
+/// Where the daemon listens: `DOCKER_HOST` when it is a `unix://` URL, else the default.
+/// Any other scheme is refused: this client only talks to a local unix socket.
+pub fn socket_from_env(docker_host: Option<&str>) -> Result<PathBuf> {
+    match docker_host.filter(|h| !h.is_empty()) {
+        None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+        Some(h) => match h.strip_prefix("unix://") {
+            Some(path) => Ok(PathBuf::from(path)),
+            None => Err(Error::Docker {
+                reason: format!(
+                    "DOCKER_HOST={h} is not a unix:// socket; portwatch only talks to a local \
+                     daemon socket (unset DOCKER_HOST, or set it to unix:///var/run/docker.sock)"
+                ),
+            }),
+        },
+    }
+}
+
+/// Looks a container up by name or id through the daemon at `socket`.
+pub fn inspect(socket: &Path, name_or_id: &str) -> Result<Container> {
+    // Docker names and ids are [a-zA-Z0-9][a-zA-Z0-9_.-]*: anything else cannot be a
+    // container, and must not reach the request line.
+    let valid = !name_or_id.is_empty()
+        && name_or_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name_or_id.as_bytes()[0].is_ascii_alphanumeric();
+    if !valid {
+        return Err(Error::Docker {
+            reason: format!("{name_or_id:?} is not a container name or id"),
+        });
+    }
+    let unavailable = |e: std::io::Error| Error::Docker {
+        reason: format!(
+            "cannot reach the Docker daemon at {}: {e} (is it running? is DOCKER_HOST right? \
+             root or the docker group can use the socket)",
+            socket.display()
+        ),
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unavailable)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(unavailable)?;
+    // One write: the request must not reach the daemon in fragments.
+    let request = format!("GET /containers/{name_or_id}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(unavailable)?;
+    let mut response = Vec::new();
+    stream.take(MAX_RESPONSE).read_to_end(&mut response).map_err(unavailable)?;
+    parse_inspect(&response, name_or_id)
+}
+
+/// Parses the daemon's answer to `GET /containers/{id}/json`.
+pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
+    let bad = |what: &str| Error::Docker {
+        reason: format!("unexpected answer from the Docker daemon: {what}"),
+    };
+    let split =
+        response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no headers"))?;
+    let head = std::str::from_utf8(&response[..split]).map_err(|_| bad("headers not UTF-8"))?;
+    let body = &response[split + 4..];
+    let status: u16 = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    match status {
+        200 => {}
+        404 => {
+            return Err(Error::Docker {
+                reason: format!("no such container: {asked} (see `docker ps -a`)"),
+            });
+        }
+        code => {
+            let msg: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            return Err(Error::Docker {
+                reason: format!(
+                    "the Docker daemon answered {code}: {}",
+                    msg["message"].as_str().unwrap_or("")
+                ),
+            });
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
+    let id = v["Id"].as_str().ok_or_else(|| bad("no Id"))?.to_owned();
+    let name = v["Name"].as_str().unwrap_or("").trim_start_matches('/').to_owned();
+    let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
+    if v["State"]["Running"] != true || pid == 0 {
+        return Err(Error::Docker {
+            reason: format!(
+                "container {asked} is not running (start it, or watch it once it runs)"
+            ),
+        });
+    }
+    let pid = u32::try_from(pid).map_err(|_| bad("pid out of range"))?;
+    Ok(Container { id, name, pid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Abridged from Docker Engine 28.2 `GET /containers/portwatcher/json`.
+    const RUNNING: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.50\r\nContent-Type: application/json\r\n\r\n\
+{\"Id\":\"4f1c0e2b9d8a\",\"Name\":\"/portwatcher\",\"State\":{\"Status\":\"running\",\"Running\":true,\"Pid\":4242}}";
+
+    #[test]
+    fn parses_a_running_container() {
+        let c = parse_inspect(RUNNING.as_bytes(), "portwatcher").unwrap();
+        assert_eq!(
+            c,
+            Container { id: "4f1c0e2b9d8a".into(), name: "portwatcher".into(), pid: 4242 }
+        );
+    }
+
+    #[test]
+    fn missing_stopped_and_garbage_are_clear_errors() {
+        let nf = "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container: x\"}";
+        assert!(
+            parse_inspect(nf.as_bytes(), "x")
+                .unwrap_err()
+                .to_string()
+                .contains("no such container: x")
+        );
+        let stopped =
+            RUNNING.replace("\"Running\":true,\"Pid\":4242", "\"Running\":false,\"Pid\":0");
+        assert!(
+            parse_inspect(stopped.as_bytes(), "p").unwrap_err().to_string().contains("not running")
+        );
+        for cut in 0..RUNNING.len() {
+            let _ = parse_inspect(&RUNNING.as_bytes()[..cut], "p");
+        }
+    }
+
+    #[test]
+    fn only_unix_docker_hosts_and_plain_names() {
+        assert_eq!(socket_from_env(None).unwrap(), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            socket_from_env(Some("unix:///run/d.sock")).unwrap(),
+            PathBuf::from("/run/d.sock")
+        );
+        assert!(socket_from_env(Some("tcp://10.0.0.1:2375")).is_err());
+        for bad in ["", "../etc", "a b", "x/json?", "-x"] {
+            assert!(
+                inspect(Path::new("/nonexistent"), bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("not a container")
+            );
+        }
+    }
+}
