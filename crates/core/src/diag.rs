@@ -400,11 +400,6 @@ impl DestroyFeed {
         self.socket.as_fd()
     }
 
-    /// Shrinks the kernel receive buffer (tests force overruns with it).
-    pub(crate) fn set_recv_buffer(&self, bytes: usize) -> Result<()> {
-        self.socket.set_rx_buf_sz(bytes).map_err(|source| Error::NetlinkUnavailable { source })
-    }
-
     /// Reads every pending message without blocking, calling `f` with each destroyed cookie.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(u64)) -> Result<Drained> {
         let mut drained = Drained::default();

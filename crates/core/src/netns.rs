@@ -100,11 +100,6 @@ impl Netns {
         &self.path
     }
 
-    /// Whether this is "the caller's namespace" rather than a named one.
-    pub(crate) fn is_current(&self) -> bool {
-        self.file.is_none()
-    }
-
     /// Labels the namespace as a container's: sockets and events read here carry it.
     pub fn with_container(mut self, container: ContainerRef) -> Netns {
         self.container = Some(Arc::new(container));

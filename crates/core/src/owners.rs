@@ -454,8 +454,8 @@ impl OwnerIndex {
             return;
         };
         let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
-        let mut missing: HashSet<u64> =
-            sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let mut missing = wanted.clone();
         let uids: HashSet<u32> = sockets.iter().filter_map(|s| s.uid).collect();
         let mut scanned: HashSet<u32> = HashSet::new();
         let mut total = FdScan::default();
@@ -470,7 +470,6 @@ impl OwnerIndex {
             }
             let batch: Vec<u32> =
                 pids.iter().copied().filter(|p| !scanned.contains(p) && phase(*p)).collect();
-            let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
             let scan = scan_pids(&proc_dir, &batch, &wanted, users, self.detail, self.threads);
             scanned.extend(batch);
             missing.retain(|i| !scan.holders.contains_key(i));
@@ -478,7 +477,6 @@ impl OwnerIndex {
         }
         // Forked sharers: a holder's parent often holds the same socket (the listener was
         // opened before the fork). Walk up while parents keep holding something.
-        let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
         let mut parents: Vec<u32> = total.processes.values().filter_map(|p| p.ppid).collect();
         while !parents.is_empty() {
             parents.retain(|p| *p > 1 && scanned.insert(*p));

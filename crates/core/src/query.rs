@@ -4,7 +4,6 @@
 //! caller that scans repeatedly opens it once and hears about a fallback once.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -145,7 +144,7 @@ impl Query {
             Some(ns) => ns.clone(),
             None => Netns::current()?,
         };
-        let mut scanner = Scanner::new(self.backend, &self.proc_root, &netns)?;
+        let mut scanner = Scanner::new(self.backend, &netns)?;
         log::trace!("backend open in {:?}", started.elapsed());
         let mut sockets = scanner.scan(&self.filter.dumps())?;
         sockets.retain(|s| self.filter.matches(s));
@@ -180,12 +179,6 @@ pub(crate) fn worker_threads() -> usize {
         .max(1)
 }
 
-/// The inode of the calling thread's network namespace.
-pub(crate) fn current_netns(proc_root: &Path) -> Result<u64> {
-    let path = proc_root.join("thread-self/ns/net");
-    std::fs::metadata(&path).map(|m| m.ino()).map_err(|e| Error::io(path, e))
-}
-
 /// Reads sockets from the backend chosen once, at creation.
 pub(crate) struct Scanner {
     diag: Option<SockDiag>,
@@ -200,12 +193,8 @@ pub(crate) struct Scanner {
 }
 
 impl Scanner {
-    pub(crate) fn new(backend: Backend, proc_root: &Path, ns: &Netns) -> Result<Scanner> {
-        let (netns, proc_net) = if ns.is_current() {
-            (current_netns(proc_root)?, Some(proc_root.join("net")))
-        } else {
-            (ns.inode(), ns.proc_net().map(Path::to_owned))
-        };
+    pub(crate) fn new(backend: Backend, ns: &Netns) -> Result<Scanner> {
+        let (netns, proc_net) = (ns.inode(), ns.proc_net().map(Path::to_owned));
         let diag = match backend {
             Backend::Proc => None,
             Backend::Netlink => Some(ns.enter(SockDiag::open)??),

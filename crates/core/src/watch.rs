@@ -110,7 +110,6 @@ pub struct WatcherBuilder {
     backend: Backend,
     destroy_events: bool,
     cmdlines: bool,
-    destroy_recv_buffer: Option<usize>,
     netns: Option<Netns>,
 }
 
@@ -127,7 +126,6 @@ impl Default for WatcherBuilder {
             backend: Backend::Auto,
             destroy_events: true,
             cmdlines: true,
-            destroy_recv_buffer: None,
             netns: None,
         }
     }
@@ -213,13 +211,6 @@ impl WatcherBuilder {
             .close_grace(Duration::from_millis(200))
     }
 
-    /// Sets the destroy feed's kernel receive buffer (tests use a tiny one to force overruns).
-    #[doc(hidden)]
-    pub fn destroy_recv_buffer(mut self, bytes: usize) -> Self {
-        self.destroy_recv_buffer = Some(bytes);
-        self
-    }
-
     fn validate(&self) -> Result<()> {
         let bad =
             |setting: &'static str, reason: String| Err(Error::InvalidSetting { setting, reason });
@@ -270,15 +261,10 @@ impl WatcherBuilder {
             Some(ns) => ns.clone(),
             None => Netns::current()?,
         };
-        let scanner = Scanner::new(self.backend, &proc_root, &ns)?;
+        let scanner = Scanner::new(self.backend, &ns)?;
         let feed = if self.destroy_events && self.backend != Backend::Proc {
             match ns.enter(DestroyFeed::open)? {
-                Ok(feed) => {
-                    if let Some(bytes) = self.destroy_recv_buffer {
-                        feed.set_recv_buffer(bytes)?;
-                    }
-                    Some(feed)
-                }
+                Ok(feed) => Some(feed),
                 Err(e) => {
                     log::warn!("no destroy events ({e}): closes are seen at the next scan");
                     None
