@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 
-use crate::util::{is_root, json_list, portwatch, run};
+use crate::util::{WatchCmd, is_root, json, json_list, portwatch, run};
 
 /// Binds TCP 7101 and UDP 7102 on 0.0.0.0, prints its pid (as it sees it), then waits for
 /// stdin to close.
@@ -291,4 +291,89 @@ fn docker_errors_exit_1_and_say_what_to_do() {
     let out = portwatch().args(["list", "--container", "../../etc"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a container name"));
+}
+
+/// The sockets of `list` in namespace `inode`.
+fn in_netns(list: &[serde_json::Value], inode: u64) -> Vec<serde_json::Value> {
+    list.iter().filter(|s| s["netns"] == inode).cloned().collect()
+}
+
+#[test]
+fn all_netns_lists_every_namespace_tagged() {
+    if !can_run(&["ip", "unshare", "python3"]) {
+        return;
+    }
+    let (named, unshared) = (Sandbox::named("all"), Sandbox::unshared());
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let host_ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    let list = json_list(&["--all-netns"]);
+    for sb in [&named, &unshared] {
+        let inode = std::fs::metadata(sb.path()).unwrap().ino();
+        let mine = in_netns(&list, inode);
+        assert_sandbox_listed(&mine, sb, inode);
+        // Exactly the sandbox's two sockets: nothing of the host is tagged with it.
+        assert_eq!(ports(&mine).len(), 2, "{mine:?}");
+    }
+    let p = &in_netns(&list, std::fs::metadata(unshared.path()).unwrap().ino())[0];
+    assert_eq!(p["processes"][0]["ns_pid"], 1, "pid inside the unshared sandbox");
+    let ours = list.iter().find(|s| s["port"] == host_port).expect("the host listener is listed");
+    assert_eq!(ours["netns"], host_ns);
+    // The table names the namespaces.
+    let out = run(&["list", "--all-netns"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("Namespace"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("host ")), "{table}");
+}
+
+#[test]
+fn all_netns_watch_follows_namespaces_coming_and_going() {
+    if !can_run(&["unshare", "python3"]) {
+        return;
+    }
+    let w = WatchCmd::start(&["--all-netns", "--format", "json"]);
+    w.ready();
+    // Started after the watch began: picked up by discovery.
+    let sb = Sandbox::unshared();
+    let inode = std::fs::metadata(sb.path()).unwrap().ino();
+    let host_pid = sb.host_pid;
+    let mut opened = Vec::new();
+    while opened.len() < 2 {
+        let l = json(&w.expect("an open in the new namespace", |l| {
+            let e = json(l);
+            e["event"] == "open" && e["netns"] == inode
+        }));
+        assert_eq!(l["initial"], false, "opened after the watch began");
+        assert_eq!(l["pids"], serde_json::json!([host_pid]));
+        assert_eq!(l["processes"][0]["ns_pid"], 1);
+        opened.push(l["port"].as_u64().unwrap());
+    }
+    opened.sort_unstable();
+    assert_eq!(opened, [7101, 7102]);
+    drop(sb); // the sandbox exits, and its namespace with it
+    let mut closed = Vec::new();
+    while closed.len() < 2 {
+        let l = json(&w.expect("a close in the vanished namespace", |l| {
+            let e = json(l);
+            e["event"] == "close" && e["netns"] == inode
+        }));
+        closed.push(l["port"].as_u64().unwrap());
+    }
+    closed.sort_unstable();
+    assert_eq!(closed, [7101, 7102]);
+    assert!(w.terminate().success());
+}
+
+#[test]
+fn all_netns_needs_privilege_and_says_which() {
+    if !is_root() {
+        eprintln!("skipped: dropping to another uid needs root");
+        return;
+    }
+    let out = {
+        use std::os::unix::process::CommandExt;
+        portwatch().args(["list", "--all-netns"]).uid(65534).gid(65534).output().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
 }

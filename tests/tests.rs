@@ -3,6 +3,7 @@
 
 mod cli;
 mod differential;
+mod faults;
 mod list;
 mod netns;
 mod util;

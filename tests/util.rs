@@ -1,12 +1,18 @@
 //! Helpers: processes that hold sockets, condition polling with deadlines, running the binary.
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, close, fork, pipe2, read};
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The `portwatch` binary under test.
 pub fn portwatch() -> Command {
@@ -43,6 +49,15 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Asks process `pid` to stop, as a service manager would.
+pub fn sigterm(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("the process is still there to signal");
 }
 
 /// Whether we are root; tests that need it print why they skip.
@@ -105,4 +120,106 @@ pub fn pids_of(list: &[serde_json::Value], proto: &str, addr: &str, port: u16) -
     list.iter()
         .find(|s| s["proto"] == proto && s["addr"] == addr && s["port"] == port)
         .map(|s| s["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u32).collect())
+}
+
+/// A running `portwatch watch`, its stdout lines delivered over a channel.
+pub struct WatchCmd {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl WatchCmd {
+    pub fn start(args: &[&str]) -> WatchCmd {
+        WatchCmd::start_with_env(args, &[])
+    }
+
+    /// Like `start`, with these environment variables set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> WatchCmd {
+        let mut child = portwatch()
+            .arg("watch")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WatchCmd { child, lines }
+    }
+
+    /// Waits until a line matching `want` arrives.
+    pub fn expect(&self, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {what} within {PATIENCE:?}");
+    }
+
+    /// Returns once the watcher is scanning: opens short-lived sentinel listeners until one
+    /// is reported (a sentinel open at its first scan would count as initial, and
+    /// `--no-initial` would hide it, hence more than one).
+    pub fn ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
+            let tag = format!("{}", sentinel.local_addr().unwrap().port());
+            let seen = self.lines.recv_timeout(Duration::from_millis(200));
+            drop(sentinel);
+            if seen.is_ok_and(|l| l.contains(&tag)) {
+                return;
+            }
+        }
+        panic!("portwatch watch did not start reporting within {PATIENCE:?}");
+    }
+
+    /// Every line until `quiet` passes without one.
+    pub fn collect(&self, quiet: Duration) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(quiet) {
+            v.push(l);
+        }
+        v
+    }
+
+    /// Sends SIGTERM, hands every line still written to `f` until stdout closes, and returns
+    /// the exit status.
+    pub fn terminate_collecting(mut self, mut f: impl FnMut(&str)) -> std::process::ExitStatus {
+        sigterm(self.child.id());
+        let deadline = Instant::now() + PATIENCE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => f(&l),
+                Err(_) => break, // stdout closed (or the deadline passed: the wait below says)
+            }
+        }
+        wait_for("portwatch watch to exit", PATIENCE, || self.child.try_wait().unwrap())
+    }
+
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_collecting(|_| {})
+    }
+}
+
+impl Drop for WatchCmd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
 }

@@ -1,23 +1,18 @@
 //! The Watcher and `portwatch watch` against real sockets and processes.
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use portwatch_core::{Event, Filter, Protocol, Watcher};
 
-use crate::util::{Holder, portwatch, run, wait_for};
-
-const PATIENCE: Duration = Duration::from_secs(10);
+use crate::util::{Holder, PATIENCE, WatchCmd, json, portwatch, run, wait_for};
 
 fn me() -> u32 {
     std::process::id()
 }
 
 /// Waits for the first event matching `want`, failing after `PATIENCE`.
-fn expect(w: &Watcher, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
+pub fn expect(w: &Watcher, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
     let deadline = Instant::now() + PATIENCE;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         if let Some(e) = w.recv_timeout(left) {
@@ -31,7 +26,7 @@ fn expect(w: &Watcher, what: &str, mut want: impl FnMut(&Event) -> bool) -> Even
 
 /// Returns once the watcher reports new sockets: opens short-lived sentinels until one is
 /// reported (one open before the first scan would count as initial).
-fn ready(w: &Watcher) {
+pub fn ready(w: &Watcher) {
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
         let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -220,93 +215,6 @@ fn snapshot_continuity_across_restarts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A running `portwatch watch`, its stdout lines delivered over a channel.
-struct WatchCmd {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl WatchCmd {
-    fn start(args: &[&str]) -> WatchCmd {
-        let mut child = portwatch()
-            .arg("watch")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        WatchCmd { child, lines }
-    }
-
-    /// Waits until a line matching `want` arrives.
-    fn expect(&self, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) if want(&l) => return l,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no line with {what} within {PATIENCE:?}");
-    }
-
-    /// Returns once the watcher is scanning: opens short-lived sentinel listeners until one
-    /// is reported (a sentinel open at its first scan would count as initial, and
-    /// `--no-initial` would hide it, hence more than one).
-    fn ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
-            let tag = format!("{}", sentinel.local_addr().unwrap().port());
-            let seen = self.lines.recv_timeout(Duration::from_millis(200));
-            drop(sentinel);
-            if seen.is_ok_and(|l| l.contains(&tag)) {
-                return;
-            }
-        }
-        panic!("portwatch watch did not start reporting within {PATIENCE:?}");
-    }
-
-    /// Every line until `quiet` passes without one.
-    fn collect(&self, quiet: Duration) -> Vec<String> {
-        let mut v = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(quiet) {
-            v.push(l);
-        }
-        v
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        wait_for("portwatch watch to exit", PATIENCE, || self.child.try_wait().unwrap())
-    }
-}
-
-impl Drop for WatchCmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json(line: &str) -> serde_json::Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
-}
-
 #[test]
 fn text_output_keeps_the_reference_wording() {
     let w = WatchCmd::start(&["--interval", "0.05", "--no-initial", "-t"]);
@@ -475,4 +383,13 @@ fn bad_watch_flags_exit_2_naming_the_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--close-grace"));
     let out = portwatch().args(["watch"]).env("SCAN_INTERVAL", "-5").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn empty_environment_settings_mean_the_defaults() {
+    // As `make` and compose pass an unset variable through: set, but empty.
+    let names = ["SCAN_INTERVAL", "BURST_SCANS", "BURST_DELAY", "CLOSE_GRACE_MS", "SNAPSHOT_PATH"];
+    let w = WatchCmd::start_with_env(&["--no-initial"], &names.map(|v| (v, "")));
+    w.ready();
+    assert!(w.terminate().success());
 }

@@ -58,6 +58,10 @@ pub struct SocketFilter {
     /// /var/run/docker.sock (or a unix:// DOCKER_HOST).
     #[arg(long, value_name = "NAME|ID", conflicts_with = "netns")]
     pub container: Option<String>,
+    /// Every network namespace on the host (all processes' and /run/netns), each socket
+    /// tagged with its namespace and container. Needs root (CAP_SYS_ADMIN, CAP_SYS_PTRACE).
+    #[arg(long, conflicts_with_all = ["netns", "container"])]
+    pub all_netns: bool,
 }
 
 /// A `--state` value.

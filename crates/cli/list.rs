@@ -16,18 +16,63 @@ use crate::args::{BackendArg, Format, ListArgs, SocketFilter, StateArg};
 /// Builds the library query the filter flags describe.
 pub fn query(filter: &SocketFilter) -> Result<Query> {
     let q = Query::new().filter(selection(filter)).backend(backend(filter));
+    if filter.all_netns {
+        raise_fd_limit();
+        let q = q.all_netns();
+        return Ok(match names_socket() {
+            Some(socket) => q.docker_names(socket),
+            None => q,
+        });
+    }
     Ok(match netns(filter)? {
         Some(ns) => q.netns(&ns),
         None => q,
     })
 }
 
+/// The Docker daemon's socket, from DOCKER_HOST or the default.
+pub fn docker_socket() -> Result<std::path::PathBuf> {
+    Ok(docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref())?)
+}
+
+/// Where `--all-netns` asks for container names: the Docker socket when DOCKER_HOST allows
+/// one (names are optional there, so a TCP DOCKER_HOST only costs them, with a warning).
+pub fn names_socket() -> Option<std::path::PathBuf> {
+    docker_socket().map_err(|e| log::warn!("{e}; containers are named by short id")).ok()
+}
+
+/// Watching every namespace holds three or four descriptors per namespace: lift the soft
+/// limit to the hard one so a host with hundreds of containers does not run out.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::warn!("cannot raise the open-file limit from {soft}: {e}");
+    }
+}
+
+/// What names a socket's namespace in output: its container, else its inode when it is not
+/// this process's own namespace, else nothing.
+pub fn namespace_text(s: &Socket, own_netns: u64) -> Option<Cow<'_, str>> {
+    match &s.container {
+        Some(c) => Some(Cow::Borrowed(&c.name)),
+        None if s.netns != own_netns => Some(Cow::Owned(format!("netns {}", s.netns))),
+        None => None,
+    }
+}
+
+/// This process's network namespace inode (0 if it cannot be read: every other one shows).
+pub fn own_netns() -> u64 {
+    Netns::current().map_or(0, |ns| ns.inode())
+}
+
 /// The namespace `--netns` or `--container` names (`--netns`: a pid when it is all digits,
 /// else a path).
 pub fn netns(filter: &SocketFilter) -> Result<Option<Netns>> {
     if let Some(name) = &filter.container {
-        let socket = docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref())?;
-        let c = docker::inspect(&socket, name)?;
+        let c = docker::inspect(&docker_socket()?, name)?;
         let label = ContainerRef::new(c.id.clone(), c.name.clone());
         return Ok(Some(c.netns()?.with_container(label)));
     }
@@ -93,7 +138,7 @@ pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
             serde_json::to_writer(&mut *out, &sockets).map_err(io::Error::from)?;
             writeln!(out)?;
         }
-        Format::Table => print_table(&sockets, out)?,
+        Format::Table => print_table(&sockets, args.filter.all_netns.then(own_netns), out)?,
     }
     out.flush()?;
     warn_unknown_owners(&sockets);
@@ -150,27 +195,40 @@ fn cell(out: &mut impl Write, cell: &str, width: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn print_table(sockets: &[Socket], out: &mut impl Write) -> io::Result<()> {
-    // Only the address and user columns need text built per row; the rest is borrowed.
-    let rows: Vec<(String, Cow<'_, str>)> =
-        sockets.iter().map(|s| (s.local_display(), user_text(s))).collect();
-    let header = ["Proto", "State", "Local Address:Port", "User", "Process"];
-    let mut widths = [header[0].len(), header[1].len(), header[2].len(), header[3].len()];
-    for (s, (local, user)) in sockets.iter().zip(&rows) {
-        widths[0] = widths[0].max(s.protocol.as_str().len());
-        widths[1] = widths[1].max(state_text(s).len());
-        widths[2] = widths[2].max(local.chars().count());
-        widths[3] = widths[3].max(user.chars().count());
+/// The table; with `own_netns` (several namespaces listed), a Namespace column first.
+fn print_table(sockets: &[Socket], own_netns: Option<u64>, out: &mut impl Write) -> io::Result<()> {
+    // Only the namespace, address and user columns need text built per row.
+    let rows: Vec<(Cow<'_, str>, String, Cow<'_, str>)> = sockets
+        .iter()
+        .map(|s| {
+            let ns = own_netns.map_or(Cow::Borrowed(""), |own| {
+                namespace_text(s, own).unwrap_or(Cow::Borrowed("host"))
+            });
+            (ns, s.local_display(), user_text(s))
+        })
+        .collect();
+    let header = ["Namespace", "Proto", "State", "Local Address:Port", "User", "Process"];
+    let mut widths = header.map(str::len);
+    for (s, (ns, local, user)) in sockets.iter().zip(&rows) {
+        widths[0] = widths[0].max(ns.chars().count());
+        widths[1] = widths[1].max(s.protocol.as_str().len());
+        widths[2] = widths[2].max(state_text(s).len());
+        widths[3] = widths[3].max(local.chars().count());
+        widths[4] = widths[4].max(user.chars().count());
     }
-    for (text, width) in header.iter().zip(widths) {
+    let first = if own_netns.is_some() { 0 } else { 1 };
+    for (text, width) in header.iter().zip(widths).take(5).skip(first) {
         cell(out, text, width)?;
     }
-    writeln!(out, "{}", header[4])?;
-    for (s, (local, user)) in sockets.iter().zip(&rows) {
-        cell(out, s.protocol.as_str(), widths[0])?;
-        cell(out, &state_text(s), widths[1])?;
-        cell(out, local, widths[2])?;
-        cell(out, user, widths[3])?;
+    writeln!(out, "{}", header[5])?;
+    for (s, (ns, local, user)) in sockets.iter().zip(&rows) {
+        if own_netns.is_some() {
+            cell(out, ns, widths[0])?;
+        }
+        cell(out, s.protocol.as_str(), widths[1])?;
+        cell(out, &state_text(s), widths[2])?;
+        cell(out, local, widths[3])?;
+        cell(out, user, widths[4])?;
         writeln!(out, "{}", owners_text(s))?;
     }
     Ok(())

@@ -55,7 +55,20 @@ impl std::fmt::Display for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The settings `watch` reads from the environment.
+const SETTINGS_FROM_ENV: [&str; 5] =
+    ["SCAN_INTERVAL", "BURST_SCANS", "BURST_DELAY", "CLOSE_GRACE_MS", "SNAPSHOT_PATH"];
+
 fn main() -> ExitCode {
+    // `SCAN_INTERVAL=` (set but empty, as `make` and compose pass an unset variable through)
+    // means "not set": the default, not an invalid value.
+    for name in SETTINGS_FROM_ENV {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            // SAFETY: no other thread exists yet (this is the first thing main does), so
+            // nothing can read the environment concurrently.
+            unsafe { std::env::remove_var(name) };
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

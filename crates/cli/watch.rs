@@ -3,9 +3,10 @@
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,12 +15,16 @@ use portwatch_core::{Event, Owners, Process, Socket, UnknownReason, Watcher};
 
 use crate::Result;
 use crate::args::{WatchArgs, WatchFormat};
-use crate::list::{backend, netns, selection};
+use crate::list::{
+    backend, names_socket, namespace_text, netns, own_netns, raise_fd_limit, selection,
+};
 
 /// Events waiting for their hook; past this, events are dropped for hooks (not for output).
 const HOOK_QUEUE: usize = 1024;
 /// A hook running longer than this is killed.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// At shutdown, how long the running hook may still take before it is killed.
+const HOOK_STOP_GRACE: Duration = Duration::from_secs(1);
 
 pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
     // SIGINT and SIGTERM are blocked in every thread (the watcher's inherits the mask) and
@@ -53,9 +58,16 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
     if let Some(path) = &args.snapshot {
         builder = builder.snapshot(path);
     }
-    if let Some(ns) = netns(&args.filter)? {
+    if args.filter.all_netns {
+        raise_fd_limit();
+        builder = builder.all_netns();
+        if let Some(socket) = names_socket() {
+            builder = builder.docker_names(socket);
+        }
+    } else if let Some(ns) = netns(&args.filter)? {
         builder = builder.netns(ns);
     }
+    let own = own_netns();
     let watcher = builder
         .filter(filter)
         .backend(backend(&args.filter))
@@ -74,7 +86,7 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
     let hooks = args.exec.as_deref().map(Hooks::start).transpose()?;
     for event in watcher.events() {
         let written = match args.format {
-            WatchFormat::Text => writeln!(out, "{}", text_line(&event)),
+            WatchFormat::Text => writeln!(out, "{}", text_line(&event, own)),
             WatchFormat::Json => writeln!(out, "{}", json_line(&event)),
         }
         .and_then(|()| out.flush());
@@ -139,23 +151,25 @@ fn port_text(s: &Socket) -> String {
     }
 }
 
-fn where_text(s: &Socket) -> String {
+/// `tcp, 0.0.0.0`, then the container or namespace when it is not this process's own.
+fn where_text(s: &Socket, own_netns: u64) -> String {
     let at = match s.addr {
         Some(a) => format!("{}, {a}", s.protocol),
         None => s.protocol.to_string(),
     };
-    match &s.container {
-        Some(c) => format!("{at}, container {}", c.name),
-        None => at,
+    match (&s.container, namespace_text(s, own_netns)) {
+        (Some(_), Some(name)) => format!("{at}, container {name}"),
+        (None, Some(ns)) => format!("{at}, {ns}"),
+        _ => at,
     }
 }
 
 /// One line, keeping the reference monitor's wording (`New port opened: PORT`,
 /// `Port closed: PORT`, `pids:`, `last pids:`) so existing greps work.
-pub fn text_line(event: &Event) -> String {
+pub fn text_line(event: &Event, own_netns: u64) -> String {
     let s = event.socket();
     let ts = rfc3339(event.at());
-    let (port, at) = (port_text(s), where_text(s));
+    let (port, at) = (port_text(s), where_text(s, own_netns));
     match event {
         Event::Opened { initial, .. } => format!(
             "[{ts}] New port opened: {port} ({at}, pids: {}){}",
@@ -201,6 +215,8 @@ pub fn json_line(event: &Event) -> String {
 struct Hooks {
     tx: SyncSender<Event>,
     dropped: Arc<AtomicUsize>,
+    /// Set at shutdown: queued hooks are skipped and a running one gets `HOOK_STOP_GRACE`.
+    stopping: Arc<AtomicBool>,
     worker: std::thread::JoinHandle<()>,
 }
 
@@ -208,13 +224,23 @@ impl Hooks {
     fn start(cmd: &str) -> Result<Hooks> {
         let (tx, rx) = sync_channel::<Event>(HOOK_QUEUE);
         let cmd = cmd.to_owned();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
         let worker =
             std::thread::Builder::new().name("portwatch-exec".into()).spawn(move || {
+                let mut skipped = 0;
                 for event in rx {
-                    run_hook(&cmd, &event);
+                    if stop.load(Ordering::Relaxed) {
+                        skipped += 1;
+                    } else {
+                        run_hook(&cmd, &event, &stop);
+                    }
+                }
+                if skipped > 0 {
+                    log::warn!("--exec: stopping: {skipped} queued hook(s) not run");
                 }
             })?;
-        Ok(Hooks { tx, dropped: Arc::new(AtomicUsize::new(0)), worker })
+        Ok(Hooks { tx, dropped: Arc::new(AtomicUsize::new(0)), stopping, worker })
     }
 
     fn submit(&self, event: &Event) {
@@ -228,8 +254,10 @@ impl Hooks {
         }
     }
 
-    /// Lets queued hooks finish.
+    /// At shutdown: the running hook gets `HOOK_STOP_GRACE` to finish, queued ones are
+    /// skipped (their events are already on stdout), so a hanging hook cannot hold up exit.
     fn finish(self) {
+        self.stopping.store(true, Ordering::Relaxed);
         drop(self.tx);
         let _ = self.worker.join();
     }
@@ -250,7 +278,7 @@ fn hook_env(event: &Event) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn run_hook(cmd: &str, event: &Event) {
+fn run_hook(cmd: &str, event: &Event, stopping: &AtomicBool) {
     // The hook's stdout goes to our stderr, so it never mixes into the event stream.
     let stdout =
         io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or(Stdio::null());
@@ -260,6 +288,8 @@ fn run_hook(cmd: &str, event: &Event) {
         .envs(hook_env(event))
         .stdin(Stdio::piped())
         .stdout(stdout)
+        // Its own process group, so a kill reaches whatever the hook started, too.
+        .process_group(0)
         .spawn();
     let mut child = match child {
         Ok(c) => c,
@@ -272,8 +302,11 @@ fn run_hook(cmd: &str, event: &Event) {
         // A hook that does not read its stdin is fine: ignore EPIPE.
         let _ = writeln!(stdin, "{}", json_line(event));
     }
-    let deadline = Instant::now() + HOOK_TIMEOUT;
+    let mut deadline = Instant::now() + HOOK_TIMEOUT;
     loop {
+        if stopping.load(Ordering::Relaxed) {
+            deadline = deadline.min(Instant::now() + HOOK_STOP_GRACE);
+        }
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return,
             Ok(Some(status)) => {
@@ -281,8 +314,9 @@ fn run_hook(cmd: &str, event: &Event) {
                 return;
             }
             Ok(None) if Instant::now() >= deadline => {
-                log::warn!("--exec hook ran over {HOOK_TIMEOUT:?}: killed");
-                let _ = child.kill();
+                log::warn!("--exec hook still running at its deadline: killed");
+                let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return;
             }

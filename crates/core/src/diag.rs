@@ -383,9 +383,14 @@ pub(crate) struct DestroyFeed {
 }
 
 impl DestroyFeed {
-    pub(crate) fn open() -> Result<DestroyFeed> {
+    /// Opens the feed; `receive_buffer` sets SO_RCVBUF (the kernel doubles it and applies its
+    /// minimum), else the system default.
+    pub(crate) fn open(receive_buffer: Option<usize>) -> Result<DestroyFeed> {
         let nl = |source| Error::NetlinkUnavailable { source };
         let mut socket = NlSocket::new(NETLINK_SOCK_DIAG).map_err(nl)?;
+        if let Some(bytes) = receive_buffer {
+            socket.set_rx_buf_sz(bytes).map_err(nl)?;
+        }
         socket.bind_auto().map_err(nl)?;
         for group in DESTROY_GROUPS {
             socket.add_membership(group).map_err(nl)?;

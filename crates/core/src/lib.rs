@@ -72,6 +72,7 @@
 #![deny(unsafe_code)]
 
 mod diag;
+mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
 mod error;

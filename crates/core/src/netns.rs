@@ -15,6 +15,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 
+use crate::discover::Found;
 use crate::error::{Error, Result};
 use crate::socket::ContainerRef;
 
@@ -39,6 +40,20 @@ pub struct Netns {
     container: Option<Arc<ContainerRef>>,
 }
 
+/// Opens a namespace file and reads its inode, naming what is wrong when it cannot.
+fn open_file(path: &Path) -> Result<(File, u64)> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NamespaceNotFound { path: path.to_owned() },
+        std::io::ErrorKind::PermissionDenied => Error::NamespacePermission {
+            path: path.to_owned(),
+            need: "CAP_SYS_PTRACE (to open another user's /proc/PID/ns/net)",
+        },
+        _ => Error::io(path, e),
+    })?;
+    let inode = file.metadata().map_err(|e| Error::io(path, e))?.ino();
+    Ok((file, inode))
+}
+
 impl Netns {
     /// The calling thread's network namespace.
     pub fn current() -> Result<Netns> {
@@ -57,22 +72,8 @@ impl Netns {
     /// `/proc/PID/ns/net`, `/var/run/docker/netns/ID`.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Netns> {
         let path = path.as_ref().to_owned();
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NamespaceNotFound { path: path.clone() },
-            std::io::ErrorKind::PermissionDenied => Error::NamespacePermission {
-                path: path.clone(),
-                need: "CAP_SYS_PTRACE (to open another user's /proc/PID/ns/net)",
-            },
-            _ => Error::io(&path, e),
-        })?;
-        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-        let ns = Netns {
-            inode: meta.ino(),
-            file: Some(Arc::new(file)),
-            path,
-            proc_net: None,
-            container: None,
-        };
+        let (file, inode) = open_file(&path)?;
+        let ns = Netns { inode, file: Some(Arc::new(file)), path, proc_net: None, container: None };
         // Only entering it proves what it is: a regular file, or another kind of namespace,
         // is refused with EINVAL.
         ns.enter(|| ())?;
@@ -88,6 +89,23 @@ impl Netns {
         let mut ns = Netns::from_path(path)?;
         ns.proc_net = Some(PathBuf::from(format!("/proc/{pid}/net")));
         Ok(ns)
+    }
+
+    /// A namespace discovery found: opened without the entering check (whoever uses it enters
+    /// it, and says so if it is not a network namespace). A leftover `/run/netns` file that is
+    /// no longer a bind mount has a different inode than discovery saw, and is refused.
+    pub(crate) fn discovered(found: &Found, container: Option<ContainerRef>) -> Result<Netns> {
+        let (file, inode) = open_file(&found.path)?;
+        if inode != found.inode {
+            return Err(Error::NamespaceNotFound { path: found.path.clone() });
+        }
+        Ok(Netns {
+            file: Some(Arc::new(file)),
+            path: found.path.clone(),
+            inode,
+            proc_net: found.pid.map(|pid| PathBuf::from(format!("/proc/{pid}/net"))),
+            container: container.map(Arc::new),
+        })
     }
 
     /// The namespace's inode number: what `netns` fields of sockets and events carry.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::diag::{Dump, SockDiag};
+use crate::discover::{self, Namer};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::netns::Netns;
@@ -32,7 +33,20 @@ pub enum Backend {
     Proc,
 }
 
-/// A one-shot listing of sockets in the calling thread's network namespace.
+/// Which network namespaces a [`Query`] or [`Watcher`](crate::Watcher) reads.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Scope {
+    /// The calling thread's.
+    #[default]
+    Current,
+    /// One named namespace.
+    One(Netns),
+    /// Every namespace on the host, found by [`discover`](crate::discover).
+    All,
+}
+
+/// A one-shot listing of sockets in the calling thread's network namespace (or another, or
+/// all of them).
 ///
 /// The defaults give what `ss -tulnp` shows: TCP listeners and unconnected UDP sockets, IPv4
 /// and IPv6, with their owning processes.
@@ -49,7 +63,9 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Query {
     filter: Filter,
-    netns: Option<Netns>,
+    scope: Scope,
+    /// The Docker daemon's socket, for naming containers found by `all_netns`.
+    docker: Option<PathBuf>,
     owners: bool,
     cmdlines: bool,
     backend: Backend,
@@ -68,7 +84,8 @@ impl Query {
     pub fn new() -> Query {
         Query {
             filter: Filter::new(),
-            netns: None,
+            scope: Scope::Current,
+            docker: None,
             owners: true,
             cmdlines: true,
             backend: Backend::Auto,
@@ -80,7 +97,24 @@ impl Query {
     /// Read this network namespace instead of the calling thread's. Owners are still found
     /// in this process's `/proc`.
     pub fn netns(mut self, netns: &Netns) -> Query {
-        self.netns = Some(netns.clone());
+        self.scope = Scope::One(netns.clone());
+        self
+    }
+
+    /// Read every network namespace on the host: those of all processes (`/proc/*/ns/net`)
+    /// and the named ones under `/run/netns`. Each socket carries its namespace's inode and,
+    /// when a container runtime's cgroup names one, its container. Needs `CAP_SYS_ADMIN` (to
+    /// enter them) and `CAP_SYS_PTRACE` (to see other users' namespace links).
+    pub fn all_netns(mut self) -> Query {
+        self.scope = Scope::All;
+        self
+    }
+
+    /// With [`all_netns`](Self::all_netns), ask the Docker daemon listening on `socket` for
+    /// container names (without it, a container is named by its short id). Feature `docker`.
+    #[cfg(feature = "docker")]
+    pub fn docker_names(mut self, socket: impl AsRef<Path>) -> Query {
+        self.docker = Some(socket.as_ref().to_owned());
         self
     }
 
@@ -137,16 +171,25 @@ impl Query {
     }
 
     /// Runs the query: dumps every requested protocol and family, filters, resolves owners and
-    /// returns the sockets sorted by protocol, family, address, port and path.
+    /// returns the sockets sorted by namespace, protocol, family, address, port and path.
     pub fn run(&self) -> Result<Vec<Socket>> {
         let started = Instant::now();
-        let netns = match &self.netns {
-            Some(ns) => ns.clone(),
-            None => Netns::current()?,
+        let namespaces = match &self.scope {
+            Scope::Current => vec![Netns::current()?],
+            Scope::One(ns) => vec![ns.clone()],
+            Scope::All => discover::all(&self.proc_root, &mut Namer::new(self.docker.clone()))?,
         };
-        let mut scanner = Scanner::new(self.backend, &netns)?;
-        log::trace!("backend open in {:?}", started.elapsed());
-        let mut sockets = scanner.scan(&self.filter.dumps())?;
+        let all = matches!(self.scope, Scope::All);
+        let dumps = self.filter.dumps();
+        let mut sockets = Vec::new();
+        for ns in &namespaces {
+            match Scanner::new(self.backend, ns).and_then(|mut s| s.scan(&dumps)) {
+                Ok(found) => sockets.extend(found),
+                Err(e) if all => discover::skip(ns.inode(), e)?,
+                Err(e) => return Err(e),
+            }
+        }
+        log::trace!("read {} namespaces in {:?}", namespaces.len(), started.elapsed());
         sockets.retain(|s| self.filter.matches(s));
         let dumped = Instant::now();
         log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
@@ -160,8 +203,8 @@ impl Query {
         }
         // The inode makes the order total, so an unstable sort gives the same result.
         sockets.sort_unstable_by(|a, b| {
-            (a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
-                .cmp(&(b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
+            (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
+                .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
         });
         Ok(sockets)
     }
@@ -223,11 +266,6 @@ impl Scanner {
             container: ns.container_label(),
             fallbacks: Vec::new(),
         })
-    }
-
-    /// The inode of the network namespace the scanner reads.
-    pub(crate) fn netns(&self) -> u64 {
-        self.netns
     }
 
     /// Runs `dumps` and returns their sockets in order.

@@ -15,10 +15,13 @@ use crate::socket::{Family, Owners, Process, Protocol, Socket, State, UnixType, 
 
 const MAGIC: &str = "portwatch-snapshot 1";
 
+/// The `netns` of a snapshot that covers every namespace (each socket carries its own).
+pub(crate) const ALL_NAMESPACES: u64 = 0;
+
 /// What a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Snapshot {
-    /// The network namespace it was taken in: a snapshot from another is not applied.
+    /// The network namespace it was taken in, or [`ALL_NAMESPACES`].
     pub(crate) netns: u64,
     pub(crate) sockets: Vec<Socket>,
 }

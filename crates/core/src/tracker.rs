@@ -73,6 +73,8 @@ pub(crate) struct Tracker {
     /// Whether sockets open before the first observation are reported (`initial: true`).
     report_initial: bool,
     observed: bool,
+    /// The sockets known came from a snapshot and the next observation is the first since.
+    adopted: bool,
 }
 
 fn pids(owners: &Owners) -> Vec<u32> {
@@ -92,6 +94,7 @@ impl Tracker {
             grace,
             report_initial,
             observed: false,
+            adopted: false,
         }
     }
 
@@ -103,6 +106,7 @@ impl Tracker {
         }
         // The next observation is a continuation, not a first look.
         self.observed = true;
+        self.adopted = true;
     }
 
     /// The owners already known for a socket with this key, if any.
@@ -143,6 +147,9 @@ impl Tracker {
         out: &mut Vec<Event>,
     ) {
         let seen_keys: HashSet<Key> = seen.iter().map(Key::of).collect();
+        if std::mem::take(&mut self.adopted) {
+            self.carry_over(&seen, &seen_keys, wall, out);
+        }
         let gone: Vec<Key> =
             self.known.keys().filter(|k| !seen_keys.contains(*k)).cloned().collect();
         for key in gone {
@@ -176,6 +183,36 @@ impl Tracker {
                 None => out.push(Event::Opened { socket: s.clone(), at: wall, initial }),
             }
             self.insert(s);
+        }
+    }
+
+    /// After a snapshot: a socket seen on an endpoint the snapshot had open under another
+    /// identity is the same port, not a new one — a restarted container's namespace and
+    /// cookies are new. It takes the old one's place; a change of owners is reported.
+    fn carry_over(
+        &mut self,
+        seen: &[Socket],
+        seen_keys: &HashSet<Key>,
+        wall: SystemTime,
+        out: &mut Vec<Event>,
+    ) {
+        let mut unmatched: HashMap<Endpoint, Vec<Key>> = HashMap::new();
+        for key in self.known.keys().filter(|k| !seen_keys.contains(*k)) {
+            unmatched.entry(key.endpoint.clone()).or_default().push(key.clone());
+        }
+        for s in seen {
+            if self.known.contains_key(&Key::of(s)) {
+                continue;
+            }
+            let Some(old) = unmatched.get_mut(&Endpoint::of(s)).and_then(Vec::pop) else {
+                continue;
+            };
+            let Some(old) = self.remove(&old) else { continue };
+            if pids(&old.owners) != pids(&s.owners) {
+                let previous = old.processes().to_vec();
+                out.push(Event::OwnersChanged { socket: s.clone(), previous, at: wall });
+            }
+            self.insert(s.clone());
         }
     }
 
@@ -436,6 +473,20 @@ mod tests {
         let e = cycle(&mut t, &clock, &[vec![sock(80, 1, &[10]), sock(82, 3, &[11])]]);
         assert_eq!(kinds(&e), [("close", 81), ("open", 82)]);
         assert!(matches!(e[1], Event::Opened { initial: false, .. }));
+    }
+
+    #[test]
+    fn adopted_endpoints_reopened_under_new_cookies_are_the_same_ports() {
+        // A restarted container: new namespace (rebased by the caller), new cookies, new pids.
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        t.adopt(vec![sock(80, 1, &[10]), sock(81, 2, &[10])]);
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 5, &[20])]]);
+        assert_eq!(kinds(&e), [("owners", 80), ("close", 81)]);
+        assert_eq!(e[0].socket().pids(), [20]);
+        // Only the first observation carries over: later it is an ordinary close and open.
+        let e = cycle(&mut t, &clock, &[vec![sock(80, 6, &[20])]]);
+        assert_eq!(kinds(&e), [("close", 80), ("open", 80)]);
     }
 
     #[test]

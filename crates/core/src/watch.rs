@@ -4,7 +4,7 @@
 //! scan thread's lifetime and event delivery. What counts as open, closed or restarted is the
 //! tracker's business; how owners are found is the owner index's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,13 +16,14 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::diag::{DestroyFeed, Dump};
+use crate::discover::{self, Discovery, Found, NAMED_NETNS_DIR, Namer};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
 use crate::netns::Netns;
 use crate::owners::{self, Detail, OwnerIndex};
 use crate::probe::ChangeProbe;
-use crate::query::{Backend, Scanner, worker_threads};
+use crate::query::{Backend, Scanner, Scope, worker_threads};
 use crate::snapshot::{self, Snapshot};
 use crate::socket::Socket;
 use crate::tracker::{Key, Tracker};
@@ -36,6 +37,8 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// With the change probe, a full scan still runs at least this often: the probe cannot see
 /// a socket changing state without being added or freed.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(2);
+/// How often, with `all_netns`, new and vanished namespaces are looked for.
+const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// Most burst scans per cycle.
 const MAX_BURST: u32 = 1000;
 
@@ -110,7 +113,9 @@ pub struct WatcherBuilder {
     backend: Backend,
     destroy_events: bool,
     cmdlines: bool,
-    netns: Option<Netns>,
+    scope: Scope,
+    docker: Option<PathBuf>,
+    destroy_buffer: Option<usize>,
 }
 
 impl Default for WatcherBuilder {
@@ -126,7 +131,9 @@ impl Default for WatcherBuilder {
             backend: Backend::Auto,
             destroy_events: true,
             cmdlines: true,
-            netns: None,
+            scope: Scope::Current,
+            docker: None,
+            destroy_buffer: None,
         }
     }
 }
@@ -166,7 +173,25 @@ impl WatcherBuilder {
 
     /// Watch this network namespace instead of the calling thread's.
     pub fn netns(mut self, netns: Netns) -> Self {
-        self.netns = Some(netns);
+        self.scope = Scope::One(netns);
+        self
+    }
+
+    /// Watch every network namespace on the host as one stream: those of all processes and
+    /// the named ones under `/run/netns`. A namespace whose first process appears is watched
+    /// within a second; when its last process exits its sockets are reported closed. Events
+    /// carry each socket's namespace and container. Needs `CAP_SYS_ADMIN` and
+    /// `CAP_SYS_PTRACE`; uses three to four file descriptors per namespace.
+    pub fn all_netns(mut self) -> Self {
+        self.scope = Scope::All;
+        self
+    }
+
+    /// With [`all_netns`](Self::all_netns), ask the Docker daemon listening on `socket` for
+    /// container names (without it, a container is named by its short id). Feature `docker`.
+    #[cfg(feature = "docker")]
+    pub fn docker_names(mut self, socket: impl AsRef<Path>) -> Self {
+        self.docker = Some(socket.as_ref().to_owned());
         self
     }
 
@@ -193,6 +218,14 @@ impl WatcherBuilder {
     /// to scanning, with one warning, where they cannot be had).
     pub fn destroy_events(mut self, enabled: bool) -> Self {
         self.destroy_events = enabled;
+        self
+    }
+
+    /// The destroy feed's socket receive buffer in bytes (default: the system's,
+    /// `net.core.rmem_default`). A burst of closes larger than it overruns the feed; the
+    /// watcher then rescans at once, so no close is lost, only reported a scan later.
+    pub fn destroy_buffer(mut self, bytes: usize) -> Self {
+        self.destroy_buffer = Some(bytes);
         self
     }
 
@@ -257,22 +290,46 @@ impl WatcherBuilder {
     fn start(self, sink: Sink, events: Option<Receiver<Event>>) -> Result<Watcher> {
         self.validate()?;
         let proc_root = PathBuf::from("/proc");
-        let ns = match &self.netns {
-            Some(ns) => ns.clone(),
-            None => Netns::current()?,
+        let mut restored = match &self.snapshot {
+            Some(path) => restore(path, &self.scope, &self.filter),
+            None => HashMap::new(),
         };
-        let scanner = Scanner::new(self.backend, &ns)?;
-        let feed = if self.destroy_events && self.backend != Backend::Proc {
-            match ns.enter(DestroyFeed::open)? {
-                Ok(feed) => Some(feed),
-                Err(e) => {
-                    log::warn!("no destroy events ({e}): closes are seen at the next scan");
-                    None
+        let mut targets = Vec::new();
+        let mut discovery = None;
+        let mut unwatchable = HashSet::new();
+        match &self.scope {
+            Scope::All => {
+                let mut d = Discovery::new(&proc_root, Path::new(NAMED_NETNS_DIR));
+                let mut namer = Namer::new(self.docker.clone());
+                let found = d.pass();
+                let (opened, failed) = open_targets(found.values(), &mut namer, &proc_root, &self);
+                for (inode, e) in failed {
+                    discover::skip(inode, e)?;
+                    unwatchable.insert(inode);
                 }
+                for mut t in opened {
+                    if let Some(sockets) = restored.remove(&t.inode) {
+                        t.tracker.adopt(sockets);
+                    }
+                    targets.push(t);
+                }
+                discovery = Some((d, namer));
             }
-        } else {
-            None
-        };
+            scope => {
+                let ns = match scope {
+                    Scope::One(ns) => ns.clone(),
+                    _ => Netns::current()?,
+                };
+                let mut t = Target::open(&ns, &self)?;
+                if let Some((_, sockets)) = restored.drain().next() {
+                    // A single namespace's snapshot is keyed 0: see `restore`.
+                    t.tracker.adopt(rebase(sockets, t.inode));
+                }
+                targets.push(t);
+            }
+        }
+        // Namespaces that held sockets in the snapshot and are gone now: those are closed.
+        let vanished: Vec<Socket> = restored.into_values().flatten().collect();
         let (wake_rx, wake_tx) =
             nix::unistd::pipe().map_err(|e| Error::NetlinkUnavailable { source: e.into() })?;
         let stop = StopHandle {
@@ -280,35 +337,24 @@ impl WatcherBuilder {
         };
         let current = Arc::new(Mutex::new(Vec::new()));
         let detail = Detail { cmdline: self.cmdlines };
-        let mut tracker = Tracker::new(self.close_grace, self.report_initial);
-        if let Some(path) = &self.snapshot {
-            restore(&mut tracker, path, scanner.netns(), &self.filter);
-        }
         let scan = Loop {
             dumps: self.filter.dumps(),
             owners: OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads()),
-            tracker,
-            scanner,
-            feed,
+            targets,
+            discovery,
+            unwatchable,
+            vanished,
             sink,
             wake: wake_rx,
             stop: stop.clone(),
             current: Arc::clone(&current),
-            ignored: HashSet::new(),
             dirty: false,
-            last_error: None,
+            snapshot_error: None,
             last_liveness: Instant::now(),
-            probe: None,
-            destroyed_since_scan: false,
-            last_full_scan: Instant::now(),
+            last_discovery: Instant::now(),
             proc_root,
             cfg: self,
         };
-        let mut scan = scan;
-        if scan.feed.is_some() && scan.cfg.filter.probe_safe() {
-            // Opened inside the namespace: the open file stays bound to it.
-            scan.probe = ns.enter(|| ChangeProbe::open(Path::new("/proc/thread-self/net")))?;
-        }
         let thread = std::thread::Builder::new()
             .name("portwatch-scan".into())
             .spawn(move || scan.run())
@@ -317,21 +363,65 @@ impl WatcherBuilder {
     }
 }
 
-/// Loads a snapshot into the tracker when it is usable; says why when it is not.
-fn restore(tracker: &mut Tracker, path: &Path, netns: u64, filter: &Filter) {
+/// Opens a Target for each of `found`, in inode order; returns those that opened and why the
+/// others did not.
+fn open_targets<'a>(
+    found: impl Iterator<Item = &'a Found>,
+    namer: &mut Namer,
+    proc_root: &Path,
+    cfg: &WatcherBuilder,
+) -> (Vec<Target>, Vec<(u64, Error)>) {
+    let mut found: Vec<&Found> = found.collect();
+    found.sort_by_key(|f| f.inode);
+    let (mut opened, mut failed) = (Vec::new(), Vec::new());
+    for f in found {
+        match discover::open(f, namer, proc_root).and_then(|ns| Target::open(&ns, cfg)) {
+            Ok(t) => opened.push(t),
+            Err(e) => failed.push((f.inode, e)),
+        }
+    }
+    (opened, failed)
+}
+
+/// The snapshot's sockets by namespace inode, when it is usable (says why when it is not). A
+/// single namespace's sockets come back under key 0: a restarted container has a new
+/// namespace, and its ports are still its ports.
+fn restore(path: &Path, scope: &Scope, filter: &Filter) -> HashMap<u64, Vec<Socket>> {
+    let mut out: HashMap<u64, Vec<Socket>> = HashMap::new();
     if !path.exists() {
         log::info!("no snapshot at {} yet: starting fresh", path.display());
-        return;
+        return out;
     }
-    match snapshot::load(path) {
-        Ok(snap) if snap.netns != netns => log::warn!(
-            "snapshot {} was taken in network namespace {}, not this one ({netns}): ignored",
-            path.display(),
-            snap.netns
-        ),
-        Ok(snap) => tracker.adopt(snap.sockets.into_iter().filter(|s| filter.matches(s)).collect()),
-        Err(e) => log::warn!("ignoring snapshot {}: {e}", path.display()),
+    let snap = match snapshot::load(path) {
+        Ok(snap) => snap,
+        Err(e) => {
+            log::warn!("ignoring snapshot {}: {e}", path.display());
+            return out;
+        }
+    };
+    let all = matches!(scope, Scope::All);
+    if all != (snap.netns == snapshot::ALL_NAMESPACES) {
+        let (was, is) = if all { ("one namespace", "all") } else { ("all namespaces", "one") };
+        log::warn!("snapshot {} is of {was}, this watcher of {is}: ignored", path.display());
+        return out;
     }
+    for s in snap.sockets.into_iter().filter(|s| filter.matches(s)) {
+        out.entry(if all { s.netns } else { 0 }).or_default().push(s);
+    }
+    out
+}
+
+/// Moves a snapshot's sockets into namespace `netns` (a restarted container's new one).
+fn rebase(mut sockets: Vec<Socket>, netns: u64) -> Vec<Socket> {
+    if sockets.first().is_some_and(|s| s.netns != netns) {
+        log::info!(
+            "snapshot taken in another network namespace (a restarted container?): continuing from it"
+        );
+    }
+    for s in &mut sockets {
+        s.netns = netns;
+    }
+    sockets
 }
 
 impl Watcher {
@@ -385,40 +475,145 @@ enum Sink {
     Callback(Box<dyn FnMut(Event) + Send>),
 }
 
+/// One watched namespace: its kernel sockets and what was seen in it.
+struct Target {
+    inode: u64,
+    scanner: Scanner,
+    feed: Option<DestroyFeed>,
+    /// Skips dumps while no inet socket appeared or went away (see `probe`); `None` where it
+    /// cannot be trusted: no destroy feed, unix sockets or non-listening states watched.
+    probe: Option<ChangeProbe>,
+    tracker: Tracker,
+    /// Sockets present but excluded by the owner filter, so their owners are not looked up
+    /// again on every scan.
+    ignored: HashSet<Key>,
+    /// A destroy message (any cookie) arrived since the last full scan.
+    destroyed_since_scan: bool,
+    /// When the last full scan ran.
+    last_full_scan: Option<Instant>,
+    /// The last scan error, so a persistent one is logged once.
+    last_error: Option<String>,
+}
+
+impl Target {
+    /// Opens the sockets that read `ns`: each is created inside it and stays bound to it.
+    fn open(ns: &Netns, cfg: &WatcherBuilder) -> Result<Target> {
+        let scanner = Scanner::new(cfg.backend, ns)?;
+        let feed = if cfg.destroy_events && cfg.backend != Backend::Proc {
+            match ns.enter(|| DestroyFeed::open(cfg.destroy_buffer))? {
+                Ok(feed) => Some(feed),
+                Err(e) => {
+                    log::warn!("no destroy events ({e}): closes are seen at the next scan");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let probe = if feed.is_some() && cfg.filter.probe_safe() {
+            ns.enter(|| ChangeProbe::open(Path::new("/proc/thread-self/net")))?
+        } else {
+            None
+        };
+        Ok(Target {
+            inode: ns.inode(),
+            scanner,
+            feed,
+            probe,
+            tracker: Tracker::new(cfg.close_grace, cfg.report_initial),
+            ignored: HashSet::new(),
+            destroyed_since_scan: false,
+            last_full_scan: None,
+            last_error: None,
+        })
+    }
+
+    /// Whether this scan can be skipped: the change probe saw no inet socket appear, none
+    /// was destroyed, and the last full scan is recent.
+    fn quiet(&mut self) -> bool {
+        let quiet = self.probe.as_mut().is_some_and(|p| !p.changed());
+        quiet
+            && !self.destroyed_since_scan
+            && self.last_full_scan.is_some_and(|t| t.elapsed() < FULL_SCAN_EVERY)
+    }
+
+    /// Dumps the namespace: the sockets the filter keeps, split into those already known
+    /// (owners carried over) and new ones. `None` when the dump failed (logged once).
+    fn dump(&mut self, dumps: &[Dump], filter: &Filter) -> Option<Dumped> {
+        self.destroyed_since_scan = false;
+        self.last_full_scan = Some(Instant::now());
+        let sockets = match self.scanner.scan(dumps) {
+            Ok(s) => {
+                self.last_error = None;
+                s
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_error.as_ref() != Some(&msg) {
+                    log::warn!("scan failed: {msg}; retrying every interval");
+                    self.last_error = Some(msg);
+                }
+                return None;
+            }
+        };
+        let mut d = Dumped::default();
+        for mut s in sockets.into_iter().filter(|s| filter.matches(s)) {
+            let key = Key::of(&s);
+            if self.ignored.contains(&key) {
+                d.ignored.insert(key);
+            } else if let Some(owners) = self.tracker.owners_of(&s) {
+                s.owners = owners.clone();
+                d.present.push(s);
+            } else {
+                d.new.push(s);
+            }
+        }
+        Some(d)
+    }
+}
+
+/// What one namespace's dump found.
+#[derive(Default)]
+struct Dumped {
+    present: Vec<Socket>,
+    new: Vec<Socket>,
+    ignored: HashSet<Key>,
+}
+
 /// The scan thread's state.
 struct Loop {
     cfg: WatcherBuilder,
     dumps: Vec<Dump>,
-    scanner: Scanner,
     owners: OwnerIndex,
-    feed: Option<DestroyFeed>,
-    tracker: Tracker,
+    /// The namespaces watched: one, or (with discovery) every one alive.
+    targets: Vec<Target>,
+    /// Finds namespaces appearing and disappearing, with `all_netns`.
+    discovery: Option<(Discovery, Namer)>,
+    /// Namespaces found that could not be watched (said once): not tried again each pass.
+    unwatchable: HashSet<u64>,
+    /// Sockets a snapshot had open in namespaces that no longer exist: reported closed first.
+    vanished: Vec<Socket>,
     sink: Sink,
     wake: OwnedFd,
     stop: StopHandle,
     current: Arc<Mutex<Vec<Socket>>>,
-    /// Sockets present but excluded by the owner filter, so their owners are not looked up
-    /// again on every scan.
-    ignored: HashSet<Key>,
     /// The set changed since the snapshot was last written.
     dirty: bool,
-    /// The last scan error, so a persistent one is logged once.
-    last_error: Option<String>,
+    /// The last snapshot error, so a persistent one is logged once.
+    snapshot_error: Option<String>,
     /// When owner liveness was last checked.
     last_liveness: Instant,
-    /// Skips dumps while no inet socket appeared or went away (see `probe`); `None` where it
-    /// cannot be trusted: no destroy feed, unix sockets or non-listening states watched.
-    probe: Option<ChangeProbe>,
-    /// A destroy message (any cookie) arrived since the last full scan.
-    destroyed_since_scan: bool,
-    /// When the last full scan ran.
-    last_full_scan: Instant,
+    /// When namespaces were last looked for.
+    last_discovery: Instant,
     proc_root: PathBuf,
 }
 
 impl Loop {
     fn run(mut self) {
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = std::mem::take(&mut self.vanished)
+            .into_iter()
+            .map(|socket| Event::Closed { socket, at: SystemTime::now() })
+            .collect();
         while !self.stop.is_stopped() {
             let cycle = Instant::now();
             for i in 0..self.cfg.burst_scans {
@@ -433,105 +628,129 @@ impl Loop {
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
             }
+            if self.discovery.is_some() && self.last_discovery.elapsed() >= DISCOVER_EVERY {
+                self.discover(&mut events);
+            }
             self.save_snapshot();
             if !self.stop.is_stopped() {
                 self.wait_until(cycle + self.cfg.interval, &mut events);
             }
         }
         // Closes still waiting out their grace are closes: report them before leaving.
-        self.tracker.flush(SystemTime::now(), &mut events);
+        for t in &mut self.targets {
+            t.tracker.flush(SystemTime::now(), &mut events);
+        }
         self.emit(&mut events);
         self.save_snapshot();
     }
 
-    /// One scan: dump, carry known owners over, look up new ones, filter, diff. Skipped
-    /// when the change probe says no inet socket appeared and none was destroyed.
+    /// One scan: dump each namespace that may have changed, carry known owners over, look
+    /// up new ones (one walk of /proc for all namespaces), filter, diff.
     fn scan(&mut self, events: &mut Vec<Event>) {
-        let quiet = self.probe.as_mut().is_some_and(|p| !p.changed());
-        if quiet && !self.destroyed_since_scan && self.last_full_scan.elapsed() < FULL_SCAN_EVERY {
-            self.tracker.expire(Instant::now(), SystemTime::now(), events);
-            self.emit(events);
-            return;
-        }
-        self.destroyed_since_scan = false;
-        self.last_full_scan = Instant::now();
-        let sockets = match self.scanner.scan(&self.dumps) {
-            Ok(s) => {
-                self.last_error = None;
-                s
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.last_error.as_ref() != Some(&msg) {
-                    log::warn!("scan failed: {msg}; retrying every interval");
-                    self.last_error = Some(msg);
-                }
-                return;
-            }
-        };
-        let mut present = Vec::with_capacity(sockets.len());
-        let mut new = Vec::new();
-        let mut seen_ignored = HashSet::new();
-        for mut s in sockets.into_iter().filter(|s| self.cfg.filter.matches(s)) {
-            let key = Key::of(&s);
-            if self.ignored.contains(&key) {
-                seen_ignored.insert(key);
-            } else if let Some(owners) = self.tracker.owners_of(&s) {
-                s.owners = owners.clone();
-                present.push(s);
-            } else {
-                new.push(s);
+        let mut dumped: Vec<(usize, Dumped)> = Vec::new();
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            if !t.quiet()
+                && let Some(d) = t.dump(&self.dumps, &self.cfg.filter)
+            {
+                dumped.push((i, d));
             }
         }
         // Found right after the scan that saw them, while their processes are alive.
+        let counts: Vec<usize> = dumped.iter().map(|(_, d)| d.new.len()).collect();
+        let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
         self.owners.resolve(&mut new);
-        if let Some((pid, children)) = self.cfg.filter.owner_pid() {
-            for s in new {
-                if owners::held_by(&s, pid, children, &self.proc_root) {
-                    present.push(s);
+        let mut new = new.into_iter();
+        let now = Instant::now();
+        for ((i, mut d), count) in dumped.into_iter().zip(counts) {
+            let t = &mut self.targets[i];
+            for s in new.by_ref().take(count) {
+                let keep = match self.cfg.filter.owner_pid() {
+                    Some((pid, children)) => owners::held_by(&s, pid, children, &self.proc_root),
+                    None => true,
+                };
+                if keep {
+                    d.present.push(s);
                 } else {
-                    seen_ignored.insert(Key::of(&s));
+                    d.ignored.insert(Key::of(&s));
                 }
             }
-        } else {
-            present.extend(new);
+            t.ignored = d.ignored;
+            t.tracker.observe(d.present, now, SystemTime::now(), events);
         }
-        self.ignored = seen_ignored;
-        self.tracker.observe(present, Instant::now(), SystemTime::now(), events);
-        self.tracker.expire(Instant::now(), SystemTime::now(), events);
+        for t in &mut self.targets {
+            t.tracker.expire(Instant::now(), SystemTime::now(), events);
+        }
         self.emit(events);
     }
-
     /// Sockets that stay open while an owner exits (a forking server's parent, a handed-over
     /// listener) get their owners looked up again: one `stat` per distinct owner pid.
     fn check_owners(&mut self, events: &mut Vec<Event>) {
         self.last_liveness = Instant::now();
         let mut dead: HashSet<u32> = HashSet::new();
         let mut alive: HashSet<u32> = HashSet::new();
-        let mut stale: Vec<Socket> = Vec::new();
-        for s in self.tracker.current() {
-            let gone = s.processes().iter().any(|p| {
-                if alive.contains(&p.pid) {
-                    return false;
+        let mut stale: Vec<(usize, Socket)> = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            for s in t.tracker.current() {
+                let gone = s.processes().iter().any(|p| {
+                    if alive.contains(&p.pid) {
+                        return false;
+                    }
+                    if dead.contains(&p.pid) || !self.proc_root.join(p.pid.to_string()).exists() {
+                        dead.insert(p.pid);
+                        return true;
+                    }
+                    alive.insert(p.pid);
+                    false
+                });
+                if gone {
+                    stale.push((i, s.clone()));
                 }
-                if dead.contains(&p.pid) || !self.proc_root.join(p.pid.to_string()).exists() {
-                    dead.insert(p.pid);
-                    return true;
-                }
-                alive.insert(p.pid);
-                false
-            });
-            if gone {
-                stale.push(s.clone());
             }
         }
         if stale.is_empty() {
             return;
         }
-        let mut fresh = stale.clone();
+        let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
         self.owners.resolve(&mut fresh);
-        for (old, new) in stale.iter().zip(fresh) {
-            self.tracker.update_owners(old, new.owners, SystemTime::now(), events);
+        for ((i, old), new) in stale.iter().zip(fresh) {
+            self.targets[*i].tracker.update_owners(old, new.owners, SystemTime::now(), events);
+        }
+        self.emit(events);
+    }
+
+    /// Starts watching namespaces that appeared and reports the sockets of those that went
+    /// away closed.
+    fn discover(&mut self, events: &mut Vec<Event>) {
+        self.last_discovery = Instant::now();
+        let Some((discovery, namer)) = self.discovery.as_mut() else { return };
+        let found = discovery.pass();
+        let mut kept = Vec::with_capacity(self.targets.len());
+        for mut t in std::mem::take(&mut self.targets) {
+            if found.contains_key(&t.inode) {
+                kept.push(t);
+            } else {
+                log::debug!("network namespace {} is gone", t.inode);
+                t.tracker.observe(Vec::new(), Instant::now(), SystemTime::now(), events);
+                t.tracker.flush(SystemTime::now(), events);
+            }
+        }
+        self.targets = kept;
+        self.unwatchable.retain(|inode| found.contains_key(inode));
+        let new = found.values().filter(|f| {
+            !self.unwatchable.contains(&f.inode) && !self.targets.iter().any(|t| t.inode == f.inode)
+        });
+        let (opened, failed) = open_targets(new, namer, &self.proc_root, &self.cfg);
+        for mut t in opened {
+            log::debug!("watching network namespace {}", t.inode);
+            // Everything in it opened after the watch began: nothing is initial.
+            t.tracker.adopt(Vec::new());
+            self.targets.push(t);
+        }
+        for (inode, e) in failed {
+            self.unwatchable.insert(inode);
+            if let Err(e) = discover::skip(inode, e) {
+                log::warn!("cannot watch network namespace {inode}: {e}");
+            }
         }
         self.emit(events);
     }
@@ -540,42 +759,56 @@ impl Loop {
     fn wait_until(&mut self, deadline: Instant, events: &mut Vec<Event>) {
         loop {
             let now = Instant::now();
-            self.tracker.expire(now, SystemTime::now(), events);
+            for t in &mut self.targets {
+                t.tracker.expire(now, SystemTime::now(), events);
+            }
             self.emit(events);
             if self.stop.is_stopped() || now >= deadline {
                 return;
             }
-            let until = self.tracker.next_due().map_or(deadline, |d| d.min(deadline));
+            let due = self.targets.iter().filter_map(|t| t.tracker.next_due()).min();
+            let until = due.map_or(deadline, |d| d.min(deadline));
             let wait = until.saturating_duration_since(now);
             // Round up so a sub-millisecond wait does not spin.
             let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
             let (woke, destroyed) = {
                 let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
-                if let Some(feed) = &self.feed {
-                    fds.push(PollFd::new(feed.as_fd(), PollFlags::POLLIN));
+                let mut owners = Vec::new();
+                for (i, t) in self.targets.iter().enumerate() {
+                    if let Some(feed) = &t.feed {
+                        fds.push(PollFd::new(feed.as_fd(), PollFlags::POLLIN));
+                        owners.push(i);
+                    }
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) => {
                         let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                        (ready(&fds[0]), fds.get(1).is_some_and(ready))
+                        let destroyed: Vec<usize> = fds[1..]
+                            .iter()
+                            .zip(&owners)
+                            .filter(|(f, _)| ready(f))
+                            .map(|(_, i)| *i)
+                            .collect();
+                        (ready(&fds[0]), destroyed)
                     }
-                    Err(_) => (false, false), // EINTR: loop again
+                    Err(_) => (false, Vec::new()), // EINTR: loop again
                 }
             };
             if woke {
                 return; // stop() wrote to the pipe; the flag is set
             }
-            if destroyed {
-                self.on_destroy(events);
+            for i in destroyed {
+                self.on_destroy(i, events);
             }
         }
     }
 
-    fn on_destroy(&mut self, events: &mut Vec<Event>) {
-        let Some(feed) = self.feed.as_mut() else { return };
-        let tracker = &mut self.tracker;
-        let any = &mut self.destroyed_since_scan;
+    fn on_destroy(&mut self, i: usize, events: &mut Vec<Event>) {
+        let t = &mut self.targets[i];
+        let Some(feed) = t.feed.as_mut() else { return };
+        let tracker = &mut t.tracker;
+        let any = &mut t.destroyed_since_scan;
         let drained = feed.drain(|cookie| {
             *any = true;
             tracker.destroyed(cookie, Instant::now(), SystemTime::now(), events)
@@ -583,12 +816,13 @@ impl Loop {
         match drained {
             Ok(d) if d.overrun => {
                 log::debug!("destroy events overran the receive buffer: rescanning");
+                t.destroyed_since_scan = true;
                 self.scan(events);
             }
             Ok(_) => {}
             Err(e) => {
                 log::warn!("destroy events failed ({e}): closes are seen at the next scan");
-                self.feed = None;
+                t.feed = None;
             }
         }
         self.emit(events);
@@ -600,7 +834,7 @@ impl Loop {
         }
         self.dirty = true;
         if let Ok(mut current) = self.current.lock() {
-            *current = self.tracker.current().cloned().collect();
+            *current = self.open_sockets();
         }
         for e in events.drain(..) {
             match &mut self.sink {
@@ -615,20 +849,28 @@ impl Loop {
         }
     }
 
+    fn open_sockets(&self) -> Vec<Socket> {
+        self.targets.iter().flat_map(|t| t.tracker.current().cloned()).collect()
+    }
+
     fn save_snapshot(&mut self) {
         let Some(path) = self.cfg.snapshot.as_ref().filter(|_| self.dirty) else { return };
-        let snap = Snapshot {
-            netns: self.scanner.netns(),
-            sockets: self.tracker.current().cloned().collect(),
+        let netns = match (&self.cfg.scope, self.targets.first()) {
+            (Scope::All, _) | (_, None) => snapshot::ALL_NAMESPACES,
+            (_, Some(t)) => t.inode,
         };
+        let snap = Snapshot { netns, sockets: self.open_sockets() };
         match snapshot::save(path, &snap) {
-            Ok(()) => self.dirty = false,
+            Ok(()) => {
+                self.dirty = false;
+                self.snapshot_error = None;
+            }
             Err(e) => {
                 let msg =
                     format!("cannot write snapshot {}: {e}; watching continues", path.display());
-                if self.last_error.as_ref() != Some(&msg) {
+                if self.snapshot_error.as_ref() != Some(&msg) {
                     log::warn!("{msg}");
-                    self.last_error = Some(msg);
+                    self.snapshot_error = Some(msg);
                 }
             }
         }

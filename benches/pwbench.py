@@ -1,0 +1,77 @@
+"""What the benchmark scripts share: a running `portwatch watch` and reading its costs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def cpu_seconds(pid):
+    """CPU time of every thread of `pid`, in ns resolution (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass  # a thread that just exited
+    return total / 1e9
+
+
+class Watch:
+    """A running `portwatch watch --format json`, its lines collected with arrival times."""
+
+    def __init__(self, binary, args):
+        self.p = subprocess.Popen([binary, "watch", "--format", "json", *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.events = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            t = time.monotonic()
+            with self.lock:
+                self.events.append((t, json.loads(line)))
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.events)
+
+    def wait_for(self, pred, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, e in self.snapshot():
+                if pred(e):
+                    return t, e
+            time.sleep(0.001)
+        return None
+
+    def ready(self):
+        """Returns once the watcher reports new listeners (sentinels until one shows)."""
+        for _ in range(100):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            hit = self.wait_for(lambda e: e["port"] == port and e["event"] == "open", 0.3)
+            s.close()
+            if hit:
+                return
+        sys.exit("portwatch watch never reported a sentinel listener")
+
+    def cpu_seconds(self):
+        return cpu_seconds(self.p.pid)
+
+    def threads(self):
+        return len(os.listdir(f"/proc/{self.p.pid}/task"))
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.p.pid}/fd"))
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(timeout=10)

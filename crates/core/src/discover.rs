@@ -1,0 +1,294 @@
+//! Finding every network namespace on the host, and the container each belongs to.
+//!
+//! A namespace is alive while a process is in it or a file keeps it (a bind mount under
+//! `/run/netns`). Discovery keeps a map from pid to namespace inode: each pass lists `/proc`
+//! (one `getdents`), forgets pids that exited and reads `/proc/PID/ns/net` only for pids it
+//! has not seen — plus once more for pids first seen on the pass before, which catches a
+//! process that `unshare`s or `setns`es just after it starts (as container runtimes do). A
+//! long-lived process moving to another namespace later is not seen until a process is
+//! started there; `ip netns exec` targets are found through `/run/netns` anyway.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+use crate::owners::list_pids;
+use crate::socket::ContainerRef;
+
+/// Where `ip netns add` binds named namespaces.
+pub(crate) const NAMED_NETNS_DIR: &str = "/run/netns";
+
+/// A namespace found alive, and how to open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) inode: u64,
+    /// `/proc/PID/ns/net` of a process inside, or the `/run/netns` entry.
+    pub(crate) path: PathBuf,
+    /// The lowest pid inside, when a process is (a container's init, usually).
+    pub(crate) pid: Option<u32>,
+}
+
+/// The pid → namespace map discovery keeps between passes.
+#[derive(Debug)]
+pub(crate) struct Discovery {
+    proc_root: PathBuf,
+    named_dir: PathBuf,
+    /// Namespace inode of each live pid (0: unreadable, not asked again).
+    pids: HashMap<u32, u64>,
+    /// Pids first seen on the last pass: read again on the next.
+    young: Vec<u32>,
+}
+
+/// Parses a namespace link: `net:[4026531840]`.
+pub(crate) fn parse_ns_link(link: &[u8]) -> Option<u64> {
+    link.strip_prefix(b"net:[")?
+        .strip_suffix(b"]")
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+}
+
+impl Discovery {
+    pub(crate) fn new(proc_root: &Path, named_dir: &Path) -> Discovery {
+        Discovery {
+            proc_root: proc_root.to_owned(),
+            named_dir: named_dir.to_owned(),
+            pids: HashMap::new(),
+            young: Vec::new(),
+        }
+    }
+
+    fn read_ns(&self, pid: u32) -> u64 {
+        let link = self.proc_root.join(pid.to_string()).join("ns/net");
+        std::fs::read_link(&link)
+            .ok()
+            .and_then(|l| parse_ns_link(l.as_os_str().as_encoded_bytes()))
+            .unwrap_or(0)
+    }
+
+    /// The namespaces alive now, by inode.
+    pub(crate) fn pass(&mut self) -> HashMap<u64, Found> {
+        let Ok(live) = list_pids(&self.proc_root) else {
+            // /proc unreadable this once: keep what was known rather than lose every namespace.
+            return self.found();
+        };
+        let live_set: std::collections::HashSet<u32> = live.iter().copied().collect();
+        self.pids.retain(|pid, _| live_set.contains(pid));
+        for pid in std::mem::take(&mut self.young) {
+            if let Some(ns) = self.pids.get(&pid).copied() {
+                let now = self.read_ns(pid);
+                if now != ns && now != 0 {
+                    self.pids.insert(pid, now);
+                }
+            }
+        }
+        for pid in live {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.pids.entry(pid) {
+                e.insert(0);
+                self.young.push(pid);
+            }
+        }
+        for &pid in &self.young {
+            let ns = self.read_ns(pid);
+            self.pids.insert(pid, ns);
+        }
+        self.found()
+    }
+
+    fn found(&self) -> HashMap<u64, Found> {
+        let mut out: HashMap<u64, Found> = HashMap::new();
+        for (&pid, &inode) in &self.pids {
+            if inode == 0 {
+                continue;
+            }
+            match out.get_mut(&inode) {
+                Some(f) if f.pid.is_some_and(|p| p <= pid) => {}
+                Some(f) => {
+                    f.pid = Some(pid);
+                    f.path = self.proc_root.join(pid.to_string()).join("ns/net");
+                }
+                None => {
+                    let path = self.proc_root.join(pid.to_string()).join("ns/net");
+                    out.insert(inode, Found { inode, path, pid: Some(pid) });
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.named_dir) {
+            for entry in dir.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+                // An unmounted leftover file is on the parent filesystem, not nsfs: entering it
+                // fails, and the caller skips it.
+                out.entry(inode).or_insert(Found { inode, path, pid: None });
+            }
+        }
+        out
+    }
+}
+
+/// Opens a namespace discovery found, labelled with its container.
+pub(crate) fn open(found: &Found, namer: &mut Namer, proc_root: &Path) -> Result<Netns> {
+    let container = found.pid.and_then(|pid| namer.container_of(proc_root, pid));
+    Netns::discovered(found, container)
+}
+
+/// What to do when a namespace discovery found cannot be read: a missing privilege is an
+/// error (not allowed into one means not allowed into any, and the message says what grants
+/// it); any other failure skips that namespace, logged — at debug level when it simply went
+/// away meanwhile, else as a warning.
+pub(crate) fn skip(inode: u64, e: Error) -> Result<()> {
+    match e {
+        Error::NamespacePermission { .. } => Err(e),
+        Error::NamespaceNotFound { .. } => {
+            log::debug!("network namespace {inode} went away before it could be read");
+            Ok(())
+        }
+        e => {
+            log::warn!("skipping network namespace {inode}: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Every network namespace alive now, labelled, in inode order.
+pub(crate) fn all(proc_root: &Path, namer: &mut Namer) -> Result<Vec<Netns>> {
+    let mut found: Vec<Found> =
+        Discovery::new(proc_root, Path::new(NAMED_NETNS_DIR)).pass().into_values().collect();
+    found.sort_by_key(|f| f.inode);
+    let mut out = Vec::with_capacity(found.len());
+    for f in &found {
+        match open(f, namer, proc_root) {
+            Ok(ns) => out.push(ns),
+            Err(e) => skip(f.inode, e)?,
+        }
+    }
+    Ok(out)
+}
+
+/// The container id in a `/proc/PID/cgroup` file: the 64-hex-digit segment Docker,
+/// containerd, CRI-O and Podman put in the cgroup path (`/docker/ID`,
+/// `docker-ID.scope`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`).
+pub(crate) fn container_id(cgroup: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(cgroup).ok()?;
+    for line in text.lines() {
+        let path = line.splitn(3, ':').nth(2)?;
+        for part in path.split('/').rev() {
+            let part = part.strip_suffix(".scope").unwrap_or(part);
+            let id = part.rsplit(['-', ':']).next().unwrap_or(part);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Names the containers namespaces belong to: the id from the cgroup of a process inside,
+/// and the name from the Docker daemon when one is configured and answers (else the short
+/// id, as `docker ps` shows it). Names are remembered; the daemon is asked once per id.
+#[derive(Debug, Default)]
+pub(crate) struct Namer {
+    /// The Docker daemon's socket, when names should be asked for.
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
+    pub(crate) docker: Option<PathBuf>,
+    names: HashMap<String, String>,
+}
+
+impl Namer {
+    pub(crate) fn new(docker: Option<PathBuf>) -> Namer {
+        Namer { docker, names: HashMap::new() }
+    }
+
+    /// The container process `pid` runs in, if any.
+    pub(crate) fn container_of(&mut self, proc_root: &Path, pid: u32) -> Option<ContainerRef> {
+        let cgroup = std::fs::read(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        let id = container_id(&cgroup)?;
+        if let Some(name) = self.names.get(&id) {
+            return Some(ContainerRef::new(id, name.clone()));
+        }
+        let name = self.ask(&id).unwrap_or_else(|| id[..12].to_owned());
+        self.names.insert(id.clone(), name.clone());
+        Some(ContainerRef::new(id, name))
+    }
+
+    #[cfg(feature = "docker")]
+    fn ask(&self, id: &str) -> Option<String> {
+        let socket = self.docker.as_ref()?;
+        match crate::docker::inspect(socket, id) {
+            Ok(c) => Some(c.name),
+            Err(e) => {
+                log::debug!("container {id}: {e}; using its short id as its name");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(feature = "docker"))]
+    fn ask(&self, _id: &str) -> Option<String> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4e9c0b1a2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f";
+
+    #[test]
+    fn ns_links() {
+        assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link(b"mnt:[4026531840]"), None);
+        assert_eq!(parse_ns_link(b"net:[x]"), None);
+        assert_eq!(parse_ns_link(b""), None);
+    }
+
+    #[test]
+    fn container_ids_from_cgroups() {
+        for path in [
+            format!("0::/system.slice/docker-{ID}.scope"),
+            format!("12:pids:/docker/{ID}"),
+            format!("0::/kubepods/besteffort/pod1/cri-containerd-{ID}.scope"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container"),
+            format!("0::/kubepods.slice/crio-{ID}.scope"),
+        ] {
+            assert_eq!(container_id(path.as_bytes()).as_deref(), Some(ID), "{path}");
+        }
+        assert_eq!(container_id(b"0::/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(container_id(b"0::/"), None);
+        assert_eq!(container_id(b"garbage"), None);
+        assert_eq!(container_id(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn discovery_reads_each_pid_once_then_forgets_exited_ones() {
+        let dir = std::env::temp_dir().join(format!("portwatch-discover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mk = |pid: u32, ns: &str| {
+            let d = dir.join(pid.to_string()).join("ns");
+            std::fs::create_dir_all(&d).unwrap();
+            let _ = std::fs::remove_file(d.join("net"));
+            std::os::unix::fs::symlink(ns, d.join("net")).unwrap();
+        };
+        mk(1, "net:[100]");
+        mk(7, "net:[200]");
+        mk(9, "net:[200]");
+        let mut d = Discovery::new(&dir, &dir.join("no-named"));
+        let found = d.pass();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[&200].pid, Some(7), "the lowest pid inside names the namespace");
+        // A young pid that moved (unshare after start) is caught on the next pass.
+        mk(9, "net:[300]");
+        let found = d.pass();
+        assert_eq!(found.len(), 3);
+        // Later moves are not looked for: the link is not read again.
+        mk(9, "net:[400]");
+        assert!(!d.pass().contains_key(&400));
+        // Exited pids take their namespace with them.
+        std::fs::remove_dir_all(dir.join("7")).unwrap();
+        std::fs::remove_dir_all(dir.join("9")).unwrap();
+        let found = d.pass();
+        assert_eq!(found.keys().copied().collect::<Vec<_>>(), [100]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
