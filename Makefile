@@ -6,14 +6,25 @@
 #   make bench          criterion benches of the hot paths
 #   make bench-compare  whole-process timing against ss and lsof (run as root)
 #   make bench-fidelity what watch catches (by listener lifetime) and its idle CPU
+#   make bench-netns    watch --all-netns over many namespaces: idle CPU, pick-up time
+#   make soak           churn soak: DURATION s of RATE listeners/s under watch --hf
+#   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
+#   make image          the offline container image; then run, run-sv, run-hf, run-host,
+#                       test-http, kill-port, verify-suite, ... (docker/docker.mk)
 
 CARGO ?= cargo
 RUNS ?= 15
 SIZES ?= 10x1,1000x200,10000x2000
 COUNT ?= 100
 IDLE_SECONDS ?= 20
+DURATION ?= 60
+RATE ?= 200
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args
+NAMESPACES ?= 40
+LISTENERS ?= 5
 
-.PHONY: all build test lint fmt doc bench bench-compare bench-fidelity deps deps-bench clean
+.PHONY: all build test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean
 
 all: build
 
@@ -63,5 +74,21 @@ bench-compare: deps-bench build
 bench-fidelity: build
 	python3 benches/fidelity.py --portwatch target/release/portwatch --count $(COUNT) --idle-seconds $(IDLE_SECONDS)
 
+bench-netns: build
+	python3 benches/netns_idle.py --portwatch target/release/portwatch --namespaces $(NAMESPACES) --listeners $(LISTENERS) --idle-seconds $(IDLE_SECONDS)
+
+soak: build
+	python3 benches/soak.py --portwatch target/release/portwatch --duration $(DURATION) --rate $(RATE)
+
+# cargo-fuzz needs the nightly -Z flags for sanitizer coverage; these machines have one stable
+# toolchain, which RUSTC_BOOTSTRAP=1 lets take them. Installs cargo-fuzz if missing.
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; 	done
+
+# Containers, volumes and the image (when Docker answers), then the build.
 clean:
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory docker-clean; fi
 	$(CARGO) clean
+
+include docker/docker.mk
