@@ -1,5 +1,6 @@
-//! Hot paths exposed to the root package's criterion benches (feature `bench-internals`).
-//! Not a public API: no stability promise, hidden from the docs.
+//! Hot paths exposed to the root package's criterion benches and to the fuzz targets in
+//! `fuzz/` (feature `bench-internals`). Not a public API: no stability promise, hidden from
+//! the docs.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -58,4 +59,58 @@ pub fn owner_walk(proc_root: &Path, inodes: &HashSet<u64>, threads: usize) -> us
     owners::scan_fds(proc_root, inodes, &users, owners::Detail { cmdline: true }, threads)
         .holders
         .len()
+}
+
+/// Every dump kind a watcher runs.
+fn all_dumps() -> [Dump; 5] {
+    let inet = |protocol, family| Dump::Inet { protocol, family, states: StateSet::LISTENING };
+    [
+        inet(Protocol::Tcp, Family::Ipv4),
+        inet(Protocol::Tcp, Family::Ipv6),
+        inet(Protocol::Udp, Family::Ipv4),
+        inet(Protocol::Udp, Family::Ipv6),
+        Dump::Unix { states: StateSet::LISTENING },
+    ]
+}
+
+/// Fuzz entry: a datagram from the kernel, decoded as every dump kind and as destroy events.
+pub fn fuzz_netlink(buf: &[u8]) {
+    for dump in all_dumps() {
+        let mut st = DumpState { dump, seq: 1, netns: 1, interrupted: false };
+        let mut out = Vec::new();
+        let _ = diag::decode_datagram(buf, &mut st, &mut out);
+        for s in &out {
+            let _ = s.local_display();
+        }
+    }
+    diag::destroyed_cookies(buf, |_| {});
+}
+
+/// Fuzz entry: `/proc/net/{tcp,tcp6,udp,udp6,unix}` content, parsed as each.
+pub fn fuzz_proc_net(bytes: &[u8]) {
+    for dump in all_dumps() {
+        let _ = procnet::parse(bytes, dump, 1);
+    }
+}
+
+/// Fuzz entry: what the owner walk and namespace discovery read from `/proc/PID`: `status`,
+/// `cmdline`, an fd link, a namespace link, `cgroup`, and `/etc/passwd`.
+pub fn fuzz_proc_pid(bytes: &[u8]) {
+    let _ = owners::parse_status(bytes);
+    let _ = owners::parse_cmdline(bytes);
+    let _ = owners::parse_socket_link(bytes);
+    let _ = owners::parse_passwd(bytes);
+    let _ = crate::discover::parse_ns_link(bytes);
+    let _ = crate::discover::container_id(bytes);
+    let mut counts = Vec::new();
+    crate::probe::inuse_counts(bytes, &mut counts);
+}
+
+/// Fuzz entry: a snapshot file. One that loads must save and load back to the same thing.
+pub fn fuzz_snapshot(bytes: &[u8]) {
+    let Ok(text) = std::str::from_utf8(bytes) else { return };
+    if let Ok(snap) = crate::snapshot::decode(text) {
+        let again = crate::snapshot::decode(&crate::snapshot::encode(&snap));
+        assert_eq!(again.as_ref(), Ok(&snap), "a loaded snapshot must round-trip");
+    }
 }

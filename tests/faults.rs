@@ -1,0 +1,349 @@
+//! Faults and bad input: what portwatch does when processes, namespaces, files, pipes and
+//! hooks misbehave. Each test is bounded by deadlines.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use portwatch_core::{Filter, Query, Watcher};
+
+use crate::util::{PATIENCE, WatchCmd, is_root, json, portwatch, sigterm, wait_for};
+use crate::watch::expect;
+
+/// Messages the library logged, for tests that check a path was taken. Set up once for the
+/// test binary; other tests' messages are in it too, so checks look for specific text.
+fn logged() -> &'static Mutex<Vec<String>> {
+    struct Recorder(Mutex<Vec<String>>);
+    impl log::Log for Recorder {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
+    let r = RECORDER.get_or_init(|| {
+        let r: &'static Recorder = Box::leak(Box::new(Recorder(Mutex::new(Vec::new()))));
+        let _ = log::set_logger(r);
+        log::set_max_level(log::LevelFilter::Debug);
+        r
+    });
+    &r.0
+}
+
+/// `portwatch watch ARGS` with stdout lines on a channel and stderr kept for the end.
+fn spawn_watch(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = portwatch()
+        .arg("watch")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The first line about `port`, waiting at most `PATIENCE`.
+fn line_for(rx: &std::sync::mpsc::Receiver<String>, port: u16) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if json(&l)["port"] == port => return json(&l),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no event for port {port} within {PATIENCE:?}");
+}
+
+/// SIGTERM, then the exit status and stderr.
+fn stop_watch(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn processes_exiting_and_pids_reused_during_scans() {
+    // A steady listener must keep its owner while hundreds of processes start and exit
+    // (and pids get reused) under the owner walk.
+    let steady = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = steady.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Each `true` is a process that exits at once; its pid is freed for reuse.
+                let _ = Command::new("true").status();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..50 {
+        let list = Query::new().port(port).run().expect("a scan racing with exits succeeds");
+        let s = list.iter().find(|s| s.port == port).expect("the steady listener is listed");
+        assert_eq!(s.pids(), [std::process::id()]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let spawned = churn.join().unwrap();
+    assert!(spawned > 0, "the churn ran meanwhile");
+}
+
+#[test]
+fn process_holding_ten_thousand_fds() {
+    // One process with 10 000 descriptors: the owner walk reads them all and finds the socket.
+    let script = "import os, resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = 10100
+if hard != resource.RLIM_INFINITY and hard < want:
+    try:
+        hard = want
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        print('skip', flush=True); sys.stdin.read(); sys.exit()
+resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10010)]
+print(s.getsockname()[1], len(os.listdir('/proc/self/fd')), flush=True)
+sys.stdin.read()";
+    let mut child = match Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => return eprintln!("skipped: python3 is not installed"),
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    if line.trim() == "skip" {
+        drop(child.stdin.take());
+        let _ = child.wait();
+        return eprintln!("skipped: cannot raise the open-file limit to 10 100 (needs root)");
+    }
+    let mut f = line.split_whitespace().map(|v| v.parse::<u32>().unwrap());
+    let (port, open) = (f.next().unwrap() as u16, f.next().unwrap());
+    assert!(open >= 10_000, "the child holds {open} descriptors");
+    let list = Query::new().port(port).run().unwrap();
+    let s = list.iter().find(|s| s.port == port).expect("listed");
+    assert_eq!(s.pids(), [child.id()], "found among 10 000 descriptors");
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+#[test]
+fn destroy_feed_overrun_rescans_and_loses_no_close() {
+    let log = logged();
+    // The smallest receive buffer the kernel allows, and 400 listeners closed at once: the
+    // destroy messages cannot all fit, the feed overruns (ENOBUFS) and the watcher rescans.
+    let listeners: Vec<TcpListener> =
+        (0..400).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: HashSet<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let w = Watcher::builder()
+        .filter(Filter::new().address("127.0.0.1".parse().unwrap()))
+        .destroy_buffer(1)
+        .build()
+        .unwrap();
+    // The first scan reports them (as open at start): then the watcher is running.
+    let mut open: HashSet<u16> = HashSet::new();
+    while open.len() < ports.len() {
+        let e = expect(&w, "the 400 listeners open at start", |e| {
+            e.kind() == "open" && ports.contains(&e.socket().port)
+        });
+        open.insert(e.socket().port);
+    }
+    drop(listeners);
+    let mut closed: HashSet<u16> = HashSet::new();
+    while closed.len() < ports.len() {
+        let e = expect(&w, "every one of the 400 closes", |e| {
+            e.kind() == "close" && ports.contains(&e.socket().port)
+        });
+        assert!(closed.insert(e.socket().port), "one close per listener");
+    }
+    assert!(
+        log.lock().unwrap().iter().any(|m| m.contains("overran")),
+        "the feed did overrun (else this test proves nothing)"
+    );
+}
+
+#[test]
+fn watched_namespace_vanishing_reports_closes_and_keeps_running() {
+    if !is_root() {
+        return eprintln!("skipped: creating network namespaces needs root");
+    }
+    let name = format!("pwfault-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+    if !Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()) {
+        return eprintln!("skipped: ip netns add failed (is iproute2 installed?)");
+    }
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &name, "python3", "-c"])
+        .arg("import socket, sys\nt = socket.socket(); t.bind(('0.0.0.0', 7301)); t.listen()\nprint(1, flush=True); sys.stdin.read()")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut String::new()).unwrap();
+    let path = format!("/run/netns/{name}");
+    let w = WatchCmd::start(&["--format", "json", "--netns", &path]);
+    w.expect("the listener in the namespace", |l| json(l)["port"] == 7301);
+    // Its last process exits and its name is removed: the namespace is gone for everyone
+    // but the watcher's own sockets.
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert!(Command::new("ip").args(["netns", "del", &name]).status().unwrap().success());
+    w.expect("the close", |l| json(l)["event"] == "close" && json(l)["port"] == 7301);
+    assert!(w.terminate().success(), "the watcher stayed up and exits cleanly");
+}
+
+#[test]
+fn snapshot_unwritable_or_full_warns_and_watching_continues() {
+    // Unwritable for anyone: procfs does not take new files.
+    let mut targets = vec![("/proc/portwatch-snapshot".to_owned(), None)];
+    // Full: a one-page tmpfs filled up (root only).
+    let dir = std::env::temp_dir().join(format!("portwatch-full-{}", std::process::id()));
+    if is_root() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+            while f.write_all(&[0u8; 1024]).and_then(|()| f.sync_all()).is_ok() {}
+            targets.push((dir.join("snapshot").display().to_string(), Some(dir.clone())));
+        }
+    } else {
+        eprintln!("full-disk case skipped: mounting a small tmpfs needs root");
+    }
+    for (path, _) in &targets {
+        let (child, rx) = spawn_watch(&["--format", "json", "--snapshot", path]);
+        // Two listeners one after the other: each is a change the watcher tries to save.
+        for _ in 0..2 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            line_for(&rx, l.local_addr().unwrap().port());
+        }
+        let (status, err) = stop_watch(child);
+        assert!(status.success(), "{path}: exits 0");
+        assert!(
+            err.contains("cannot write snapshot") && err.contains("watching continues"),
+            "{err}"
+        );
+        assert_eq!(err.matches("cannot write snapshot").count(), 1, "said once: {err}");
+    }
+    if let Some((_, Some(dir))) = targets.get(1) {
+        let _ = Command::new("umount").arg(dir).status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn corrupt_snapshot_is_ignored_with_a_reason() {
+    let path = std::env::temp_dir().join(format!("portwatch-corrupt-{}", std::process::id()));
+    std::fs::write(&path, "portwatch-snapshot 1\nnetns 1\ns tcp garbage\n\u{0}\u{ff}").unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (child, rx) = spawn_watch(&["--format", "json", "--snapshot", path.to_str().unwrap()]);
+    // Starting fresh: the open listener is reported, as open at start.
+    assert_eq!(line_for(&rx, port)["initial"], true);
+    let (status, err) = stop_watch(child);
+    assert!(status.success());
+    assert!(err.contains("ignoring snapshot"), "{err}");
+    // And the file was replaced by a good one on exit.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("portwatch-snapshot 1") && text.contains(&port.to_string()));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn sigterm_in_the_middle_of_a_burst_exits_0_with_whole_lines() {
+    let w = WatchCmd::start(&["--format", "json", "--hf"]);
+    w.ready();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+                drop(l);
+            }
+        })
+    };
+    w.expect("events flowing", |l| json(l)["event"] == "open");
+    let status = w.terminate_collecting(|line| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("a torn line after SIGTERM: {line:?}: {e}"));
+    });
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+}
+
+#[test]
+fn watch_exits_0_when_its_reader_goes_away() {
+    let mut child = portwatch()
+        .args(["watch", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // Read until the watcher reports something we open, then hang up.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut line = String::new();
+    while !line.contains(&format!("\"port\":{port},")) {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "watch ended early");
+    }
+    drop(out);
+    // The next event meets a closed pipe.
+    drop(l);
+    let _more = TcpListener::bind("127.0.0.1:0").unwrap();
+    let status =
+        wait_for("watch to exit after its reader left", PATIENCE, || child.try_wait().unwrap());
+    assert!(status.success(), "a closed stdout is a normal end: {status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.is_empty(), "quietly: {err}");
+}
+
+#[test]
+fn hanging_or_failing_hooks_never_hold_up_events() {
+    for hook in ["sleep 600", "exit 3"] {
+        let w = WatchCmd::start_with_env(&["--format", "json", "--exec", hook], &[]);
+        w.ready();
+        // Events keep coming on stdout while the first hook hangs (or each one fails).
+        for _ in 0..3 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            w.expect(&format!("the open of {port} with hook {hook:?}"), |line| {
+                json(line)["port"] == port
+            });
+        }
+        assert!(w.terminate().success(), "hook {hook:?}: clean exit");
+    }
+}
