@@ -9,7 +9,10 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::socket::{Family, Owners, Process, Protocol, Socket, State, UnixType, UnknownReason};
 
@@ -237,6 +240,117 @@ pub(crate) fn save(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     result
 }
 
+/// How long a failed write waits before it is tried again, unless a newer snapshot comes.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes snapshots on a thread of its own, the newest only: while a build flushes its
+/// output, an fsync here takes hundreds of milliseconds, and the scan thread must not wait
+/// for it (a 50 ms listener would come and go unseen). Dropping it writes what was last
+/// submitted, then joins the thread.
+pub(crate) struct Writer {
+    shared: Arc<(Mutex<Pending>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    next: Option<Snapshot>,
+    closing: bool,
+    /// Writes finished, failed or not (the tests wait on it).
+    #[cfg(test)]
+    written: usize,
+}
+
+impl Writer {
+    /// Starts the thread that writes to `path`.
+    pub(crate) fn spawn(path: PathBuf) -> std::io::Result<Writer> {
+        let shared = Arc::new((Mutex::new(Pending::default()), Condvar::new()));
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("portwatch-snapshot".into())
+            .spawn(move || write_loop(&path, &theirs))?;
+        Ok(Writer { shared, thread: Some(thread) })
+    }
+
+    /// Queues `snap`, replacing one not written yet.
+    pub(crate) fn submit(&self, snap: Snapshot) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).next = Some(snap);
+        cv.notify_one();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).closing = true;
+        cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread: writes each snapshot submitted; after a failure (said once until a
+/// write succeeds) tries again every [`RETRY_EVERY`], and once more when closing.
+fn write_loop(path: &Path, shared: &(Mutex<Pending>, Condvar)) {
+    let (lock, cv) = shared;
+    let mut failed: Option<Snapshot> = None;
+    let mut said: Option<String> = None;
+    loop {
+        let (snap, last) = {
+            let mut p = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(s) = p.next.take() {
+                    break (s, p.closing);
+                }
+                if p.closing {
+                    match failed.take() {
+                        Some(s) => break (s, true),
+                        None => return,
+                    }
+                }
+                if failed.is_none() {
+                    p = cv.wait(p).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                let (q, wait) =
+                    cv.wait_timeout(p, RETRY_EVERY).unwrap_or_else(PoisonError::into_inner);
+                p = q;
+                if wait.timed_out()
+                    && p.next.is_none()
+                    && !p.closing
+                    && let Some(s) = failed.take()
+                {
+                    break (s, false);
+                }
+            }
+        };
+        match save(path, &snap) {
+            Ok(()) => {
+                failed = None;
+                said = None;
+            }
+            Err(e) => {
+                let msg =
+                    format!("cannot write snapshot {}: {e}; watching continues", path.display());
+                if said.as_ref() != Some(&msg) {
+                    log::warn!("{msg}");
+                    said = Some(msg);
+                }
+                failed = Some(snap);
+            }
+        }
+        #[cfg(test)]
+        {
+            lock.lock().unwrap_or_else(PoisonError::into_inner).written += 1;
+        }
+        if last && lock.lock().unwrap_or_else(PoisonError::into_inner).next.is_none() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +417,47 @@ mod tests {
         assert_eq!(load(&path).unwrap(), sample());
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writer_writes_the_newest_by_the_time_it_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("portwatch-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state");
+        let writer = Writer::spawn(path.clone()).unwrap();
+        let mut older = sample();
+        older.sockets.truncate(1);
+        writer.submit(older);
+        writer.submit(sample());
+        drop(writer);
+        assert_eq!(load(&path).unwrap(), sample());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writer_retries_a_failed_write_until_it_succeeds() {
+        let dir = std::env::temp_dir().join(format!("portwatch-retry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("state");
+        let writer = Writer::spawn(path.clone()).unwrap();
+        let written = || writer.shared.0.lock().unwrap().written;
+        let wait = |done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + RETRY_EVERY * 10;
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        writer.submit(sample());
+        wait(&|| written() >= 1);
+        assert_eq!(written(), 1);
+        assert!(!path.exists(), "the directory does not exist yet: the first write fails");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Nothing new is submitted: the retry alone must write it.
+        wait(&|| path.exists());
+        assert_eq!(load(&path).unwrap(), sample());
+        assert!(written() >= 2);
+        drop(writer);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -336,6 +336,13 @@ impl WatcherBuilder {
             inner: Arc::new(StopInner { stopped: AtomicBool::new(false), wake: wake_tx }),
         };
         let current = Arc::new(Mutex::new(Vec::new()));
+        let snapshot =
+            match &self.snapshot {
+                Some(path) => Some(snapshot::Writer::spawn(path.clone()).map_err(|e| {
+                    Error::Io { path: PathBuf::from("<snapshot thread>"), source: e }
+                })?),
+                None => None,
+            };
         let detail = Detail { cmdline: self.cmdlines };
         let scan = Loop {
             dumps: self.filter.dumps(),
@@ -349,7 +356,7 @@ impl WatcherBuilder {
             stop: stop.clone(),
             current: Arc::clone(&current),
             dirty: false,
-            snapshot_error: None,
+            snapshot,
             last_liveness: Instant::now(),
             last_discovery: Instant::now(),
             proc_root,
@@ -597,10 +604,10 @@ struct Loop {
     wake: OwnedFd,
     stop: StopHandle,
     current: Arc<Mutex<Vec<Socket>>>,
-    /// The set changed since the snapshot was last written.
+    /// The set changed since the snapshot was last handed to the writer.
     dirty: bool,
-    /// The last snapshot error, so a persistent one is logged once.
-    snapshot_error: Option<String>,
+    /// Writes the snapshot off this thread, when one is kept.
+    snapshot: Option<snapshot::Writer>,
     /// When owner liveness was last checked.
     last_liveness: Instant,
     /// When namespaces were last looked for.
@@ -642,6 +649,8 @@ impl Loop {
         }
         self.emit(&mut events);
         self.save_snapshot();
+        // Writes the last snapshot and waits for it: when `stop` returns, it is on disk.
+        drop(self.snapshot.take());
     }
 
     /// One scan: dump each namespace that may have changed, carry known owners over, look
@@ -854,25 +863,12 @@ impl Loop {
     }
 
     fn save_snapshot(&mut self) {
-        let Some(path) = self.cfg.snapshot.as_ref().filter(|_| self.dirty) else { return };
+        let Some(writer) = self.snapshot.as_ref().filter(|_| self.dirty) else { return };
         let netns = match (&self.cfg.scope, self.targets.first()) {
             (Scope::All, _) | (_, None) => snapshot::ALL_NAMESPACES,
             (_, Some(t)) => t.inode,
         };
-        let snap = Snapshot { netns, sockets: self.open_sockets() };
-        match snapshot::save(path, &snap) {
-            Ok(()) => {
-                self.dirty = false;
-                self.snapshot_error = None;
-            }
-            Err(e) => {
-                let msg =
-                    format!("cannot write snapshot {}: {e}; watching continues", path.display());
-                if self.snapshot_error.as_ref() != Some(&msg) {
-                    log::warn!("{msg}");
-                    self.snapshot_error = Some(msg);
-                }
-            }
-        }
+        writer.submit(Snapshot { netns, sockets: self.open_sockets() });
+        self.dirty = false;
     }
 }
