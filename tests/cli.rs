@@ -94,6 +94,8 @@ fn usage_errors_exit_2_and_name_the_flag() {
         (&["list", "--state", "bogus"][..], "--state"),
         (&["list", "--backend", "ebpf"][..], "--backend"),
         (&["list", "-4", "-6"][..], "--ipv4"),
+        (&["watch", "--exec-timeout", "1"][..], "--exec"),
+        (&["watch", "--exec", "true", "--exec-timeout", "0"][..], "--exec-timeout"),
         (&["frobnicate"][..], "frobnicate"),
         (&[][..], "Usage"),
     ] {

@@ -353,3 +353,40 @@ fn hanging_or_failing_hooks_never_hold_up_events() {
         assert!(w.terminate().success(), "hook {hook:?}: clean exit");
     }
 }
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_with_what_it_started() {
+    // The hook leaves a grandchild that would live 10 minutes; --exec-timeout must kill the
+    // hook's whole process group while the watch goes on.
+    let dir = std::env::temp_dir().join(format!("portwatch-hook-timeout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("pid");
+    let hook = format!("sleep 600 & echo $! > {}.tmp && mv {0}.tmp {0}; wait", pidfile.display());
+    let w = WatchCmd::start(&[
+        "--format",
+        "json",
+        "--no-initial",
+        "--exec-timeout",
+        "0.3",
+        "--exec",
+        &hook,
+    ]);
+    w.ready();
+    let pid: u32 = wait_for("the hook's grandchild to start", PATIENCE, || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    // Gone, or a zombie waiting for whoever inherited it: either way the kill reached it.
+    wait_for("the hook's grandchild to be killed at the timeout", PATIENCE, || {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => Some(()),
+            Ok(stat) => stat.rsplit(") ").next().is_some_and(|f| f.starts_with('Z')).then_some(()),
+        }
+    });
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    w.expect(&format!("the open of {port} after a hook was killed"), |line| {
+        json(line)["port"] == port
+    });
+    assert!(w.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

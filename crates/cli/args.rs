@@ -208,6 +208,9 @@ pub struct WatchArgs {
     /// variables and, as JSON, on its stdin; never in the command line.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// Seconds a hook may run before it is killed, with everything it started (default 30).
+    #[arg(long, value_name = "SECONDS", requires = "exec", value_parser = parse_positive_seconds)]
+    pub exec_timeout: Option<std::time::Duration>,
     /// Do not report ports already open at start.
     #[arg(long)]
     pub no_initial: bool,

@@ -21,7 +21,7 @@ use crate::list::{
 
 /// Events waiting for their hook; past this, events are dropped for hooks (not for output).
 const HOOK_QUEUE: usize = 1024;
-/// A hook running longer than this is killed.
+/// A hook running longer than this is killed (`--exec-timeout`).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// At shutdown, how long the running hook may still take before it is killed.
 const HOOK_STOP_GRACE: Duration = Duration::from_secs(1);
@@ -83,7 +83,8 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
         stop.stop();
     })?;
 
-    let hooks = args.exec.as_deref().map(Hooks::start).transpose()?;
+    let timeout = args.exec_timeout.unwrap_or(HOOK_TIMEOUT);
+    let hooks = args.exec.as_deref().map(|cmd| Hooks::start(cmd, timeout)).transpose()?;
     for event in watcher.events() {
         let written = match args.format {
             WatchFormat::Text => writeln!(out, "{}", text_line(&event, own)),
@@ -221,7 +222,7 @@ struct Hooks {
 }
 
 impl Hooks {
-    fn start(cmd: &str) -> Result<Hooks> {
+    fn start(cmd: &str, timeout: Duration) -> Result<Hooks> {
         let (tx, rx) = sync_channel::<Event>(HOOK_QUEUE);
         let cmd = cmd.to_owned();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -233,7 +234,7 @@ impl Hooks {
                     if stop.load(Ordering::Relaxed) {
                         skipped += 1;
                     } else {
-                        run_hook(&cmd, &event, &stop);
+                        run_hook(&cmd, &event, timeout, &stop);
                     }
                 }
                 if skipped > 0 {
@@ -278,7 +279,7 @@ fn hook_env(event: &Event) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn run_hook(cmd: &str, event: &Event, stopping: &AtomicBool) {
+fn run_hook(cmd: &str, event: &Event, timeout: Duration, stopping: &AtomicBool) {
     // The hook's stdout goes to our stderr, so it never mixes into the event stream.
     let stdout =
         io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or(Stdio::null());
@@ -302,7 +303,7 @@ fn run_hook(cmd: &str, event: &Event, stopping: &AtomicBool) {
         // A hook that does not read its stdin is fine: ignore EPIPE.
         let _ = writeln!(stdin, "{}", json_line(event));
     }
-    let mut deadline = Instant::now() + HOOK_TIMEOUT;
+    let mut deadline = Instant::now() + timeout;
     loop {
         if stopping.load(Ordering::Relaxed) {
             deadline = deadline.min(Instant::now() + HOOK_STOP_GRACE);
