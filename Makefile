@@ -80,11 +80,16 @@ bench-netns: build
 soak: build
 	python3 benches/soak.py --portwatch target/release/portwatch --duration $(DURATION) --rate $(RATE)
 
+# Each target starts from its seeds (fuzz/seeds/TARGET: datagrams captured from this kernel,
+# real /proc files, a snapshot a container wrote) and grows fuzz/corpus/TARGET.
 # cargo-fuzz needs the nightly -Z flags for sanitizer coverage; these machines have one stable
 # toolchain, which RUSTC_BOOTSTRAP=1 lets take them. Installs cargo-fuzz if missing.
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in $(FUZZ_TARGETS); do 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; 	done
+	cd fuzz && for t in $(FUZZ_TARGETS); do mkdir -p corpus/$$t; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 # Containers, volumes and the image (when Docker answers), then the build.
 clean:
