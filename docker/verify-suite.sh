@@ -111,6 +111,15 @@ for spec in "tcp 6000" "udp 6100"; do
     fi
 done
 
+echo "== the host-side watcher follows the container across a restart"
+docker restart -t 5 portwatcher >/dev/null
+ready portwatcher
+check "host-side watcher reports TCP 3000 closed when the container stops" portwatch-host \
+    "Port closed: 3000 \(tcp, [^)]*container portwatcher"
+docker exec -d portwatcher hold_port tcp 5500
+check "host-side watcher sees TCP 5500 in the restarted container's new namespace" portwatch-host \
+    "New port opened: 5500 \(tcp, [^)]*container portwatcher, pids: [0-9]+ hold_port"
+
 echo "== snapshot across a container restart (supervised)"
 m stop
 m run-sv

@@ -4,8 +4,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 use portwatch_core::{
-    Backend, ContainerRef, Family, Filter, Netns, Owners, Protocol, Query, Socket, State, StateSet,
-    UnknownReason,
+    Backend, Family, Filter, Netns, Owners, Protocol, Query, Socket, State, StateSet, UnknownReason,
 };
 
 use portwatch_core::docker;
@@ -72,9 +71,7 @@ pub fn own_netns() -> u64 {
 /// else a path).
 pub fn netns(filter: &SocketFilter) -> Result<Option<Netns>> {
     if let Some(name) = &filter.container {
-        let c = docker::inspect(&docker_socket()?, name)?;
-        let label = ContainerRef::new(c.id.clone(), c.name.clone());
-        return Ok(Some(c.netns()?.with_container(label)));
+        return Ok(Some(docker::inspect(&docker_socket()?, name)?.netns()?));
     }
     let Some(arg) = &filter.netns else { return Ok(None) };
     let ns = match arg.parse::<u32>() {

@@ -16,7 +16,8 @@ use portwatch_core::{Event, Owners, Process, Socket, UnknownReason, Watcher};
 use crate::Result;
 use crate::args::{WatchArgs, WatchFormat};
 use crate::list::{
-    backend, names_socket, namespace_text, netns, own_netns, raise_fd_limit, selection,
+    backend, docker_socket, names_socket, namespace_text, netns, own_netns, raise_fd_limit,
+    selection,
 };
 
 /// Events waiting for their hook; past this, events are dropped for hooks (not for output).
@@ -64,6 +65,9 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
         if let Some(socket) = names_socket() {
             builder = builder.docker_names(socket);
         }
+    } else if let Some(name) = &args.filter.container {
+        // Followed across restarts, which give the container a new namespace.
+        builder = builder.container(docker_socket()?, name);
     } else if let Some(ns) = netns(&args.filter)? {
         builder = builder.netns(ns);
     }

@@ -47,6 +47,12 @@ pub(crate) fn parse_ns_link(link: &[u8]) -> Option<u64> {
         .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
 }
 
+/// The network namespace inode of process `pid`; `None` when it is gone or unreadable.
+pub(crate) fn ns_of(proc_root: &Path, pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net")).ok()?;
+    parse_ns_link(link.as_os_str().as_encoded_bytes())
+}
+
 impl Discovery {
     pub(crate) fn new(proc_root: &Path, named_dir: &Path) -> Discovery {
         Discovery {
@@ -58,11 +64,7 @@ impl Discovery {
     }
 
     fn read_ns(&self, pid: u32) -> u64 {
-        let link = self.proc_root.join(pid.to_string()).join("ns/net");
-        std::fs::read_link(&link)
-            .ok()
-            .and_then(|l| parse_ns_link(l.as_os_str().as_encoded_bytes()))
-            .unwrap_or(0)
+        ns_of(&self.proc_root, pid).unwrap_or(0)
     }
 
     /// The namespaces alive now, by inode.

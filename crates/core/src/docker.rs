@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
+use crate::socket::ContainerRef;
 
 /// The daemon's default socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -31,9 +32,11 @@ pub struct Container {
 }
 
 impl Container {
-    /// The container's network namespace (`/proc/PID/ns/net` of its init).
+    /// The container's network namespace (`/proc/PID/ns/net` of its init), labelled with
+    /// the container: sockets read there carry its id and name.
     pub fn netns(&self) -> Result<Netns> {
-        Netns::from_pid(self.pid)
+        let label = ContainerRef::new(self.id.clone(), self.name.clone());
+        Ok(Netns::from_pid(self.pid)?.with_container(label))
     }
 }
 

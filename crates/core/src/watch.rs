@@ -115,6 +115,8 @@ pub struct WatcherBuilder {
     cmdlines: bool,
     scope: Scope,
     docker: Option<PathBuf>,
+    /// The container to follow across restarts (with `docker`).
+    follow: Option<String>,
     destroy_buffer: Option<usize>,
 }
 
@@ -133,6 +135,7 @@ impl Default for WatcherBuilder {
             cmdlines: true,
             scope: Scope::Current,
             docker: None,
+            follow: None,
             destroy_buffer: None,
         }
     }
@@ -174,6 +177,7 @@ impl WatcherBuilder {
     /// Watch this network namespace instead of the calling thread's.
     pub fn netns(mut self, netns: Netns) -> Self {
         self.scope = Scope::One(netns);
+        self.follow = None;
         self
     }
 
@@ -184,6 +188,7 @@ impl WatcherBuilder {
     /// `CAP_SYS_PTRACE`; uses three to four file descriptors per namespace.
     pub fn all_netns(mut self) -> Self {
         self.scope = Scope::All;
+        self.follow = None;
         self
     }
 
@@ -192,6 +197,19 @@ impl WatcherBuilder {
     #[cfg(feature = "docker")]
     pub fn docker_names(mut self, socket: impl AsRef<Path>) -> Self {
         self.docker = Some(socket.as_ref().to_owned());
+        self
+    }
+
+    /// Watch a Docker container, by name or id, through the daemon listening on `socket`,
+    /// and follow it: when it stops, its ports are reported closed; when it runs again (a
+    /// restart gives it a new network namespace), the new namespace is watched within about
+    /// a second and its ports are reported open. `build` fails if the daemon cannot be
+    /// reached or the container is not running. Needs `CAP_SYS_ADMIN`. Feature `docker`.
+    #[cfg(feature = "docker")]
+    pub fn container(mut self, socket: impl AsRef<Path>, name_or_id: impl Into<String>) -> Self {
+        self.docker = Some(socket.as_ref().to_owned());
+        self.follow = Some(name_or_id.into());
+        self.scope = Scope::Current;
         self
     }
 
@@ -287,8 +305,9 @@ impl WatcherBuilder {
         self.start(Sink::Callback(Box::new(f)), None)
     }
 
-    fn start(self, sink: Sink, events: Option<Receiver<Event>>) -> Result<Watcher> {
+    fn start(mut self, sink: Sink, events: Option<Receiver<Event>>) -> Result<Watcher> {
         self.validate()?;
+        let follow = self.resolve_container()?;
         let proc_root = PathBuf::from("/proc");
         let mut restored = match &self.snapshot {
             Some(path) => restore(path, &self.scope, &self.filter),
@@ -349,6 +368,7 @@ impl WatcherBuilder {
             owners: OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads()),
             targets,
             discovery,
+            follow,
             unwatchable,
             vanished,
             sink,
@@ -367,6 +387,35 @@ impl WatcherBuilder {
             .spawn(move || scan.run())
             .map_err(|e| Error::Io { path: PathBuf::from("<scan thread>"), source: e })?;
         Ok(Watcher { thread: Some(thread), events, stop, current })
+    }
+}
+
+/// A container followed across restarts (only built with feature `docker`).
+#[cfg_attr(not(feature = "docker"), allow(dead_code))]
+struct Follow {
+    socket: PathBuf,
+    name: String,
+    /// Its init's host pid while it runs in the namespace watched; `None` while it is down.
+    pid: Option<u32>,
+    /// Why it could not be found again, last time: said once.
+    said: Option<String>,
+}
+
+impl WatcherBuilder {
+    /// The container to follow, resolved now: its namespace becomes the one watched.
+    #[cfg(feature = "docker")]
+    fn resolve_container(&mut self) -> Result<Option<Follow>> {
+        let (Some(name), Some(socket)) = (&self.follow, &self.docker) else { return Ok(None) };
+        let c = crate::docker::inspect(socket, name)?;
+        let follow =
+            Follow { socket: socket.clone(), name: name.clone(), pid: Some(c.pid), said: None };
+        self.scope = Scope::One(c.netns()?);
+        Ok(Some(follow))
+    }
+
+    #[cfg(not(feature = "docker"))]
+    fn resolve_container(&mut self) -> Result<Option<Follow>> {
+        Ok(None)
     }
 }
 
@@ -596,6 +645,9 @@ struct Loop {
     targets: Vec<Target>,
     /// Finds namespaces appearing and disappearing, with `all_netns`.
     discovery: Option<(Discovery, Namer)>,
+    /// The container followed across restarts, with `container`.
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
+    follow: Option<Follow>,
     /// Namespaces found that could not be watched (said once): not tried again each pass.
     unwatchable: HashSet<u64>,
     /// Sockets a snapshot had open in namespaces that no longer exist: reported closed first.
@@ -635,8 +687,10 @@ impl Loop {
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
             }
-            if self.discovery.is_some() && self.last_discovery.elapsed() >= DISCOVER_EVERY {
+            if self.last_discovery.elapsed() >= DISCOVER_EVERY {
+                self.last_discovery = Instant::now();
                 self.discover(&mut events);
+                self.follow_container(&mut events);
             }
             self.save_snapshot();
             if !self.stop.is_stopped() {
@@ -730,7 +784,6 @@ impl Loop {
     /// Starts watching namespaces that appeared and reports the sockets of those that went
     /// away closed.
     fn discover(&mut self, events: &mut Vec<Event>) {
-        self.last_discovery = Instant::now();
         let Some((discovery, namer)) = self.discovery.as_mut() else { return };
         let found = discovery.pass();
         let mut kept = Vec::with_capacity(self.targets.len());
@@ -763,6 +816,49 @@ impl Loop {
         }
         self.emit(events);
     }
+
+    /// With a followed container: notices that it stopped (its init is gone, or lives in
+    /// another namespace), reports its ports closed, and watches its new namespace once the
+    /// daemon says it runs again.
+    #[cfg(feature = "docker")]
+    fn follow_container(&mut self, events: &mut Vec<Event>) {
+        let Some(f) = self.follow.as_mut() else { return };
+        let watched = self.targets.first().map(|t| t.inode);
+        if let (Some(pid), Some(inode)) = (f.pid, watched)
+            && discover::ns_of(&self.proc_root, pid) == Some(inode)
+        {
+            return;
+        }
+        if let Some(mut t) = self.targets.pop() {
+            log::info!("container {} stopped: its ports are closed; waiting for it", f.name);
+            t.tracker.observe(Vec::new(), Instant::now(), SystemTime::now(), events);
+            t.tracker.flush(SystemTime::now(), events);
+            f.pid = None;
+        }
+        let back = crate::docker::inspect(&f.socket, &f.name)
+            .and_then(|c| Ok((c.pid, Target::open(&c.netns()?, &self.cfg)?)));
+        match back {
+            Ok((pid, mut t)) => {
+                log::info!("container {} runs again: watching its new network namespace", f.name);
+                // Everything in it opened after the watch began: nothing is initial.
+                t.tracker.adopt(Vec::new());
+                self.targets.push(t);
+                f.pid = Some(pid);
+                f.said = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if f.said.as_ref() != Some(&msg) {
+                    log::debug!("container {} is not back yet: {msg}", f.name);
+                    f.said = Some(msg);
+                }
+            }
+        }
+        self.emit(events);
+    }
+
+    #[cfg(not(feature = "docker"))]
+    fn follow_container(&mut self, _events: &mut Vec<Event>) {}
 
     /// Waits until `deadline`, handling destroy events, grace expiries and stop meanwhile.
     fn wait_until(&mut self, deadline: Instant, events: &mut Vec<Event>) {
@@ -865,8 +961,10 @@ impl Loop {
     fn save_snapshot(&mut self) {
         let Some(writer) = self.snapshot.as_ref().filter(|_| self.dirty) else { return };
         let netns = match (&self.cfg.scope, self.targets.first()) {
-            (Scope::All, _) | (_, None) => snapshot::ALL_NAMESPACES,
+            (Scope::All, _) => snapshot::ALL_NAMESPACES,
             (_, Some(t)) => t.inode,
+            // A followed container that is down: saved (still dirty) once it runs again.
+            (_, None) => return,
         };
         writer.submit(Snapshot { netns, sockets: self.open_sockets() });
         self.dirty = false;
