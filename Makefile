@@ -32,12 +32,16 @@ build:
 	$(CARGO) build --release --locked
 
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
-# (util-linux) and python3 for the namespace sandboxes. Tests skip, saying why, without them.
+# (util-linux) and python3 for the namespace sandboxes. The tests run as root and call them by
+# absolute path in the system directories (never through PATH), so that is where they must be.
+# Tests skip, saying why, without them.
+SYSTEM_BIN := /usr/sbin /usr/bin /sbin /bin
+have = $(firstword $(wildcard $(addsuffix /$(1),$(SYSTEM_BIN))))
 deps:
 	@missing=""; \
-	command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
-	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
-	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	[ -n "$(call have,ss)" ] && [ -n "$(call have,ip)" ] || missing="$$missing iproute2"; \
+	[ -n "$(call have,unshare)" ] || missing="$$missing util-linux"; \
+	[ -n "$(call have,python3)" ] || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \

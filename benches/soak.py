@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -60,12 +61,12 @@ def main():
     ap.add_argument("--rate", type=float, default=200.0)
     a = ap.parse_args()
 
-    stderr_path = f"/tmp/portwatch-soak-{os.getpid()}.stderr"
-    with open(stderr_path, "w") as err:
-        w = subprocess.Popen(
-            [a.portwatch, "watch", "--hf", "--format", "json", "--no-initial", "-4",
-             "-p", f"{BASE}-{BASE + SPAN - 1}"],
-            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    # An anonymous file: nothing at a predictable path for another user to redirect.
+    err = tempfile.TemporaryFile("w+")
+    w = subprocess.Popen(
+        [a.portwatch, "watch", "--hf", "--format", "json", "--no-initial", "-4",
+         "-p", f"{BASE}-{BASE + SPAN - 1}"],
+        stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "RUST_LOG": "warn"})
     events = []
     threading.Thread(target=lambda: events.extend(json.loads(l) for l in w.stdout),
                      daemon=True).start()
@@ -145,9 +146,9 @@ def main():
         if (o, c) != (1, 1):
             bad.append((pid, proto, port, o, c))
     owners = sum(1 for e in events if e["event"] == "owners")
-    with open(stderr_path) as f:
-        log = f.read().splitlines()
-    os.unlink(stderr_path)
+    err.seek(0)
+    log = err.read().splitlines()
+    err.close()
     errors = [l for l in log if " ERROR" in l]
     warns = [l for l in log if " WARN" in l]
 

@@ -4,7 +4,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
-use crate::util::{is_root, json_list, pids_of, portwatch, run};
+use crate::util::{is_root, json_list, pids_of, portwatch, run, system_tool, tool};
 
 #[test]
 fn json_objects_carry_every_documented_field() {
@@ -154,15 +154,17 @@ fn runtime_error_exits_1_with_one_actionable_line() {
         eprintln!("skipped: needs root to hide /proc in a private mount namespace");
         return;
     }
-    let have_unshare = std::process::Command::new("unshare").arg("--help").output().is_ok();
-    if !have_unshare {
+    if system_tool("unshare").is_none() {
         eprintln!("skipped: unshare (util-linux) is not installed");
         return;
     }
     // A tmpfs over /proc in a private mount namespace: portwatch cannot find its namespace.
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("mount -t tmpfs none /proc && exec {} list", env!("CARGO_BIN_EXE_portwatch")))
+    let out = tool("unshare")
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+        .arg(format!(
+            "/bin/mount -t tmpfs none /proc && exec {} list",
+            env!("CARGO_BIN_EXE_portwatch")
+        ))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -5,16 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{Holder, json_list, wait_for};
+use crate::util::{Holder, json_list, private_dir, system_tool, tool, wait_for};
 
 /// (proto, address or path, port) → pids.
 type Table = BTreeMap<(String, String, u16), BTreeSet<u32>>;
 
 fn ss_available() -> bool {
-    Command::new("ss").arg("-V").output().is_ok_and(|o| o.status.success())
+    system_tool("ss")
+        .is_some_and(|_| tool("ss").arg("-V").output().is_ok_and(|o| o.status.success()))
 }
 
 /// Pids in `users:(("name",pid=1,fd=3),…)`.
@@ -28,7 +28,7 @@ fn ss_pids(users: &str) -> BTreeSet<u32> {
 
 /// `ss -tulnpH`: `udp UNCONN 0 0 *:6004 *:* users:(…)`.
 fn ss_inet() -> Table {
-    let out = Command::new("ss").arg("-tulnpH").output().expect("ss runs");
+    let out = tool("ss").arg("-tulnpH").output().expect("ss runs");
     let mut t = Table::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -49,7 +49,7 @@ fn ss_inet() -> Table {
 
 /// `ss -xlnpH`: `u_str LISTEN 0 4096 /path 4214 * 0 users:(…)`, stream and seqpacket only.
 fn ss_unix() -> Table {
-    let out = Command::new("ss").arg("-xlnpH").output().expect("ss runs");
+    let out = tool("ss").arg("-xlnpH").output().expect("ss runs");
     let mut t = Table::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -90,8 +90,8 @@ fn matches_ss() {
     // Make sure there is something of each kind, some held by a child.
     let tcp = TcpListener::bind("[::]:0").unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let path = std::env::temp_dir().join(format!("portwatch-diff-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let dir = private_dir();
+    let path = dir.path().join("diff.sock");
     let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let _child = Holder::spawn(&[&udp]);
 
@@ -146,5 +146,4 @@ fn matches_ss() {
         assert!(compared.contains(key), "{key:?} compared; compared: {compared:?}");
     }
     drop(unix);
-    let _ = std::fs::remove_file(&path);
 }

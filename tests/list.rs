@@ -12,7 +12,7 @@ use nix::sys::socket::{
 };
 use portwatch_core::{Backend, Family, Protocol, Query, Socket, State, StateSet, UnixType};
 
-use crate::util::{Holder, wait_for};
+use crate::util::{Holder, private_dir, wait_for};
 
 fn me() -> u32 {
     std::process::id()
@@ -107,10 +107,9 @@ fn udp_unconnected_on_every_address_kind() {
 
 #[test]
 fn unix_stream_and_seqpacket_path_and_abstract() {
-    let dir = std::env::temp_dir().join(format!("portwatch-test-{}", me()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = private_dir();
+    let dir = tmp.path();
     let path_stream = dir.join("stream.sock");
-    let _ = std::fs::remove_file(&path_stream);
     let stream = UnixListener::bind(&path_stream).unwrap();
     let abs_name = format!("portwatch-test-{}-abstract", me());
     let abs_stream = UnixListener::bind_addr(
@@ -125,7 +124,6 @@ fn unix_stream_and_seqpacket_path_and_abstract() {
         fd
     };
     let path_seq = dir.join("seq.sock");
-    let _ = std::fs::remove_file(&path_seq);
     let seq_path = seq(&UnixAddr::new(&path_seq).unwrap());
     let seq_abs_name = format!("{abs_name}-seq");
     let seq_abs = seq(&UnixAddr::new_abstract(seq_abs_name.as_bytes()).unwrap());
@@ -147,7 +145,6 @@ fn unix_stream_and_seqpacket_path_and_abstract() {
     }
     // Unix sockets have no port: a port filter drops them, and they only come when asked for.
     assert!(Query::new().run().unwrap().iter().all(|s| s.protocol != Protocol::Unix));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 
-use crate::util::{WatchCmd, is_root, json, json_list, portwatch, run};
+use crate::util::{
+    WatchCmd, is_root, json, json_list, portwatch, private_dir, run, system_tool, tool,
+};
 
 /// Binds TCP 7101 and UDP 7102 on 0.0.0.0, prints its pid (as it sees it), then waits for
 /// stdin to close.
@@ -15,21 +17,22 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 7102))
 print(os.getpid(), flush=True)
 sys.stdin.read()";
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
 /// Whether this test can run here; prints why not.
 fn can_run(tools: &[&str]) -> bool {
     if !is_root() {
         eprintln!("skipped: creating network namespaces needs root");
         return false;
     }
-    if let Some(t) = tools.iter().find(|t| !have(t)) {
+    if let Some(t) = tools.iter().find(|t| system_tool(t).is_none()) {
         eprintln!("skipped: {t} is not installed (.ci/run installs iproute2, util-linux, python3)");
         return false;
     }
     true
+}
+
+/// python3 by absolute path (`can_run` checked it is there).
+fn python() -> std::path::PathBuf {
+    system_tool("python3").expect("python3 is installed")
 }
 
 /// A process holding the listeners inside a fresh namespace; cleans up on drop.
@@ -60,18 +63,18 @@ impl Sandbox {
     /// `ip netns add NAME`, then the listener inside it.
     fn named(tag: &str) -> Sandbox {
         let name = format!("pwtest-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &name, "python3", "-c", LISTENER]);
+        let _ = tool("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        assert!(tool("ip").args(["netns", "add", &name]).status().unwrap().success());
+        let mut cmd = tool("ip");
+        cmd.args(["netns", "exec", &name]).arg(python()).args(["-c", LISTENER]);
         Sandbox::start(cmd, Some(name))
     }
 
     /// `unshare --net --pid --fork --mount-proc`: the listener is pid 1 of its own pid
     /// namespace.
     fn unshared() -> Sandbox {
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--net", "--pid", "--fork", "--mount-proc", "python3", "-c", LISTENER]);
+        let mut cmd = tool("unshare");
+        cmd.args(["--net", "--pid", "--fork", "--mount-proc"]).arg(python()).args(["-c", LISTENER]);
         Sandbox::start(cmd, None)
     }
 
@@ -88,7 +91,7 @@ impl Drop for Sandbox {
         drop(self.child.stdin.take()); // the listener exits on EOF
         let _ = self.child.wait();
         if let Some(n) = &self.netns_name {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
+            let _ = tool("ip").args(["netns", "del", n]).status();
         }
     }
 }
@@ -245,8 +248,8 @@ fn container_by_name_through_the_docker_api() {
         return;
     }
     let sb = Sandbox::named("docker");
-    let sock =
-        std::env::temp_dir().join(format!("portwatch-fake-docker-{}.sock", std::process::id()));
+    let dir = private_dir();
+    let sock = dir.path().join("docker.sock");
     let requests = fake_docker(&sock, vec![("fakebox", sb.host_pid)]);
     let host = format!("unix://{}", sock.display());
     let out = portwatch()

@@ -60,6 +60,27 @@ pub fn sigterm(pid: u32) {
     .expect("the process is still there to signal");
 }
 
+/// Directories of system tools, owned by root: tests run as root, so a tool is never looked
+/// up through `PATH`, where another user might have put something of the same name.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// The absolute path of system tool `name` (`ip`, `ss`, `unshare`, `python3`, …), if installed.
+pub fn system_tool(name: &str) -> Option<std::path::PathBuf> {
+    SYSTEM_DIRS.iter().map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// A `Command` for system tool `name` by absolute path. Panics naming the tool when it is
+/// missing: callers check with [`system_tool`] first where a missing tool means a skip.
+pub fn tool(name: &str) -> Command {
+    Command::new(system_tool(name).unwrap_or_else(|| panic!("{name} is not installed")))
+}
+
+/// A private temporary directory (mode 0700, unpredictable name), removed when dropped. Tests
+/// run as root: a predictable name in /tmp is a place for another user to plant a symlink.
+pub fn private_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("portwatch-test-").tempdir().expect("a private temp dir")
+}
+
 /// Whether we are root; tests that need it print why they skip.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

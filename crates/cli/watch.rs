@@ -287,7 +287,8 @@ fn run_hook(cmd: &str, event: &Event, timeout: Duration, stopping: &AtomicBool) 
     // The hook's stdout goes to our stderr, so it never mixes into the event stream.
     let stdout =
         io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or(Stdio::null());
-    let child = Command::new("sh")
+    // By absolute path: PATH is the environment's to choose, the shell is not.
+    let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
         .envs(hook_env(event))

@@ -264,8 +264,8 @@ mod tests {
 
     #[test]
     fn discovery_reads_each_pid_once_then_forgets_exited_ones() {
-        let dir = std::env::temp_dir().join(format!("portwatch-discover-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let mk = |pid: u32, ns: &str| {
             let d = dir.join(pid.to_string()).join("ns");
             std::fs::create_dir_all(&d).unwrap();
@@ -275,7 +275,7 @@ mod tests {
         mk(1, "net:[100]");
         mk(7, "net:[200]");
         mk(9, "net:[200]");
-        let mut d = Discovery::new(&dir, &dir.join("no-named"));
+        let mut d = Discovery::new(dir, &dir.join("no-named"));
         let found = d.pass();
         assert_eq!(found.len(), 2);
         assert_eq!(found[&200].pid, Some(7), "the lowest pid inside names the namespace");
@@ -291,6 +291,5 @@ mod tests {
         std::fs::remove_dir_all(dir.join("9")).unwrap();
         let found = d.pass();
         assert_eq!(found.keys().copied().collect::<Vec<_>>(), [100]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
