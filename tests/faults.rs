@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use portwatch_core::{Filter, Query, Watcher};
 
-use crate::util::{PATIENCE, WatchCmd, is_root, json, portwatch, sigterm, wait_for};
+use crate::util::{
+    PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, system_tool, tool, wait_for,
+};
 use crate::watch::expect;
 
 /// Messages the library logged, for tests that check a path was taken. Set up once for the
@@ -93,7 +95,7 @@ fn processes_exiting_and_pids_reused_during_scans() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 // Each `true` is a process that exits at once; its pid is freed for reuse.
-                let _ = Command::new("true").status();
+                let _ = tool("true").status();
                 n += 1;
             }
             n
@@ -132,7 +134,10 @@ s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
 fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10010)]
 print(s.getsockname()[1], len(os.listdir('/proc/self/fd')), flush=True)
 sys.stdin.read()";
-    let mut child = match Command::new("python3")
+    let Some(python) = system_tool("python3") else {
+        return eprintln!("skipped: python3 is not installed");
+    };
+    let mut child = match Command::new(python)
         .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -199,12 +204,18 @@ fn watched_namespace_vanishing_reports_closes_and_keeps_running() {
         return eprintln!("skipped: creating network namespaces needs root");
     }
     let name = format!("pwfault-{}", std::process::id());
-    let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-    if !Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()) {
+    if system_tool("ip").is_none() || system_tool("python3").is_none() {
+        return eprintln!("skipped: ip (iproute2) or python3 is not installed");
+    }
+    let _ = tool("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+    if !tool("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()) {
         return eprintln!("skipped: ip netns add failed (is iproute2 installed?)");
     }
-    let mut holder = Command::new("ip")
-        .args(["netns", "exec", &name, "python3", "-c"])
+    let python = system_tool("python3").unwrap();
+    let mut holder = tool("ip")
+        .args(["netns", "exec", &name])
+        .arg(python)
+        .arg("-c")
         .arg("import socket, sys\nt = socket.socket(); t.bind(('0.0.0.0', 7301)); t.listen()\nprint(1, flush=True); sys.stdin.read()")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -218,33 +229,56 @@ fn watched_namespace_vanishing_reports_closes_and_keeps_running() {
     // but the watcher's own sockets.
     drop(holder.stdin.take());
     let _ = holder.wait();
-    assert!(Command::new("ip").args(["netns", "del", &name]).status().unwrap().success());
+    assert!(tool("ip").args(["netns", "del", &name]).status().unwrap().success());
     w.expect("the close", |l| json(l)["event"] == "close" && json(l)["port"] == 7301);
     assert!(w.terminate().success(), "the watcher stayed up and exits cleanly");
+}
+
+/// A tiny tmpfs mounted on a private directory, unmounted (and the directory removed) when
+/// dropped — also when the test fails.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    /// `None` when the mount is refused (not root).
+    fn mount() -> Option<SmallTmpfs> {
+        use nix::mount::{MsFlags, mount};
+        // The mount point is a fresh 0700 directory with an unpredictable name: nobody else
+        // can put a symlink where the mount goes. mount(2) directly: no tool from PATH.
+        let dir = private_dir();
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), dir.path(), Some("tmpfs"), flags, Some("size=4k")).ok()?;
+        Some(SmallTmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        // Detached: a watcher that still has a file open there cannot keep it mounted.
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 #[test]
 fn snapshot_unwritable_or_full_warns_and_watching_continues() {
     // Unwritable for anyone: procfs does not take new files.
-    let mut targets = vec![("/proc/portwatch-snapshot".to_owned(), None)];
+    let mut targets = vec!["/proc/portwatch-snapshot".to_owned()];
     // Full: a one-page tmpfs filled up (root only).
-    let dir = std::env::temp_dir().join(format!("portwatch-full-{}", std::process::id()));
-    if is_root() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if mounted {
-            let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let full = if is_root() { SmallTmpfs::mount() } else { None };
+    match &full {
+        Some(fs) => {
+            let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
             while f.write_all(&[0u8; 1024]).and_then(|()| f.sync_all()).is_ok() {}
-            targets.push((dir.join("snapshot").display().to_string(), Some(dir.clone())));
+            targets.push(fs.path().join("snapshot").display().to_string());
         }
-    } else {
-        eprintln!("full-disk case skipped: mounting a small tmpfs needs root");
+        None => eprintln!("full-disk case skipped: mounting a small tmpfs needs root"),
     }
-    for (path, _) in &targets {
+    for path in &targets {
         let (child, rx) = spawn_watch(&["--format", "json", "--snapshot", path]);
         // Two listeners one after the other: each is a change the watcher tries to save.
         for _ in 0..2 {
@@ -259,15 +293,12 @@ fn snapshot_unwritable_or_full_warns_and_watching_continues() {
         );
         assert_eq!(err.matches("cannot write snapshot").count(), 1, "said once: {err}");
     }
-    if let Some((_, Some(dir))) = targets.get(1) {
-        let _ = Command::new("umount").arg(dir).status();
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }
 
 #[test]
 fn corrupt_snapshot_is_ignored_with_a_reason() {
-    let path = std::env::temp_dir().join(format!("portwatch-corrupt-{}", std::process::id()));
+    let dir = private_dir();
+    let path = dir.path().join("snapshot");
     std::fs::write(&path, "portwatch-snapshot 1\nnetns 1\ns tcp garbage\n\u{0}\u{ff}").unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -280,7 +311,39 @@ fn corrupt_snapshot_is_ignored_with_a_reason() {
     // And the file was replaced by a good one on exit.
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.starts_with("portwatch-snapshot 1") && text.contains(&port.to_string()));
-    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn snapshot_path_holding_another_file_is_refused_and_left_alone() {
+    // `--snapshot notes.txt` by mistake: exit 1 naming the file, which keeps its content.
+    let dir = private_dir();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "notes\n").unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&notes, &link).unwrap();
+    for (path, says) in [
+        (&notes, "not a portwatch snapshot"),
+        (&fifo, "a FIFO, not a regular file"),
+        (&link, "symbolic link"),
+        (&std::path::PathBuf::from("/dev/zero"), "a device, not a regular file"),
+    ] {
+        let mut child = portwatch()
+            .args(["watch", "--snapshot"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status =
+            wait_for("watch to refuse the snapshot path", PATIENCE, || child.try_wait().unwrap());
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{}: {err}", path.display());
+        assert!(err.contains(&path.display().to_string()) && err.contains(says), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "notes\n", "left as it was");
 }
 
 #[test]
@@ -358,9 +421,8 @@ fn hanging_or_failing_hooks_never_hold_up_events() {
 fn a_hook_past_its_timeout_is_killed_with_what_it_started() {
     // The hook leaves a grandchild that would live 10 minutes; --exec-timeout must kill the
     // hook's whole process group while the watch goes on.
-    let dir = std::env::temp_dir().join(format!("portwatch-hook-timeout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pidfile = dir.join("pid");
+    let dir = private_dir();
+    let pidfile = dir.path().join("pid");
     let hook = format!("sleep 600 & echo $! > {}.tmp && mv {0}.tmp {0}; wait", pidfile.display());
     let w = WatchCmd::start(&[
         "--format",
@@ -388,5 +450,4 @@ fn a_hook_past_its_timeout_is_killed_with_what_it_started() {
         json(line)["port"] == port
     });
     assert!(w.terminate().success());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use portwatch_core::{Event, Filter, Protocol, Watcher};
 
-use crate::util::{Holder, PATIENCE, WatchCmd, json, portwatch, run, wait_for};
+use crate::util::{Holder, PATIENCE, WatchCmd, json, portwatch, private_dir, run, wait_for};
 
 fn me() -> u32 {
     std::process::id()
@@ -170,10 +170,8 @@ fn bad_settings_name_the_setting() {
 
 #[test]
 fn snapshot_continuity_across_restarts() {
-    let dir = std::env::temp_dir().join(format!("portwatch-snap-it-{}", me()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("snapshot");
-    let _ = std::fs::remove_file(&path);
+    let dir = private_dir();
+    let path = dir.path().join("snapshot");
     let stays = TcpListener::bind("127.0.0.1:0").unwrap();
     let goes = TcpListener::bind("127.0.0.1:0").unwrap();
     let (stays_port, goes_port) =
@@ -207,12 +205,21 @@ fn snapshot_continuity_across_restarts() {
     assert!(again.is_empty(), "a port still open is not announced twice");
     drop(second);
 
-    // A corrupt snapshot is ignored, not fatal.
-    std::fs::write(&path, "garbage").unwrap();
+    // A damaged snapshot is ignored, not fatal.
+    std::fs::write(&path, "portwatch-snapshot 1\nnetns 1\ns garbage").unwrap();
     let third = builder().build().unwrap();
     expect(&third, "fresh start after corrupt snapshot", |e| on_port(e, "open", stays_port));
     drop(third);
-    std::fs::remove_dir_all(&dir).unwrap();
+    // A file that is not a snapshot at all is someone else's: refused, never replaced.
+    std::fs::write(&path, "garbage").unwrap();
+    match builder().build() {
+        Err(portwatch_core::Error::Snapshot {
+            problem: portwatch_core::SnapshotProblem::NotASnapshot,
+            ..
+        }) => {}
+        other => panic!("{:?}", other.map(|_| "a watcher")),
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "garbage");
 }
 
 #[test]
@@ -283,10 +290,8 @@ fn pid_filter_follows_one_process() {
 
 #[test]
 fn exec_hook_gets_event_in_environment_and_stdin() {
-    let dir = std::env::temp_dir().join(format!("portwatch-exec-{}", me()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("hook.out");
-    let _ = std::fs::remove_file(&out);
+    let dir = private_dir();
+    let out = dir.path().join("hook.out");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     // Event data reaches the hook as variables and stdin only; a port named like a shell
@@ -309,7 +314,6 @@ fn exec_hook_gets_event_in_environment_and_stdin() {
     w.expect("output despite a failing hook", |l| l.contains(&format!("New port opened: {port} ")));
     drop(l);
     w.expect("close despite a failing hook", |l| l.contains(&format!("Port closed: {port} ")));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -94,6 +94,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The snapshot file cannot be used and is left as it is: it is not a portwatch snapshot
+    /// (so it must not be replaced), or not a regular file.
+    #[error("cannot use {} as the snapshot: {problem}; name a new file, or move this one away", path.display())]
+    Snapshot {
+        /// The snapshot path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: SnapshotProblem,
+    },
     /// A file had content that could not be parsed.
     #[error("cannot parse {}: {reason}", path.display())]
     Parse {
@@ -102,6 +111,33 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+}
+
+/// Why a snapshot file is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotProblem {
+    /// The file holds something else: portwatch never overwrites it.
+    #[error("it is not a portwatch snapshot, and portwatch does not overwrite other files")]
+    NotASnapshot,
+    /// The path is a symbolic link, which is not followed.
+    #[error("it is a symbolic link, which is not followed")]
+    SymbolicLink,
+    /// The path is a directory, FIFO, socket or device.
+    #[error("it is {what}, not a regular file")]
+    NotRegularFile {
+        /// What it is: `"a directory"`, `"a FIFO"`, …
+        what: &'static str,
+    },
+    /// The file is larger than any snapshot could be.
+    #[error("it is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// It could not be read.
+    #[error("it cannot be read: {0}")]
+    Unreadable(#[source] io::Error),
 }
 
 impl Error {

@@ -96,7 +96,7 @@ mod tracker;
 mod watch;
 
 pub use crate::{
-    error::{Error, Result},
+    error::{Error, Result, SnapshotProblem},
     event::Event,
     filter::Filter,
     netns::Netns,

@@ -7,16 +7,19 @@
 //! rejected whole with a reason, never half-applied.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::error::SnapshotProblem;
 use crate::socket::{Family, Owners, Process, Protocol, Socket, State, UnixType, UnknownReason};
 
 const MAGIC: &str = "portwatch-snapshot 1";
+/// How every version of the format starts: a file that does not is someone else's.
+const MAGIC_PREFIX: &str = "portwatch-snapshot ";
 
 /// The `netns` of a snapshot that covers every namespace (each socket carries its own).
 pub(crate) const ALL_NAMESPACES: u64 = 0;
@@ -132,7 +135,7 @@ pub(crate) fn decode(text: &str) -> Result<Snapshot, String> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, MAGIC)) => {}
-        Some((_, other)) if other.starts_with("portwatch-snapshot ") => {
+        Some((_, other)) if other.starts_with(MAGIC_PREFIX) => {
             return Err(format!("unsupported version {other:?}, this build reads {MAGIC:?}"));
         }
         _ => return Err("not a portwatch snapshot".to_owned()),
@@ -210,15 +213,86 @@ fn decode_process(f: &[&str]) -> Result<Process, String> {
     })
 }
 
-/// Reads and parses a snapshot file.
-pub(crate) fn load(path: &Path) -> Result<Snapshot, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8".to_owned())?;
-    decode(text)
+/// Largest snapshot read: far above what any real one holds (command lines are capped), low
+/// enough that a path pointed at something huge cannot exhaust memory.
+pub(crate) const MAX_SNAPSHOT_BYTES: u64 = 64 << 20;
+
+/// What a snapshot path holds when the watcher starts.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// Nothing, or an empty file: start fresh, and create it.
+    Fresh,
+    /// A portwatch snapshot.
+    Snapshot(Snapshot),
+    /// A portwatch snapshot that cannot be used (another version, damaged): start fresh and
+    /// replace it. The reason is said once.
+    Unusable(String),
 }
 
-/// Writes a snapshot atomically: a temporary file beside it, fsync, rename over, fsync of the
-/// directory. A crash leaves the old snapshot or the new one, never a torn one.
+/// Reads the snapshot at `path`, without following a symbolic link, refusing anything but a
+/// regular file of at most [`MAX_SNAPSHOT_BYTES`] (a FIFO or a device cannot hang or flood the
+/// start), and refusing a file that is not a portwatch snapshot, which must not be replaced.
+pub(crate) fn load(path: &Path) -> Result<Found, SnapshotProblem> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO does not wait for a writer (fstat then refuses it).
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Fresh),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(SnapshotProblem::SymbolicLink);
+        }
+        Err(e) => return Err(SnapshotProblem::Unreadable(e)),
+    };
+    let meta = file.metadata().map_err(|e| SnapshotProblem::Unreadable(e))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(SnapshotProblem::NotRegularFile { what });
+    }
+    if meta.len() > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotProblem::TooLarge { limit: MAX_SNAPSHOT_BYTES });
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::take(&file, MAX_SNAPSHOT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SnapshotProblem::Unreadable(e))?;
+    if bytes.len() as u64 > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotProblem::TooLarge { limit: MAX_SNAPSHOT_BYTES });
+    }
+    if bytes.is_empty() {
+        return Ok(Found::Fresh);
+    }
+    if !bytes.starts_with(MAGIC_PREFIX.as_bytes()) {
+        return Err(SnapshotProblem::NotASnapshot);
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(Found::Unusable("not UTF-8".into()));
+    };
+    Ok(match decode(text) {
+        Ok(snap) => Found::Snapshot(snap),
+        Err(reason) => Found::Unusable(reason),
+    })
+}
+
+/// Writes a snapshot atomically: a new temporary file beside it, fsync, rename over, fsync of
+/// the directory. A crash leaves the old snapshot or the new one, never a torn one.
+///
+/// The temporary file is created with `O_CREAT|O_EXCL` (never through a symlink someone
+/// planted, never reusing a file), mode 0600 (it holds command lines) and an unpredictable
+/// name, and is removed if anything fails. The rename replaces the directory entry at `path`
+/// itself: were it a symlink, the link is replaced, its target never written.
 pub(crate) fn save(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -226,18 +300,29 @@ pub(crate) fn save(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     };
     let name =
         path.file_name().ok_or_else(|| std::io::Error::other("snapshot path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(encode(snap).as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(without_temp_name)?;
+    tmp.as_file_mut().write_all(encode(snap).as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// tempfile's error names the random temporary file, so the same failure would read
+/// differently each time (and be logged each time): keep the OS error alone.
+fn without_temp_name(e: std::io::Error) -> std::io::Error {
+    let os = e
+        .get_ref()
+        .and_then(|inner| inner.source())
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    match os {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::from(e.kind()),
     }
-    result
 }
 
 /// How long a failed write waits before it is tried again, unless a newer snapshot comes.
@@ -408,37 +493,104 @@ mod tests {
         }
     }
 
+    fn private_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn loaded(path: &Path) -> Snapshot {
+        match load(path) {
+            Ok(Found::Snapshot(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn save_is_atomic_and_loads_back() {
-        let dir = std::env::temp_dir().join(format!("portwatch-snap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state");
+        let dir = private_dir();
+        let path = dir.path().join("state");
         save(&path, &sample()).unwrap();
-        assert_eq!(load(&path).unwrap(), sample());
-        // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(loaded(&path), sample());
+        // No temporary file is left behind, and only the owner may read it (command lines).
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+
+    #[test]
+    fn save_never_writes_through_a_planted_symlink() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        // The snapshot's directory is writable by everyone (like /tmp): another user plants
+        // symlinks at every name an older build would have used for its temporary file, and
+        // at the snapshot path itself, all pointing at a file root cares about.
+        let shared = private_dir();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let elsewhere = private_dir();
+        let victim = elsewhere.path().join("shadow");
+        std::fs::write(&victim, "root:secret\n").unwrap();
+        let path = shared.path().join("state");
+        symlink(&victim, shared.path().join(format!(".state.tmp{}", std::process::id()))).unwrap();
+        for guess in [".state.tmp", ".state.tmp0", "state.tmp", ".state.swp"] {
+            symlink(&victim, shared.path().join(guess)).unwrap();
+        }
+        symlink(&victim, &path).unwrap();
+        save(&path, &sample()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n", "victim untouched");
+        // The link at the snapshot path was replaced by the snapshot, not written through.
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(loaded(&path), sample());
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_a_snapshot_file() {
+        let dir = private_dir();
+        let p = |name: &str| dir.path().join(name);
+        // Missing or empty: start fresh.
+        assert!(matches!(load(&p("missing")), Ok(Found::Fresh)));
+        std::fs::write(p("empty"), "").unwrap();
+        assert!(matches!(load(&p("empty")), Ok(Found::Fresh)));
+        // Someone's notes: refused, so they are never replaced.
+        std::fs::write(p("notes.txt"), "notes\n").unwrap();
+        assert!(matches!(load(&p("notes.txt")), Err(SnapshotProblem::NotASnapshot)));
+        // A damaged snapshot of ours: ignored with a reason, and replaced later.
+        std::fs::write(p("torn"), "portwatch-snapshot 1\nnetns 1\ns tcp").unwrap();
+        assert!(matches!(load(&p("torn")), Ok(Found::Unusable(_))));
+        // Not followed, not read: a symlink, a device that never ends, a FIFO that would
+        // block the start, a file too large to be one.
+        std::os::unix::fs::symlink(p("torn"), p("link")).unwrap();
+        assert!(matches!(load(&p("link")), Err(SnapshotProblem::SymbolicLink)));
+        assert!(matches!(
+            load(Path::new("/dev/zero")),
+            Err(SnapshotProblem::NotRegularFile { what: "a device" })
+        ));
+        nix::unistd::mkfifo(&p("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(
+            load(&p("fifo")),
+            Err(SnapshotProblem::NotRegularFile { what: "a FIFO" })
+        ));
+        assert!(matches!(load(dir.path()), Err(SnapshotProblem::NotRegularFile { .. })));
+        let huge = std::fs::File::create(p("huge")).unwrap();
+        huge.set_len(MAX_SNAPSHOT_BYTES + 1).unwrap(); // sparse: costs no disk
+        assert!(matches!(load(&p("huge")), Err(SnapshotProblem::TooLarge { .. })));
     }
 
     #[test]
     fn writer_writes_the_newest_by_the_time_it_is_dropped() {
-        let dir = std::env::temp_dir().join(format!("portwatch-writer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state");
+        let dir = private_dir();
+        let path = dir.path().join("state");
         let writer = Writer::spawn(path.clone()).unwrap();
         let mut older = sample();
         older.sockets.truncate(1);
         writer.submit(older);
         writer.submit(sample());
         drop(writer);
-        assert_eq!(load(&path).unwrap(), sample());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(loaded(&path), sample());
     }
 
     #[test]
     fn writer_retries_a_failed_write_until_it_succeeds() {
-        let dir = std::env::temp_dir().join(format!("portwatch-retry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = private_dir();
+        let dir = tmp.path().join("later");
         let path = dir.join("state");
         let writer = Writer::spawn(path.clone()).unwrap();
         let written = || writer.shared.0.lock().unwrap().written;
@@ -455,9 +607,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // Nothing new is submitted: the retry alone must write it.
         wait(&|| path.exists());
-        assert_eq!(load(&path).unwrap(), sample());
+        assert_eq!(loaded(&path), sample());
         assert!(written() >= 2);
         drop(writer);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -310,7 +310,7 @@ impl WatcherBuilder {
         let follow = self.resolve_container()?;
         let proc_root = PathBuf::from("/proc");
         let mut restored = match &self.snapshot {
-            Some(path) => restore(path, &self.scope, &self.filter),
+            Some(path) => restore(path, &self.scope, &self.filter)?,
             None => HashMap::new(),
         };
         let mut targets = Vec::new();
@@ -441,30 +441,32 @@ fn open_targets<'a>(
 
 /// The snapshot's sockets by namespace inode, when it is usable (says why when it is not). A
 /// single namespace's sockets come back under key 0: a restarted container has a new
-/// namespace, and its ports are still its ports.
-fn restore(path: &Path, scope: &Scope, filter: &Filter) -> HashMap<u64, Vec<Socket>> {
+/// namespace, and its ports are still its ports. A path that holds something other than a
+/// snapshot is an error: it must not be replaced.
+fn restore(path: &Path, scope: &Scope, filter: &Filter) -> Result<HashMap<u64, Vec<Socket>>> {
     let mut out: HashMap<u64, Vec<Socket>> = HashMap::new();
-    if !path.exists() {
-        log::info!("no snapshot at {} yet: starting fresh", path.display());
-        return out;
-    }
     let snap = match snapshot::load(path) {
-        Ok(snap) => snap,
-        Err(e) => {
-            log::warn!("ignoring snapshot {}: {e}", path.display());
-            return out;
+        Ok(snapshot::Found::Snapshot(snap)) => snap,
+        Ok(snapshot::Found::Fresh) => {
+            log::info!("no snapshot at {} yet: starting fresh", path.display());
+            return Ok(out);
         }
+        Ok(snapshot::Found::Unusable(e)) => {
+            log::warn!("ignoring snapshot {}: {e}", path.display());
+            return Ok(out);
+        }
+        Err(problem) => return Err(Error::Snapshot { path: path.to_owned(), problem }),
     };
     let all = matches!(scope, Scope::All);
     if all != (snap.netns == snapshot::ALL_NAMESPACES) {
         let (was, is) = if all { ("one namespace", "all") } else { ("all namespaces", "one") };
         log::warn!("snapshot {} is of {was}, this watcher of {is}: ignored", path.display());
-        return out;
+        return Ok(out);
     }
     for s in snap.sockets.into_iter().filter(|s| filter.matches(s)) {
         out.entry(if all { s.netns } else { 0 }).or_default().push(s);
     }
-    out
+    Ok(out)
 }
 
 /// Moves a snapshot's sockets into namespace `netns` (a restarted container's new one).
