@@ -42,11 +42,6 @@ impl std::fmt::Display for Error {
                 "cannot open a NETLINK_SOCK_DIAG socket: {source}; \
                  use --backend auto or --backend proc to read /proc/net instead"
             ),
-            Error::Core(e @ portwatch_core::Error::Io { path, .. })
-                if path.starts_with("/proc") =>
-            {
-                write!(f, "{e} (is procfs mounted at /proc?)")
-            }
             Error::Core(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "writing output: {e}"),
         }

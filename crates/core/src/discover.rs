@@ -131,7 +131,7 @@ impl Discovery {
 /// Opens a namespace discovery found, labelled with its container.
 pub(crate) fn open(found: &Found, namer: &mut Namer, proc_root: &Path) -> Result<Netns> {
     let container = found.pid.and_then(|pid| namer.container_of(proc_root, pid));
-    Netns::discovered(found, container)
+    Netns::found(&found.path, found.inode, found.pid, container)
 }
 
 /// What to do when a namespace discovery found cannot be read: a missing privilege is an

@@ -5,10 +5,10 @@
 //! `GET /containers/{id}/json` for the container's name, id and init pid. No async runtime,
 //! no HTTP library.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
@@ -18,6 +18,75 @@ use crate::socket::ContainerRef;
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Longest answer accepted from the daemon.
 const MAX_RESPONSE: u64 = 16 << 20;
+/// The whole exchange — connect, request, answer — must fit in this: a daemon that never
+/// accepts (a full backlog) or trickles a byte at a time cannot hold a caller.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the Docker daemon could not tell us about a container.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DockerError {
+    /// The daemon's socket could not be used.
+    #[error(
+        "cannot reach the Docker daemon at {}: {source} (is it running? is DOCKER_HOST right? \
+         root or the docker group can use the socket)",
+        socket.display()
+    )]
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon did not answer within [`DEADLINE`].
+    #[error("the Docker daemon at {} did not answer within {:?}", socket.display(), DEADLINE)]
+    TimedOut {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// No container has this name or id.
+    #[error("no such container: {name} (see `docker ps -a`)")]
+    NoSuchContainer {
+        /// The name or id asked for.
+        name: String,
+    },
+    /// The container exists but is not running.
+    #[error("container {name} is not running (start it, or watch it once it runs)")]
+    NotRunning {
+        /// The name or id asked for.
+        name: String,
+    },
+    /// The daemon answered with another error status.
+    #[error("the Docker daemon answered {status}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The answer was not what the Engine API sends.
+    #[error("unexpected answer from the Docker daemon: {what}")]
+    BadAnswer {
+        /// What was wrong with it.
+        what: &'static str,
+    },
+    /// Not a Docker container name or id: refused before it reaches the request line.
+    #[error("{name:?} is not a container name or id")]
+    InvalidName {
+        /// What was given.
+        name: String,
+    },
+    /// `DOCKER_HOST` names something other than a unix socket.
+    #[error(
+        "DOCKER_HOST={value} is not a unix:// socket; portwatch only talks to a local daemon \
+         socket (unset DOCKER_HOST, or set it to unix:///var/run/docker.sock)"
+    )]
+    NotUnixSocket {
+        /// The value of `DOCKER_HOST`.
+        value: String,
+    },
+}
 
 /// A running container, as the Docker daemon describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,17 +116,12 @@ pub fn socket_from_env(docker_host: Option<&str>) -> Result<PathBuf> {
         None => Ok(PathBuf::from(DEFAULT_SOCKET)),
         Some(h) => match h.strip_prefix("unix://") {
             Some(path) => Ok(PathBuf::from(path)),
-            None => Err(Error::Docker {
-                reason: format!(
-                    "DOCKER_HOST={h} is not a unix:// socket; portwatch only talks to a local \
-                     daemon socket (unset DOCKER_HOST, or set it to unix:///var/run/docker.sock)"
-                ),
-            }),
+            None => Err(DockerError::NotUnixSocket { value: h.to_owned() }.into()),
         },
     }
 }
 
-/// Looks a container up by name or id through the daemon at `socket`.
+/// Looks a container up by name or id through the daemon at `socket`, within [`DEADLINE`].
 pub fn inspect(socket: &Path, name_or_id: &str) -> Result<Container> {
     // Docker names and ids are [a-zA-Z0-9][a-zA-Z0-9_.-]*: anything else cannot be a
     // container, and must not reach the request line.
@@ -65,32 +129,80 @@ pub fn inspect(socket: &Path, name_or_id: &str) -> Result<Container> {
         && name_or_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         && name_or_id.as_bytes()[0].is_ascii_alphanumeric();
     if !valid {
-        return Err(Error::Docker {
-            reason: format!("{name_or_id:?} is not a container name or id"),
-        });
+        return Err(DockerError::InvalidName { name: name_or_id.to_owned() }.into());
     }
-    let unavailable = |e: std::io::Error| Error::Docker {
-        reason: format!(
-            "cannot reach the Docker daemon at {}: {e} (is it running? is DOCKER_HOST right? \
-             root or the docker group can use the socket)",
-            socket.display()
-        ),
-    };
-    let mut stream = UnixStream::connect(socket).map_err(unavailable)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(unavailable)?;
-    // One write: the request must not reach the daemon in fragments.
     let request = format!("GET /containers/{name_or_id}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(unavailable)?;
-    let mut response = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut response).map_err(unavailable)?;
+    let response = exchange(socket, request.as_bytes(), Instant::now() + DEADLINE)?;
     parse_inspect(&response, name_or_id)
+}
+
+/// Sends `request` and reads the whole answer, all before `deadline`.
+fn exchange(socket: &Path, request: &[u8], deadline: Instant) -> Result<Vec<u8>, DockerError> {
+    let failed = |source: io::Error| {
+        if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            DockerError::TimedOut { socket: socket.to_owned() }
+        } else {
+            DockerError::Unreachable { socket: socket.to_owned(), source }
+        }
+    };
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))
+    };
+    let mut stream = connect(socket, deadline).map_err(failed)?;
+    // One write: the request must not reach the daemon in fragments.
+    stream.set_write_timeout(Some(left().map_err(failed)?)).map_err(failed)?;
+    stream.write_all(request).map_err(failed)?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Each read may wait only for what is left of the whole deadline.
+        stream.set_read_timeout(Some(left().map_err(failed)?)).map_err(failed)?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(response),
+            Ok(n) if response.len() as u64 + n as u64 > MAX_RESPONSE => {
+                return Err(DockerError::BadAnswer { what: "longer than 16 MiB" });
+            }
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+}
+
+/// Connects to the unix socket without blocking: with the daemon's backlog full, a blocking
+/// `connect` waits for as long as the daemon does not accept. Retried until `deadline`.
+fn connect(socket: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket as open};
+    let addr = UnixAddr::new(socket).map_err(io::Error::from)?;
+    loop {
+        let fd = open(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            // Linux says EAGAIN when a unix socket's backlog is full.
+            Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(nix::errno::Errno::EAGAIN) => return Err(io::ErrorKind::TimedOut.into()),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Parses the daemon's answer to `GET /containers/{id}/json`.
 pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
-    let bad = |what: &str| Error::Docker {
-        reason: format!("unexpected answer from the Docker daemon: {what}"),
-    };
+    let bad = |what: &'static str| Error::from(DockerError::BadAnswer { what });
     let split =
         response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no headers"))?;
     let head = std::str::from_utf8(&response[..split]).map_err(|_| bad("headers not UTF-8"))?;
@@ -103,19 +215,11 @@ pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
         .ok_or_else(|| bad("no status line"))?;
     match status {
         200 => {}
-        404 => {
-            return Err(Error::Docker {
-                reason: format!("no such container: {asked} (see `docker ps -a`)"),
-            });
-        }
-        code => {
+        404 => return Err(DockerError::NoSuchContainer { name: asked.to_owned() }.into()),
+        status => {
             let msg: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-            return Err(Error::Docker {
-                reason: format!(
-                    "the Docker daemon answered {code}: {}",
-                    msg["message"].as_str().unwrap_or("")
-                ),
-            });
+            let message = msg["message"].as_str().unwrap_or("").to_owned();
+            return Err(DockerError::Api { status, message }.into());
         }
     }
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
@@ -123,11 +227,7 @@ pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
     let name = v["Name"].as_str().unwrap_or("").trim_start_matches('/').to_owned();
     let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
     if v["State"]["Running"] != true || pid == 0 {
-        return Err(Error::Docker {
-            reason: format!(
-                "container {asked} is not running (start it, or watch it once it runs)"
-            ),
-        });
+        return Err(DockerError::NotRunning { name: asked.to_owned() }.into());
     }
     let pid = u32::try_from(pid).map_err(|_| bad("pid out of range"))?;
     Ok(Container { id, name, pid })

@@ -80,11 +80,27 @@ pub enum Error {
         need: &'static str,
     },
     /// The Docker daemon could not be asked, or answered that the container is missing or
-    /// stopped.
-    #[error("{reason}")]
-    Docker {
-        /// What happened and what to do.
-        reason: String,
+    /// stopped (feature `docker`).
+    #[cfg(feature = "docker")]
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
+    /// An operating-system call failed; `op` says which.
+    #[error("cannot {op}: {source}")]
+    Os {
+        /// What was being done: `"create the watcher's wake pipe"`, …
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc` could not be read, so neither namespaces nor owners can be found.
+    #[error("cannot read {}: {source} (is procfs mounted at /proc?)", path.display())]
+    ProcUnavailable {
+        /// What could not be read.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
     /// A [`WatcherBuilder`](crate::WatcherBuilder) setting is out of range.
     #[error("invalid {setting}: {reason}")]

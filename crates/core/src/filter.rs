@@ -1,12 +1,15 @@
 //! Which sockets a query or a watcher reports: the one place selection is decided.
 //!
-//! Protocols, families and states become the kernel's dump requests; ports, addresses and uid
-//! are checked on each dumped socket; the owner pid needs owners and is checked last.
+//! Protocols, families and states become the kernel's dump requests (`dumps`); ports,
+//! addresses and uid are checked on each socket read (`matches`); the owner pid needs owners
+//! and is checked last (`owner_matches`). Queries and watchers ask these three, nothing else.
 
 use std::net::IpAddr;
+use std::path::Path;
 
-use crate::diag::Dump;
+use crate::owners;
 use crate::socket::{Family, Protocol, Socket, State, StateSet};
+use crate::source::Dump;
 
 /// A selection of sockets. The default is what `ss -tuln` shows: TCP and UDP, IPv4 and IPv6,
 /// listening.
@@ -108,9 +111,13 @@ impl Filter {
         self
     }
 
-    /// The owner pid filter, if any.
-    pub(crate) fn owner_pid(&self) -> Option<(u32, bool)> {
-        self.pid
+    /// Whether a socket whose owners are known passes the owner checks: held by the pid
+    /// asked for (or, with `children`, a descendant). Reads parents from `proc_root`.
+    pub(crate) fn owner_matches(&self, s: &Socket, proc_root: &Path) -> bool {
+        match self.pid {
+            Some((pid, children)) => owners::held_by(s, pid, children, proc_root),
+            None => true,
+        }
     }
 
     /// The sock_diag dumps this selection needs.

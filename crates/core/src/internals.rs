@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::diag::{self, Dump, DumpState};
+use crate::owners;
 use crate::socket::{Family, Protocol, Socket, StateSet};
-use crate::{owners, procnet};
+use crate::source::{self, Dump, DumpState};
 
 /// One dump datagram holding `n` inet_diag LISTEN messages and NLMSG_DONE, sequence 1, as the
 /// kernel would send it on this machine.
@@ -42,7 +42,7 @@ pub fn decode_inet(buf: &[u8]) -> Vec<Socket> {
         Dump::Inet { protocol: Protocol::Tcp, family: Family::Ipv4, states: StateSet::LISTENING };
     let mut st = DumpState { dump, seq: 1, netns: 1, interrupted: false };
     let mut out = Vec::new();
-    let _ = diag::decode_datagram(buf, &mut st, &mut out);
+    let _ = source::decode_datagram(buf, &mut st, &mut out);
     out
 }
 
@@ -50,7 +50,7 @@ pub fn decode_inet(buf: &[u8]) -> Vec<Socket> {
 pub fn parse_proc_net_tcp(bytes: &[u8]) -> Vec<Socket> {
     let dump =
         Dump::Inet { protocol: Protocol::Tcp, family: Family::Ipv4, states: StateSet::LISTENING };
-    procnet::parse(bytes, dump, 1).unwrap_or_default()
+    source::parse_proc_net(bytes, dump, 1).unwrap_or_default()
 }
 
 /// One owner walk over `proc_root` for `inodes`; returns how many inodes were found.
@@ -78,18 +78,18 @@ pub fn fuzz_netlink(buf: &[u8]) {
     for dump in all_dumps() {
         let mut st = DumpState { dump, seq: 1, netns: 1, interrupted: false };
         let mut out = Vec::new();
-        let _ = diag::decode_datagram(buf, &mut st, &mut out);
+        let _ = source::decode_datagram(buf, &mut st, &mut out);
         for s in &out {
             let _ = s.local_display();
         }
     }
-    diag::destroyed_cookies(buf, |_| {});
+    source::destroyed_cookies(buf, |_| {});
 }
 
 /// Fuzz entry: `/proc/net/{tcp,tcp6,udp,udp6,unix}` content, parsed as each.
 pub fn fuzz_proc_net(bytes: &[u8]) {
     for dump in all_dumps() {
-        let _ = procnet::parse(bytes, dump, 1);
+        let _ = source::parse_proc_net(bytes, dump, 1);
     }
 }
 
@@ -103,7 +103,7 @@ pub fn fuzz_proc_pid(bytes: &[u8]) {
     let _ = crate::discover::parse_ns_link(bytes);
     let _ = crate::discover::container_id(bytes);
     let mut counts = Vec::new();
-    crate::probe::inuse_counts(bytes, &mut counts);
+    source::inuse_counts(bytes, &mut counts);
 }
 
 /// Fuzz entry: a snapshot file. One that loads must save and load back to the same thing.

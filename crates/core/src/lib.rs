@@ -71,7 +71,6 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![deny(unsafe_code)]
 
-mod diag;
 mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
@@ -86,11 +85,10 @@ pub mod internals;
 mod json;
 mod netns;
 mod owners;
-mod probe;
-mod procnet;
 mod query;
 mod snapshot;
 mod socket;
+mod source;
 mod sys;
 mod tracker;
 mod watch;
@@ -100,10 +98,11 @@ pub use crate::{
     event::Event,
     filter::Filter,
     netns::Netns,
-    query::{Backend, Query},
+    query::Query,
     socket::{
         ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,
         UnknownReason,
     },
+    source::Backend,
     watch::{StopHandle, Watcher, WatcherBuilder},
 };

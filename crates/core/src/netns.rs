@@ -15,7 +15,6 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 
-use crate::discover::Found;
 use crate::error::{Error, Result};
 use crate::socket::ContainerRef;
 
@@ -58,7 +57,9 @@ impl Netns {
     /// The calling thread's network namespace.
     pub fn current() -> Result<Netns> {
         let path = PathBuf::from("/proc/thread-self/ns/net");
-        let inode = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.ino();
+        let inode = std::fs::metadata(&path)
+            .map_err(|source| Error::ProcUnavailable { path: path.clone(), source })?
+            .ino();
         Ok(Netns {
             file: None,
             path,
@@ -91,19 +92,25 @@ impl Netns {
         Ok(ns)
     }
 
-    /// A namespace discovery found: opened without the entering check (whoever uses it enters
+    /// A namespace found at `path` (`/proc/PID/ns/net` of process `pid`, or a `/run/netns`
+    /// entry) with inode `inode`: opened without the entering check (whoever uses it enters
     /// it, and says so if it is not a network namespace). A leftover `/run/netns` file that is
-    /// no longer a bind mount has a different inode than discovery saw, and is refused.
-    pub(crate) fn discovered(found: &Found, container: Option<ContainerRef>) -> Result<Netns> {
-        let (file, inode) = open_file(&found.path)?;
-        if inode != found.inode {
-            return Err(Error::NamespaceNotFound { path: found.path.clone() });
+    /// no longer a bind mount has a different inode than was found, and is refused.
+    pub(crate) fn found(
+        path: &Path,
+        inode: u64,
+        pid: Option<u32>,
+        container: Option<ContainerRef>,
+    ) -> Result<Netns> {
+        let (file, opened) = open_file(path)?;
+        if opened != inode {
+            return Err(Error::NamespaceNotFound { path: path.to_owned() });
         }
         Ok(Netns {
             file: Some(Arc::new(file)),
-            path: found.path.clone(),
+            path: path.to_owned(),
             inode,
-            proc_net: found.pid.map(|pid| PathBuf::from(format!("/proc/{pid}/net"))),
+            proc_net: pid.map(|pid| PathBuf::from(format!("/proc/{pid}/net"))),
             container: container.map(Arc::new),
         })
     }

@@ -406,6 +406,18 @@ pub(crate) fn resolve(
     }
 }
 
+/// How many threads the owner walk may use: the CPUs this thread may run on. (One
+/// `sched_getaffinity`; `std::thread::available_parallelism` also reads cgroup files, which
+/// costs more than the whole walk saves on an idle machine.)
+pub(crate) fn worker_threads() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Owner lookup for a watcher: remembers the processes it has seen so that finding the owners
 /// of a few new sockets does not read every process's fds.
 ///

@@ -1,9 +1,11 @@
 //! Turns successive socket observations into open, close and owner-change events.
 //!
-//! Pure logic: no I/O, no clock of its own. Callers hand it what a scan saw, destroy
-//! notifications and the current time, and it decides what to report. Owns identity (which
-//! observations are the same socket), debouncing (the close grace period, restarts on the same
-//! endpoint) and correlation of destroy events by cookie.
+//! Pure logic: no I/O, no clock of its own. Callers hand it [`Observation`]s — a census of a
+//! namespace, one socket seen, one cookie gone, each with its time — from whichever source, and
+//! it decides what to report. Owns identity (which observations are the same socket),
+//! debouncing (the close grace period, restarts on the same endpoint) and correlation of closes
+//! by cookie. It records every change to its open set, so a reader of that set is updated by
+//! what changed rather than by copying all of it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::Event;
 use crate::socket::{Family, Owners, Process, Protocol, Socket};
+use crate::source::{At, Observation};
 
 /// Where a socket listens: what a user means by "port 8080 closed".
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,9 +65,20 @@ struct Closing {
 /// bring the socket back.
 const DESTROYED_MEMORY: Duration = Duration::from_secs(5);
 
+/// A change to the open set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// This socket is open now (new, or with new owners).
+    Open(Key, Socket),
+    /// This socket is no longer open.
+    Closed(Key),
+}
+
 /// The set of open sockets and the closes waiting out their grace.
 #[derive(Debug)]
 pub(crate) struct Tracker {
+    /// Changes to `known` since [`Tracker::take_changes`] was last called.
+    changes: Vec<Change>,
     known: HashMap<Key, Socket>,
     by_cookie: HashMap<u64, Key>,
     closing: HashMap<Endpoint, Vec<Closing>>,
@@ -87,6 +101,7 @@ fn pids(owners: &Owners) -> Vec<u32> {
 impl Tracker {
     pub(crate) fn new(grace: Duration, report_initial: bool) -> Tracker {
         Tracker {
+            changes: Vec::new(),
             known: HashMap::new(),
             by_cookie: HashMap::new(),
             closing: HashMap::new(),
@@ -124,6 +139,7 @@ impl Tracker {
         if let Some(c) = s.cookie {
             self.by_cookie.insert(c, key.clone());
         }
+        self.changes.push(Change::Open(key.clone(), s.clone()));
         self.known.insert(key, s);
     }
 
@@ -132,58 +148,85 @@ impl Tracker {
         if let Some(c) = s.cookie {
             self.by_cookie.remove(&c);
         }
+        self.changes.push(Change::Closed(key.clone()));
         Some(s)
     }
 
-    /// Records what one scan saw. Known sockets it does not show have closed (a dump is
-    /// exact: an inconsistent one is redone); sockets it shows for the first time have opened
-    /// — or, on an endpoint still waiting out a close, restarted. Absences are handled first
-    /// so that a socket replaced between two scans is seen as a restart.
-    pub(crate) fn observe(
-        &mut self,
-        seen: Vec<Socket>,
-        now: Instant,
-        wall: SystemTime,
-        out: &mut Vec<Event>,
-    ) {
+    /// The changes to the open set since the last call, oldest first.
+    pub(crate) fn take_changes(&mut self) -> std::vec::Drain<'_, Change> {
+        self.changes.drain(..)
+    }
+
+    /// Records what a source saw.
+    pub(crate) fn observe(&mut self, obs: Observation, out: &mut Vec<Event>) {
+        match obs {
+            Observation::Census { sockets, at } => self.census(sockets, at, out),
+            Observation::Seen { socket, at } => self.seen(socket, at, out),
+            Observation::Gone { cookie, at } => self.gone(cookie, at, out),
+        }
+    }
+
+    /// A census: every socket of the namespace, as one dump saw it. Known sockets it does not
+    /// show have closed (a dump is exact: an inconsistent one is redone); sockets it shows for
+    /// the first time have opened — or, on an endpoint still waiting out a close, restarted.
+    /// Absences are handled first so that a socket replaced between two scans is a restart.
+    fn census(&mut self, seen: Vec<Socket>, at: At, out: &mut Vec<Event>) {
         let seen_keys: HashSet<Key> = seen.iter().map(Key::of).collect();
         if std::mem::take(&mut self.adopted) {
-            self.carry_over(&seen, &seen_keys, wall, out);
+            self.carry_over(&seen, &seen_keys, at.wall, out);
         }
         let gone: Vec<Key> =
             self.known.keys().filter(|k| !seen_keys.contains(*k)).cloned().collect();
         for key in gone {
             if let Some(s) = self.remove(&key) {
-                self.close(s, now, wall, out);
+                self.close(s, at.mono, at.wall, out);
             }
         }
         let initial = !self.observed;
         self.observed = true;
         for s in seen {
-            if s.cookie.is_some_and(|c| self.destroyed.contains_key(&c)) {
-                continue; // the kernel already told us it is gone
-            }
-            let key = Key::of(&s);
-            if self.known.contains_key(&key) {
-                continue;
-            }
-            let endpoint = Endpoint::of(&s);
-            let restarted = self.closing.get_mut(&endpoint).and_then(Vec::pop);
-            if self.closing.get(&endpoint).is_some_and(Vec::is_empty) {
-                self.closing.remove(&endpoint);
-            }
-            match restarted {
-                Some(old) => {
-                    if pids(&old.socket.owners) != pids(&s.owners) {
-                        let previous = old.socket.processes().to_vec();
-                        out.push(Event::OwnersChanged { socket: s.clone(), previous, at: wall });
-                    }
-                }
-                None if initial && !self.report_initial => {}
-                None => out.push(Event::Opened { socket: s.clone(), at: wall, initial }),
-            }
-            self.insert(s);
+            self.open(s, initial, at.wall, out);
         }
+    }
+
+    /// One socket seen open by a source that reports as things happen: a new socket unless
+    /// known (a known one with unknown owners takes the owners the source names).
+    fn seen(&mut self, s: Socket, at: At, out: &mut Vec<Event>) {
+        let key = Key::of(&s);
+        if let Some(known) = self.known.get(&key) {
+            if matches!(known.owners, Owners::Unknown(_)) && matches!(s.owners, Owners::Known(_)) {
+                let owners = s.owners.clone();
+                self.update_owners(&s, owners, at.wall, out);
+            }
+            return;
+        }
+        self.open(s, false, at.wall, out);
+    }
+
+    /// A socket not known before: opened, or restarted on an endpoint waiting out a close.
+    fn open(&mut self, s: Socket, initial: bool, wall: SystemTime, out: &mut Vec<Event>) {
+        if s.cookie.is_some_and(|c| self.destroyed.contains_key(&c)) {
+            return; // the kernel already told us it is gone
+        }
+        if self.known.contains_key(&Key::of(&s)) {
+            return;
+        }
+        let endpoint = Endpoint::of(&s);
+        let restarted = self.closing.get_mut(&endpoint).and_then(Vec::pop);
+        if self.closing.get(&endpoint).is_some_and(Vec::is_empty) {
+            self.closing.remove(&endpoint);
+        }
+        match restarted {
+            Some(old) => {
+                if pids(&old.socket.owners) != pids(&s.owners) {
+                    let previous = old.socket.processes().to_vec();
+                    out.push(Event::OwnersChanged { socket: s.clone(), previous, at: wall });
+                }
+            }
+            None if initial && !self.report_initial => {}
+            None => out.push(Event::Opened { socket: s.clone(), at: wall, initial }),
+        }
+        self.insert(s);
     }
 
     /// After a snapshot: a socket seen on an endpoint the snapshot had open under another
@@ -216,19 +259,13 @@ impl Tracker {
         }
     }
 
-    /// A destroy notification: the socket with this cookie closed. Unknown cookies (every
-    /// connection's end arrives too) are ignored at the cost of one lookup.
-    pub(crate) fn destroyed(
-        &mut self,
-        cookie: u64,
-        now: Instant,
-        wall: SystemTime,
-        out: &mut Vec<Event>,
-    ) {
+    /// The socket with this cookie closed. Unknown cookies (every connection's end arrives
+    /// on the destroy feed too) are ignored at the cost of one lookup.
+    fn gone(&mut self, cookie: u64, at: At, out: &mut Vec<Event>) {
         let Some(key) = self.by_cookie.get(&cookie).cloned() else { return };
-        self.destroyed.insert(cookie, now);
+        self.destroyed.insert(cookie, at.mono);
         if let Some(s) = self.remove(&key) {
-            self.close(s, now, wall, out);
+            self.close(s, at.mono, at.wall, out);
         }
     }
 
@@ -281,6 +318,7 @@ impl Tracker {
         let previous: Vec<Process> = known.processes().to_vec();
         known.owners = owners;
         out.push(Event::OwnersChanged { socket: known.clone(), previous, at: wall });
+        self.changes.push(Change::Open(Key::of(known), known.clone()));
     }
 
     /// When the earliest pending close is due.
@@ -327,18 +365,33 @@ mod tests {
         }
     }
 
+    impl Clock {
+        fn at(&self) -> At {
+            At { mono: self.now(), wall: self.wall() }
+        }
+    }
+
     /// One whole cycle: the given scans, then expiry.
     fn cycle(t: &mut Tracker, clock: &Clock, scans: &[Vec<Socket>]) -> Vec<Event> {
         let mut out = Vec::new();
         for scan in scans {
-            t.observe(scan.clone(), clock.now(), clock.wall(), &mut out);
+            t.observe(Observation::Census { sockets: scan.clone(), at: clock.at() }, &mut out);
         }
         t.expire(clock.now(), clock.wall(), &mut out);
         out
     }
 
+    fn gone(t: &mut Tracker, clock: &Clock, cookie: u64, out: &mut Vec<Event>) {
+        t.observe(Observation::Gone { cookie, at: clock.at() }, out);
+    }
+
     fn kinds(events: &[Event]) -> Vec<(&'static str, u16)> {
-        events.iter().map(|e| (e.kind(), e.socket().port)).collect()
+        let kind = |e: &Event| match e {
+            Event::Opened { .. } => "open",
+            Event::Closed { .. } => "close",
+            Event::OwnersChanged { .. } => "owners",
+        };
+        events.iter().map(|e| (kind(e), e.socket().port)).collect()
     }
 
     #[test]
@@ -444,9 +497,9 @@ mod tests {
         let mut t = Tracker::new(Duration::ZERO, true);
         cycle(&mut t, &clock, &[vec![sock(80, 7, &[10])]]);
         let mut out = Vec::new();
-        t.destroyed(12345, clock.now(), clock.wall(), &mut out);
+        gone(&mut t, &clock, 12345, &mut out);
         assert!(out.is_empty());
-        t.destroyed(7, clock.now(), clock.wall(), &mut out);
+        gone(&mut t, &clock, 7, &mut out);
         assert_eq!(kinds(&out), [("close", 80)]);
         // A dump that raced with the close and still shows the socket does not reopen it.
         let e = cycle(&mut t, &clock, &[vec![sock(80, 7, &[10])]]);
@@ -459,7 +512,7 @@ mod tests {
         let mut t = Tracker::new(Duration::from_millis(300), true);
         cycle(&mut t, &clock, &[vec![sock(80, 7, &[10])]]);
         let mut out = Vec::new();
-        t.destroyed(7, clock.now(), clock.wall(), &mut out);
+        gone(&mut t, &clock, 7, &mut out);
         assert!(out.is_empty());
         clock.advance(50);
         assert!(cycle(&mut t, &clock, &[vec![sock(80, 8, &[10])]]).is_empty());
@@ -511,5 +564,52 @@ mod tests {
         t.update_owners(&s, fewer.clone(), clock.wall(), &mut out);
         t.update_owners(&s, fewer, clock.wall(), &mut out);
         assert_eq!(kinds(&out), [("owners", 80)]);
+    }
+
+    #[test]
+    fn a_socket_seen_then_gone_between_two_dumps_opens_and_closes_in_order() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        cycle(&mut t, &clock, &[vec![]]);
+        let mut out = Vec::new();
+        t.observe(Observation::Seen { socket: sock(80, 9, &[42]), at: clock.at() }, &mut out);
+        gone(&mut t, &clock, 9, &mut out);
+        assert_eq!(kinds(&out), [("open", 80), ("close", 80)]);
+        assert_eq!(out[1].socket().pids(), [42], "the close names the owner");
+        // The next dump, which never saw it, changes nothing.
+        assert!(cycle(&mut t, &clock, &[vec![]]).is_empty());
+    }
+
+    #[test]
+    fn a_seen_socket_a_dump_already_knows_only_fills_unknown_owners() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        cycle(&mut t, &clock, &[vec![sock(80, 9, &[])]]);
+        let mut out = Vec::new();
+        t.observe(Observation::Seen { socket: sock(80, 9, &[42]), at: clock.at() }, &mut out);
+        assert_eq!(kinds(&out), [("owners", 80)]);
+        out.clear();
+        t.observe(Observation::Seen { socket: sock(80, 9, &[43]), at: clock.at() }, &mut out);
+        assert!(out.is_empty(), "known owners are the owner index's to change");
+    }
+
+    #[test]
+    fn changes_to_the_open_set_are_recorded_in_order() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, false);
+        cycle(&mut t, &clock, &[vec![sock(80, 1, &[10])]]);
+        cycle(&mut t, &clock, &[vec![sock(81, 2, &[10])]]);
+        let changes: Vec<Change> = t.take_changes().collect();
+        let k = |port, cookie| Key::of(&sock(port, cookie, &[10]));
+        assert_eq!(
+            changes,
+            [
+                Change::Open(k(80, 1), sock(80, 1, &[10])),
+                Change::Closed(k(80, 1)),
+                Change::Open(k(81, 2), sock(81, 2, &[10])),
+            ],
+            "silent (initial) sockets are recorded too"
+        );
+        assert_eq!(t.take_changes().count(), 0);
     }
 }

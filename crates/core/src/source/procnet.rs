@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use crate::diag::Dump;
+use super::Dump;
 use crate::error::{Error, Result};
 use crate::socket::{Family, Owners, Protocol, Socket, State, UnixType, UnknownReason};
 

@@ -1,4 +1,4 @@
-//! NETLINK_SOCK_DIAG dumps: building requests, reading multi-datagram answers, decoding sockets.
+//! NETLINK_SOCK_DIAG dumps: encoding requests, reading multi-datagram answers, decoding sockets.
 //!
 //! Owns the netlink socket and the dump protocol; knows nothing of processes or of filtering
 //! beyond what the kernel does for us (the state bitmask). Decoding is a pure function over bytes
@@ -21,41 +21,24 @@ use netlink_packet_sock_diag::inet::{
 use netlink_packet_sock_diag::unix::{self, ShowFlags, UnixRequest, UnixResponseHeader};
 use netlink_sys::{Socket as NlSocket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
+use super::Dump;
+
 use crate::error::{Error, Result};
-use crate::socket::{Family, Owners, Protocol, Socket, State, StateSet, UnixType, UnknownReason};
+use crate::socket::{Family, Owners, Protocol, Socket, State, UnixType, UnknownReason};
 
 /// `UNIX_DIAG_UID` (Linux 5.3+): the uid of the socket's creator. Missing from the crate.
 const UNIX_DIAG_UID: u16 = 7;
 /// `UDIAG_SHOW_UID`.
 const UDIAG_SHOW_UID: u32 = 1 << 6;
 /// Byte sizes of the fixed message headers (struct inet_diag_msg, struct unix_diag_msg).
-const INET_DIAG_MSG_LEN: usize = 72;
+pub(super) const INET_DIAG_MSG_LEN: usize = 72;
 const UNIX_DIAG_MSG_LEN: usize = 16;
 /// How many times a dump flagged NLM_F_DUMP_INTR (or truncated) is redone before giving up.
 const MAX_DUMP_ATTEMPTS: u32 = 5;
 /// Dump datagrams are at most 32 KiB (the kernel caps `max_recvmsg_len`); twice that is room.
-const RECV_BUF_LEN: usize = 64 * 1024;
-
-/// One sock_diag dump request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dump {
-    /// inet_diag for one protocol and family.
-    Inet { protocol: Protocol, family: Family, states: StateSet },
-    /// unix_diag.
-    Unix { states: StateSet },
-}
+pub(super) const RECV_BUF_LEN: usize = 64 * 1024;
 
 impl Dump {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Dump::Inet { protocol: Protocol::Tcp, family: Family::Ipv4, .. } => "tcp/ipv4",
-            Dump::Inet { protocol: Protocol::Tcp, .. } => "tcp/ipv6",
-            Dump::Inet { protocol: Protocol::Udp, family: Family::Ipv4, .. } => "udp/ipv4",
-            Dump::Inet { .. } => "udp/ipv6",
-            Dump::Unix { .. } => "unix",
-        }
-    }
-
     /// The request message, serialized with sequence number `seq`.
     pub(crate) fn request(self, seq: u32) -> Vec<u8> {
         let payload = match self {
@@ -173,7 +156,7 @@ pub(crate) fn decode_datagram(
     Ok(Progress::More)
 }
 
-fn cookie(raw: [u8; 8]) -> u64 {
+pub(super) fn cookie(raw: [u8; 8]) -> u64 {
     // The kernel's idiag_cookie is two host-order u32s, low word first (ss does the same).
     let lo = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let hi = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
@@ -342,89 +325,10 @@ impl SockDiag {
     }
 }
 
-/// The sock_diag destroy multicast groups: TCP/IPv4, UDP/IPv4, TCP/IPv6, UDP/IPv6
-/// (`SKNLGRP_INET_TCP_DESTROY` … `SKNLGRP_INET6_UDP_DESTROY`).
-const DESTROY_GROUPS: [u32; 4] = [1, 2, 3, 4];
-
-/// Calls `f` with the cookie of every socket-destroyed message in one datagram from the
-/// destroy groups. Those messages carry inode 0 and uid 0; only the cookie identifies the
-/// socket. Malformed messages end the datagram (the next scan corrects anything missed).
-pub(crate) fn destroyed_cookies(buf: &[u8], mut f: impl FnMut(u64)) {
-    let mut offset = 0;
-    while offset < buf.len() {
-        let Ok(msg) = NetlinkBuffer::new_checked(&buf[offset..]) else { return };
-        let len = msg.length() as usize;
-        if len < 16 {
-            return;
-        }
-        offset += len.next_multiple_of(4);
-        let payload = msg.payload();
-        if msg.message_type() == SOCK_DIAG_BY_FAMILY && payload.len() >= INET_DIAG_MSG_LEN {
-            if let Ok(h) = InetResponseHeader::parse(&payload[..INET_DIAG_MSG_LEN]) {
-                f(cookie(h.socket_id.cookie));
-            }
-        }
-    }
-}
-
-/// What draining the destroy feed found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Drained {
-    /// Messages were dropped (ENOBUFS): closes may have been missed, so rescan.
-    pub(crate) overrun: bool,
-}
-
-/// A netlink socket subscribed to the sock_diag destroy groups of the namespace it was created
-/// in. Every freed inet socket arrives, both ends of every connection included; the caller
-/// keeps the cookies it knows and drops the rest.
-pub(crate) struct DestroyFeed {
-    socket: NlSocket,
-    buf: Vec<u8>,
-}
-
-impl DestroyFeed {
-    /// Opens the feed; `receive_buffer` sets SO_RCVBUF (the kernel doubles it and applies its
-    /// minimum), else the system default.
-    pub(crate) fn open(receive_buffer: Option<usize>) -> Result<DestroyFeed> {
-        let nl = |source| Error::NetlinkUnavailable { source };
-        let mut socket = NlSocket::new(NETLINK_SOCK_DIAG).map_err(nl)?;
-        if let Some(bytes) = receive_buffer {
-            socket.set_rx_buf_sz(bytes).map_err(nl)?;
-        }
-        socket.bind_auto().map_err(nl)?;
-        for group in DESTROY_GROUPS {
-            socket.add_membership(group).map_err(nl)?;
-        }
-        socket.set_non_blocking(true).map_err(nl)?;
-        Ok(DestroyFeed { socket, buf: vec![0; RECV_BUF_LEN] })
-    }
-
-    /// For `poll`.
-    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.socket.as_fd()
-    }
-
-    /// Reads every pending message without blocking, calling `f` with each destroyed cookie.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(u64)) -> Result<Drained> {
-        let mut drained = Drained::default();
-        loop {
-            let mut window = &mut self.buf[..];
-            match self.socket.recv(&mut window, 0) {
-                Ok(0) => return Ok(drained),
-                Ok(n) => destroyed_cookies(&self.buf[..n.min(self.buf.len())], &mut f),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(drained),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => drained.overrun = true,
-                Err(source) => return Err(Error::Netlink { request: "destroy events", source }),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::socket::StateSet;
 
     const NETNS: u64 = 4026531840;
 
@@ -450,7 +354,7 @@ mod tests {
     /// One inet_diag_msg for 127.0.0.1:8080 LISTEN, inode 0x3039 (12345), uid 1000,
     /// cookie 0x0000_0002_0000_0001, as Linux 6.18 sends it on x86_64 (little endian).
     #[rustfmt::skip]
-    const INET_LISTEN_127_8080: [u8; 72] = [
+    pub(crate) const INET_LISTEN_127_8080: [u8; 72] = [
         0x02,                   // idiag_family: AF_INET
         0x0a,                   // idiag_state: TCP_LISTEN
         0x00,                   // idiag_timer
@@ -488,7 +392,7 @@ mod tests {
         0xde, 0xad, 0xbe, 0xef, // its value
     ];
 
-    fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = nlhdr(16 + payload.len() as u32, ty, flags, seq);
         v.extend_from_slice(payload);
         while v.len() % 4 != 0 {
@@ -618,24 +522,6 @@ mod tests {
         let p = nl.payload();
         assert_eq!((p[0], p[1]), (AF_INET6, IPPROTO_UDP));
         assert_eq!(u32::from_ne_bytes([p[4], p[5], p[6], p[7]]), 1 << 7);
-    }
-
-    #[test]
-    fn destroy_messages_yield_cookies() {
-        // A destroy message: state 7, inode 0, uid 0, cookie 0x2_0000_0001.
-        let mut msg = INET_LISTEN_127_8080;
-        msg[1] = 7;
-        msg[64..72].fill(0);
-        let mut buf = message(SOCK_DIAG_BY_FAMILY, 0, 0, &msg);
-        buf.extend(message(SOCK_DIAG_BY_FAMILY, 0, 0, &msg[..40])); // short: ignored
-        let mut cookies = Vec::new();
-        destroyed_cookies(&buf, |c| cookies.push(c));
-        if cfg!(target_endian = "little") {
-            assert_eq!(cookies, [0x2_0000_0001]);
-        }
-        for cut in 0..buf.len() {
-            destroyed_cookies(&buf[..cut], |_| {});
-        }
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! Where socket facts come from, and the one shape they arrive in.
+//!
+//! Sources: sock_diag dumps (or the /proc/net fallback) of one namespace — complete views,
+//! read on a schedule — and feeds that report as things happen: the sock_diag destroy groups
+//! (a socket's cookie when it is freed). The sockstat change probe says whether a dump could
+//! have anything new. Every source speaks in [`Observation`]s, so the tracker that turns them
+//! into events and the scheduler that runs the sources never know which kind fed them. A new
+//! source implements [`Feed`] (or produces a [`Observation::Census`]) and plugs in beside the
+//! others. Nothing here knows about owners beyond carrying them, or about events.
+
+mod destroy;
+mod diag;
+mod probe;
+mod procnet;
+mod scan;
+
+use std::os::fd::BorrowedFd;
+use std::time::{Instant, SystemTime};
+
+pub(crate) use self::destroy::DestroyFeed;
+pub(crate) use self::probe::ChangeProbe;
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) use self::procnet::parse as parse_proc_net;
+pub use self::scan::Backend;
+pub(crate) use self::scan::Scanner;
+#[cfg(feature = "bench-internals")]
+pub(crate) use self::{
+    destroy::destroyed_cookies,
+    diag::{DumpState, decode_datagram},
+    probe::inuse_counts,
+};
+
+use crate::error::Result;
+use crate::netns::Netns;
+use crate::socket::{Family, Protocol, Socket, StateSet};
+
+/// One sock_diag dump request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dump {
+    /// inet_diag for one protocol and family.
+    Inet { protocol: Protocol, family: Family, states: StateSet },
+    /// unix_diag.
+    Unix { states: StateSet },
+}
+
+impl Dump {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Dump::Inet { protocol: Protocol::Tcp, family: Family::Ipv4, .. } => "tcp/ipv4",
+            Dump::Inet { protocol: Protocol::Tcp, .. } => "tcp/ipv6",
+            Dump::Inet { protocol: Protocol::Udp, family: Family::Ipv4, .. } => "udp/ipv4",
+            Dump::Inet { .. } => "udp/ipv6",
+            Dump::Unix { .. } => "unix",
+        }
+    }
+}
+
+/// Which network namespaces a [`Query`](crate::Query) or [`Watcher`](crate::Watcher) reads.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Scope {
+    /// The calling thread's.
+    #[default]
+    Current,
+    /// One named namespace.
+    One(Netns),
+    /// Every namespace on the host, found by namespace discovery.
+    All,
+}
+
+/// When something happened: the monotonic instant (for grace periods and ordering) and the
+/// wall-clock time (for reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct At {
+    pub(crate) mono: Instant,
+    pub(crate) wall: SystemTime,
+}
+
+impl At {
+    pub(crate) fn now() -> At {
+        At { mono: Instant::now(), wall: SystemTime::now() }
+    }
+}
+
+/// What a source saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Observation {
+    /// Every selected socket of one namespace at `at` (a dump): those it lacks are gone.
+    Census { sockets: Vec<Socket>, at: At },
+    /// One socket seen open at `at`, with its owners if the source knows them. (The kernel
+    /// event source is the one that sends these.)
+    #[allow(dead_code)]
+    Seen { socket: Socket, at: At },
+    /// The socket with this cookie went away at `at`.
+    Gone { cookie: u64, at: At },
+}
+
+/// What reading a feed found beyond its observations.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FeedState {
+    /// The feed lost messages: the state can only be trusted again after a dump.
+    pub(crate) lost: bool,
+}
+
+/// A source that reports as things happen: its descriptor becomes readable, and the
+/// scheduler (which polls it beside the others, no timer) reads what is there.
+pub(crate) trait Feed {
+    /// The descriptor to poll for reading.
+    fn fd(&self) -> BorrowedFd<'_>;
+
+    /// Everything ready now, without blocking. An error means the feed is broken and is
+    /// dropped (the caller says so once); dumps still converge the state.
+    fn read(&mut self, out: &mut Vec<Observation>) -> Result<FeedState>;
+}

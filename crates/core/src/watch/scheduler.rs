@@ -1,0 +1,364 @@
+//! The scan thread: when each source is read, and where what it saw goes.
+//!
+//! Owns timing (intervals, bursts, waiting on feeds and grace deadlines), routing of
+//! observations to each namespace's tracker, owner lookup of new sockets, and delivery of
+//! events, of the open set (for `Watcher::current`) and of snapshots. What counts as open,
+//! closed or restarted is the tracker's business; how owners are found is the owner index's;
+//! where facts come from is the sources'.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::StopHandle;
+use super::config::Config;
+use super::follow::Follow;
+use super::namespaces::Initial;
+use super::target::Target;
+use crate::discover::{Discovery, Namer};
+use crate::event::Event;
+use crate::owners::OwnerIndex;
+use crate::snapshot::{self, Snapshot};
+use crate::socket::Socket;
+use crate::source::{At, Dump, Feed, Observation, Scope};
+use crate::tracker::{Change, Key, Tracker};
+
+/// How often owners of open sockets are checked for having exited.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+/// How often, with `all_netns`, new and vanished namespaces are looked for.
+const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+
+/// The open set as `Watcher::current` reads it, kept up to date change by change.
+pub(super) type Published = Arc<Mutex<HashMap<Key, Socket>>>;
+
+/// Where events go.
+pub(super) enum Sink {
+    Channel(Sender<Event>),
+    Callback(Box<dyn FnMut(Event) + Send>),
+}
+
+/// The scan thread's state.
+pub(super) struct Loop {
+    pub(super) cfg: Config,
+    dumps: Vec<Dump>,
+    owners: OwnerIndex,
+    /// The namespaces watched: one, or (with discovery) every one alive.
+    pub(super) targets: Vec<Target>,
+    /// Finds namespaces appearing and disappearing, with `all_netns`.
+    pub(super) discovery: Option<(Discovery, Namer)>,
+    /// The container followed across restarts, with `container`.
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
+    pub(super) follow: Option<Follow>,
+    /// Namespaces found that could not be watched (said once): not tried again each pass.
+    pub(super) unwatchable: HashSet<u64>,
+    /// Sockets a snapshot had open in namespaces that no longer exist: reported closed first.
+    vanished: Vec<Socket>,
+    sink: Sink,
+    wake: OwnedFd,
+    stop: StopHandle,
+    published: Published,
+    /// The set changed since the snapshot was last handed to the writer.
+    dirty: bool,
+    /// Writes the snapshot off this thread, when one is kept.
+    snapshot: Option<snapshot::Writer>,
+    /// When owner liveness was last checked.
+    last_liveness: Instant,
+    /// When namespaces were last looked for.
+    last_discovery: Instant,
+    pub(super) proc_root: PathBuf,
+}
+
+/// What the scheduler is started with, besides its config.
+pub(super) struct Parts {
+    pub(super) initial: Initial,
+    pub(super) follow: Option<Follow>,
+    pub(super) owners: OwnerIndex,
+    pub(super) sink: Sink,
+    pub(super) wake: OwnedFd,
+    pub(super) stop: StopHandle,
+    pub(super) published: Published,
+    pub(super) snapshot: Option<snapshot::Writer>,
+    pub(super) proc_root: PathBuf,
+}
+
+impl Loop {
+    pub(super) fn new(cfg: Config, parts: Parts) -> Loop {
+        let Parts { initial, follow, owners, sink, wake, stop, published, snapshot, proc_root } =
+            parts;
+        let mut scan = Loop {
+            dumps: cfg.filter.dumps(),
+            cfg,
+            owners,
+            targets: initial.targets,
+            discovery: initial.discovery,
+            follow,
+            unwatchable: initial.unwatchable,
+            vanished: initial.vanished,
+            sink,
+            wake,
+            stop,
+            published,
+            dirty: false,
+            snapshot,
+            last_liveness: Instant::now(),
+            last_discovery: Instant::now(),
+            proc_root,
+        };
+        // Sockets adopted from a snapshot are open from the start.
+        scan.publish();
+        scan
+    }
+
+    pub(super) fn run(mut self) {
+        let mut events: Vec<Event> = std::mem::take(&mut self.vanished)
+            .into_iter()
+            .map(|socket| Event::Closed { socket, at: SystemTime::now() })
+            .collect();
+        while !self.stop.is_stopped() {
+            let cycle = Instant::now();
+            for i in 0..self.cfg.burst_scans {
+                self.scan(&mut events);
+                if i + 1 < self.cfg.burst_scans {
+                    self.wait_until(Instant::now() + self.cfg.burst_delay, &mut events);
+                }
+                if self.stop.is_stopped() {
+                    break;
+                }
+            }
+            if self.last_liveness.elapsed() >= LIVENESS_EVERY {
+                self.check_owners(&mut events);
+            }
+            if self.last_discovery.elapsed() >= DISCOVER_EVERY {
+                self.last_discovery = Instant::now();
+                self.discover(&mut events);
+                self.follow_container(&mut events);
+            }
+            self.save_snapshot();
+            if !self.stop.is_stopped() {
+                self.wait_until(cycle + self.cfg.interval, &mut events);
+            }
+        }
+        // Closes still waiting out their grace are closes: report them before leaving.
+        for t in &mut self.targets {
+            t.tracker.flush(SystemTime::now(), &mut events);
+        }
+        self.emit(&mut events);
+        self.save_snapshot();
+        // Writes the last snapshot and waits for it: when `stop` returns, it is on disk.
+        drop(self.snapshot.take());
+    }
+
+    /// One scan: dump each namespace that may have changed, carry known owners over, look
+    /// up new ones (one walk of /proc for all namespaces), filter, hand each census to its
+    /// tracker.
+    fn scan(&mut self, events: &mut Vec<Event>) {
+        let mut dumped = Vec::new();
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            if !t.quiet()
+                && let Some(d) = t.dump(&self.dumps, &self.cfg.filter)
+            {
+                dumped.push((i, d));
+            }
+        }
+        // Found right after the scan that saw them, while their processes are alive.
+        let counts: Vec<usize> = dumped.iter().map(|(_, d)| d.new.len()).collect();
+        let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
+        self.owners.resolve(&mut new);
+        let mut new = new.into_iter();
+        let at = At::now();
+        for ((i, mut d), count) in dumped.into_iter().zip(counts) {
+            let t = &mut self.targets[i];
+            for s in new.by_ref().take(count) {
+                if self.cfg.filter.owner_matches(&s, &self.proc_root) {
+                    d.present.push(s);
+                } else {
+                    d.ignored.insert(Key::of(&s));
+                }
+            }
+            t.ignored = d.ignored;
+            t.tracker.observe(Observation::Census { sockets: d.present, at }, events);
+        }
+        for t in &mut self.targets {
+            t.tracker.expire(Instant::now(), SystemTime::now(), events);
+        }
+        self.emit(events);
+    }
+
+    /// Sockets that stay open while an owner exits (a forking server's parent, a handed-over
+    /// listener) get their owners looked up again: one `stat` per distinct owner pid.
+    fn check_owners(&mut self, events: &mut Vec<Event>) {
+        self.last_liveness = Instant::now();
+        let mut dead: HashSet<u32> = HashSet::new();
+        let mut alive: HashSet<u32> = HashSet::new();
+        let mut stale: Vec<(usize, Socket)> = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            for s in t.tracker.current() {
+                let gone = s.processes().iter().any(|p| {
+                    if alive.contains(&p.pid) {
+                        return false;
+                    }
+                    if dead.contains(&p.pid) || !self.proc_root.join(p.pid.to_string()).exists() {
+                        dead.insert(p.pid);
+                        return true;
+                    }
+                    alive.insert(p.pid);
+                    false
+                });
+                if gone {
+                    stale.push((i, s.clone()));
+                }
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
+        self.owners.resolve(&mut fresh);
+        for ((i, old), new) in stale.iter().zip(fresh) {
+            self.targets[*i].tracker.update_owners(old, new.owners, SystemTime::now(), events);
+        }
+        self.emit(events);
+    }
+
+    /// Waits until `deadline`, reading feeds, reporting grace expiries and noticing a stop
+    /// meanwhile.
+    fn wait_until(&mut self, deadline: Instant, events: &mut Vec<Event>) {
+        loop {
+            let now = Instant::now();
+            for t in &mut self.targets {
+                t.tracker.expire(now, SystemTime::now(), events);
+            }
+            self.emit(events);
+            if self.stop.is_stopped() || now >= deadline {
+                return;
+            }
+            let due = self.targets.iter().filter_map(|t| t.tracker.next_due()).min();
+            let until = due.map_or(deadline, |d| d.min(deadline));
+            let wait = until.saturating_duration_since(now);
+            // Round up so a sub-millisecond wait does not spin.
+            let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            let (woke, ready) = {
+                let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+                let mut owners = Vec::new();
+                for (i, t) in self.targets.iter().enumerate() {
+                    if let Some(feed) = &t.feed {
+                        fds.push(PollFd::new(feed.fd(), PollFlags::POLLIN));
+                        owners.push(i);
+                    }
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {
+                        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                        let feeds: Vec<usize> = fds[1..]
+                            .iter()
+                            .zip(&owners)
+                            .filter(|(f, _)| ready(f))
+                            .map(|(_, i)| *i)
+                            .collect();
+                        (ready(&fds[0]), feeds)
+                    }
+                    Err(_) => (false, Vec::new()), // EINTR: loop again
+                }
+            };
+            if woke {
+                return; // stop() wrote to the pipe; the flag is set
+            }
+            for i in ready {
+                self.read_feed(i, events);
+            }
+        }
+    }
+
+    /// Reads what namespace `i`'s feed has, rescanning when it lost some.
+    fn read_feed(&mut self, i: usize, events: &mut Vec<Event>) {
+        let t = &mut self.targets[i];
+        let Some(feed) = t.feed.as_mut() else { return };
+        let mut seen = Vec::new();
+        let state = feed.read(&mut seen);
+        // Any destroy message, even for a socket not tracked, may mean the set changed.
+        t.destroyed_since_scan |= !seen.is_empty();
+        for obs in seen {
+            t.tracker.observe(obs, events);
+        }
+        match state {
+            Ok(s) if s.lost => {
+                log::debug!("destroy events overran the receive buffer: rescanning");
+                t.destroyed_since_scan = true;
+                self.scan(events);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("destroy events failed ({e}): closes are seen at the next scan");
+                t.feed = None;
+            }
+        }
+        self.emit(events);
+    }
+
+    /// Hands `events` to the sink and the tracker's changes to `Watcher::current`.
+    pub(super) fn emit(&mut self, events: &mut Vec<Event>) {
+        self.publish();
+        for e in events.drain(..) {
+            match &mut self.sink {
+                Sink::Channel(tx) => {
+                    if tx.send(e).is_err() {
+                        // Nobody listens any more: stop scanning.
+                        self.stop.stop();
+                    }
+                }
+                Sink::Callback(f) => f(e),
+            }
+        }
+    }
+
+    /// Applies the trackers' changes to the published open set: as much work as there were
+    /// changes, however many sockets are open.
+    fn publish(&mut self) {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &mut self.targets {
+            self.dirty |= apply(&mut published, &mut t.tracker);
+        }
+    }
+
+    /// A namespace no longer watched: what its tracker last changed is published, then it
+    /// goes.
+    pub(super) fn retire(&mut self, mut t: Target) {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        self.dirty |= apply(&mut published, &mut t.tracker);
+    }
+
+    fn open_sockets(&self) -> Vec<Socket> {
+        self.targets.iter().flat_map(|t| t.tracker.current().cloned()).collect()
+    }
+
+    fn save_snapshot(&mut self) {
+        let Some(writer) = self.snapshot.as_ref().filter(|_| self.dirty) else { return };
+        let netns = match (&self.cfg.scope, self.targets.first()) {
+            (Scope::All, _) => snapshot::ALL_NAMESPACES,
+            (_, Some(t)) => t.inode,
+            // A followed container that is down: saved (still dirty) once it runs again.
+            (_, None) => return,
+        };
+        writer.submit(Snapshot { netns, sockets: self.open_sockets() });
+        self.dirty = false;
+    }
+}
+
+/// Applies one tracker's changes to `published`; whether there were any.
+fn apply(published: &mut HashMap<Key, Socket>, tracker: &mut Tracker) -> bool {
+    let mut any = false;
+    for change in tracker.take_changes() {
+        any = true;
+        match change {
+            Change::Open(key, socket) => published.insert(key, socket),
+            Change::Closed(key) => published.remove(&key),
+        };
+    }
+    any
+}
