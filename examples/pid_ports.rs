@@ -6,13 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use portwatch_core::{Event, Filter, Protocol, Watcher};
+use portwatch_core::{Event, EventKind, Filter, Protocol, Watcher};
 
 /// One entry of the history.
 #[derive(Debug)]
 struct Change {
     at: SystemTime,
-    what: &'static str,
+    what: EventKind,
     endpoint: String,
     pids: Vec<u32>,
 }

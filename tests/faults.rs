@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use portwatch_core::{Filter, Query, Watcher};
+use portwatch_core::{EventKind, Filter, Query, Watcher};
 
 use crate::util::{
     PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, system_tool, tool, wait_for,
@@ -180,7 +180,7 @@ fn destroy_feed_overrun_rescans_and_loses_no_close() {
     let mut open: HashSet<u16> = HashSet::new();
     while open.len() < ports.len() {
         let e = expect(&w, "the 400 listeners open at start", |e| {
-            e.kind() == "open" && ports.contains(&e.socket().port)
+            e.kind() == EventKind::Opened && ports.contains(&e.socket().port)
         });
         open.insert(e.socket().port);
     }
@@ -188,7 +188,7 @@ fn destroy_feed_overrun_rescans_and_loses_no_close() {
     let mut closed: HashSet<u16> = HashSet::new();
     while closed.len() < ports.len() {
         let e = expect(&w, "every one of the 400 closes", |e| {
-            e.kind() == "close" && ports.contains(&e.socket().port)
+            e.kind() == EventKind::Closed && ports.contains(&e.socket().port)
         });
         assert!(closed.insert(e.socket().port), "one close per listener");
     }

@@ -3,7 +3,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use portwatch_core::{Event, Filter, Protocol, Watcher};
+use portwatch_core::{Event, EventKind, Filter, Protocol, Watcher};
 
 use crate::util::{Holder, PATIENCE, WatchCmd, json, portwatch, private_dir, run, wait_for};
 
@@ -68,8 +68,15 @@ fn drain(w: &Watcher, quiet: Duration) -> Vec<Event> {
     v
 }
 
+/// Whether `e` is of `kind` (`open`, `close`, `owners`: the JSON names) on `port`.
 fn on_port(e: &Event, kind: &str, port: u16) -> bool {
-    e.kind() == kind && e.socket().port == port
+    let is = match kind {
+        "open" => EventKind::Opened,
+        "close" => EventKind::Closed,
+        "owners" => EventKind::OwnersChanged,
+        other => panic!("no event kind {other}"),
+    };
+    e.kind() == is && e.socket().port == port
 }
 
 #[test]

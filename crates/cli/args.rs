@@ -92,7 +92,7 @@ fn parse_state(s: &str) -> Result<StateArg, String> {
     match s.to_ascii_lowercase().as_str() {
         "listening" => Ok(StateArg::Listening),
         "all" => Ok(StateArg::All),
-        other => portwatch_core::State::parse(other).map(StateArg::One).ok_or_else(|| {
+        other => other.parse().map(StateArg::One).map_err(|_| {
             "expected listening, all, or a state such as listen, unconn, established, \
              syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, close-wait, last-ack, closing"
                 .to_owned()

@@ -196,6 +196,16 @@ pub fn text_line(event: &Event, own_netns: u64) -> String {
     }
 }
 
+/// The `event` field of the JSON form and of `PORTWATCH_EVENT`.
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Opened { .. } => "open",
+        Event::Closed { .. } => "close",
+        Event::OwnersChanged { .. } => "owners",
+        _ => "event",
+    }
+}
+
 /// `ts`, `event` and `initial` (and, for owner changes, `previous_pids`), then the fields of
 /// the socket object `list --format json` prints, in that order.
 pub fn json_line(event: &Event) -> String {
@@ -203,7 +213,7 @@ pub fn json_line(event: &Event) -> String {
     let mut line = format!(
         "{{\"ts\":\"{}\",\"event\":\"{}\",\"initial\":{},",
         rfc3339(event.at()),
-        event.kind(),
+        event_name(event),
         event.initial()
     );
     if let Event::OwnersChanged { previous, .. } = event {
@@ -271,7 +281,7 @@ impl Hooks {
 fn hook_env(event: &Event) -> Vec<(&'static str, String)> {
     let s = event.socket();
     vec![
-        ("PORTWATCH_EVENT", event.kind().to_owned()),
+        ("PORTWATCH_EVENT", event_name(event).to_owned()),
         ("PORTWATCH_TS", rfc3339(event.at())),
         ("PORTWATCH_INITIAL", u8::from(event.initial()).to_string()),
         ("PORTWATCH_PROTO", s.protocol.to_string()),
@@ -316,7 +326,7 @@ fn run_hook(cmd: &str, event: &Event, timeout: Duration, stopping: &AtomicBool) 
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return,
             Ok(Some(status)) => {
-                log::warn!("--exec hook for a {} event failed: {status}", event.kind());
+                log::warn!("--exec hook for a {} event failed: {status}", event_name(event));
                 return;
             }
             Ok(None) if Instant::now() >= deadline => {

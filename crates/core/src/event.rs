@@ -55,17 +55,39 @@ impl Event {
         }
     }
 
-    /// `"open"`, `"close"` or `"owners"`: the `event` field of the JSON form.
-    pub fn kind(&self) -> &'static str {
+    /// Which kind of event it is, to compare or count without matching every field.
+    pub fn kind(&self) -> EventKind {
         match self {
-            Event::Opened { .. } => "open",
-            Event::Closed { .. } => "close",
-            Event::OwnersChanged { .. } => "owners",
+            Event::Opened { .. } => EventKind::Opened,
+            Event::Closed { .. } => EventKind::Closed,
+            Event::OwnersChanged { .. } => EventKind::OwnersChanged,
         }
     }
 
     /// Whether the socket was already open when watching began.
     pub fn initial(&self) -> bool {
         matches!(self, Event::Opened { initial: true, .. })
+    }
+}
+
+/// The kind of an [`Event`], without its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// [`Event::Opened`].
+    Opened,
+    /// [`Event::Closed`].
+    Closed,
+    /// [`Event::OwnersChanged`].
+    OwnersChanged,
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventKind::Opened => "opened",
+            EventKind::Closed => "closed",
+            EventKind::OwnersChanged => "owners changed",
+        })
     }
 }

@@ -95,13 +95,13 @@ mod watch;
 
 pub use crate::{
     error::{Error, Result, SnapshotProblem},
-    event::Event,
+    event::{Event, EventKind},
     filter::Filter,
     netns::Netns,
     query::Query,
     socket::{
         ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,
-        UnknownReason,
+        UnknownName, UnknownReason,
     },
     source::Backend,
     watch::{StopHandle, Watcher, WatcherBuilder},

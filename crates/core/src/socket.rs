@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// Transport protocol of a socket.
@@ -151,14 +152,66 @@ impl State {
             State::Other(_) => "UNKNOWN",
         }
     }
+}
 
-    /// Parses an `ss`-style name (case-insensitive; `established` and `unconnected` also accepted).
-    pub fn parse(name: &str) -> Option<State> {
-        let name = name.to_ascii_uppercase().replace('_', "-");
-        match name.as_str() {
-            "ESTABLISHED" => Some(State::Established),
-            "UNCONNECTED" | "CLOSE" => Some(State::Unconnected),
-            _ => State::ALL.into_iter().find(|s| s.as_str() == name),
+/// A name that is not one of a type's names: returned by the `FromStr` impls of [`State`],
+/// [`Protocol`] and [`Family`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    /// What was parsed: `"state"`, `"protocol"`, `"family"`.
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown {} {:?}", self.what, self.name)
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl FromStr for State {
+    type Err = UnknownName;
+
+    /// An `ss`-style name, case-insensitive, `_` or `-`: `listen`, `time-wait`, `unconn`;
+    /// also `established` and `unconnected`.
+    fn from_str(name: &str) -> Result<State, UnknownName> {
+        let upper = name.to_ascii_uppercase().replace('_', "-");
+        match upper.as_str() {
+            "ESTABLISHED" => Ok(State::Established),
+            "UNCONNECTED" | "CLOSE" => Ok(State::Unconnected),
+            _ => State::ALL
+                .into_iter()
+                .find(|s| s.as_str() == upper)
+                .ok_or_else(|| UnknownName { what: "state", name: name.to_owned() }),
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = UnknownName;
+
+    /// `tcp`, `udp` or `unix`, case-insensitive.
+    fn from_str(name: &str) -> Result<Protocol, UnknownName> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Unix]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| UnknownName { what: "protocol", name: name.to_owned() })
+    }
+}
+
+impl FromStr for Family {
+    type Err = UnknownName;
+
+    /// `ipv4`, `ipv6` or `unix`, case-insensitive (`inet`/`inet6` too, as `ss -f` says).
+    fn from_str(name: &str) -> Result<Family, UnknownName> {
+        match name.to_ascii_lowercase().as_str() {
+            "ipv4" | "inet" | "4" => Ok(Family::Ipv4),
+            "ipv6" | "inet6" | "6" => Ok(Family::Ipv6),
+            "unix" => Ok(Family::Unix),
+            _ => Err(UnknownName { what: "family", name: name.to_owned() }),
         }
     }
 }
@@ -479,11 +532,20 @@ mod tests {
     }
 
     #[test]
-    fn state_names_parse() {
-        assert_eq!(State::parse("listen"), Some(State::Listen));
-        assert_eq!(State::parse("established"), Some(State::Established));
-        assert_eq!(State::parse("time_wait"), Some(State::TimeWait));
-        assert_eq!(State::parse("bogus"), None);
+    fn names_parse() {
+        assert_eq!("listen".parse(), Ok(State::Listen));
+        assert_eq!("established".parse(), Ok(State::Established));
+        assert_eq!("time_wait".parse(), Ok(State::TimeWait));
+        let bad = "bogus".parse::<State>().unwrap_err();
+        assert_eq!(bad.to_string(), "unknown state \"bogus\"");
+        for p in [Protocol::Tcp, Protocol::Udp, Protocol::Unix] {
+            assert_eq!(p.as_str().to_uppercase().parse(), Ok(p));
+        }
+        assert!("sctp".parse::<Protocol>().is_err());
+        for f in [Family::Ipv4, Family::Ipv6, Family::Unix] {
+            assert_eq!(f.as_str().parse(), Ok(f));
+        }
+        assert!("ipx".parse::<Family>().is_err());
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! The watcher's owner lookup: incremental, so a few new sockets do not cost a walk of every
+//! process's fds.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use super::{Detail, FdScan, list_pids, open_proc, read_users, scan_pids};
+use crate::socket::{Owners, Socket, UnknownReason};
+
+/// Owner lookup for a watcher: remembers the processes it has seen so that finding the owners
+/// of a few new sockets does not read every process's fds.
+///
+/// New sockets are looked for in phases, stopping after the first phase that finds them all:
+/// processes that appeared since the last lookup, then processes running as a socket's uid,
+/// then every other process. The parents of the holders found are then checked too, so a
+/// listener shared by a forked server lists the parent as well as the new workers. A watcher
+/// with no new sockets calls nothing here, and reads no `/proc/*/fd` at all.
+pub(crate) struct OwnerIndex {
+    proc_root: PathBuf,
+    passwd: PathBuf,
+    users: Option<HashMap<u32, String>>,
+    seen_pids: HashSet<u32>,
+    detail: Detail,
+    threads: usize,
+}
+
+impl OwnerIndex {
+    pub(crate) fn new(
+        proc_root: &Path,
+        passwd: &Path,
+        detail: Detail,
+        threads: usize,
+    ) -> OwnerIndex {
+        OwnerIndex {
+            proc_root: proc_root.to_owned(),
+            passwd: passwd.to_owned(),
+            users: None,
+            seen_pids: HashSet::new(),
+            detail,
+            threads,
+        }
+    }
+
+    /// Finds the owners of `sockets` (new ones: owners of known sockets are carried over by
+    /// the caller).
+    pub(crate) fn resolve(&mut self, sockets: &mut [Socket]) {
+        if sockets.is_empty() {
+            return;
+        }
+        let (Ok(proc_dir), Ok(pids)) = (open_proc(&self.proc_root), list_pids(&self.proc_root))
+        else {
+            for s in sockets.iter_mut() {
+                s.owners = Owners::Unknown(UnknownReason::PermissionDenied { unreadable: 1 });
+            }
+            return;
+        };
+        let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
+        let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let mut missing = wanted.clone();
+        let uids: HashSet<u32> = sockets.iter().filter_map(|s| s.uid).collect();
+        let mut scanned: HashSet<u32> = HashSet::new();
+        let mut total = FdScan::default();
+        let phases: [&dyn Fn(u32) -> bool; 3] = [
+            &|pid| !self.seen_pids.contains(&pid),
+            &|pid| owner_uid(&proc_dir, pid).is_some_and(|u| uids.contains(&u)),
+            &|_| true,
+        ];
+        for phase in phases {
+            if missing.is_empty() {
+                break;
+            }
+            let batch: Vec<u32> =
+                pids.iter().copied().filter(|p| !scanned.contains(p) && phase(*p)).collect();
+            let scan = scan_pids(&proc_dir, &batch, &wanted, users, self.detail, self.threads);
+            scanned.extend(batch);
+            missing.retain(|i| !scan.holders.contains_key(i));
+            total.merge(scan);
+        }
+        // Forked sharers: a holder's parent often holds the same socket (the listener was
+        // opened before the fork). Walk up while parents keep holding something.
+        let mut parents: Vec<u32> = total.processes.values().filter_map(|p| p.ppid).collect();
+        while !parents.is_empty() {
+            parents.retain(|p| *p > 1 && scanned.insert(*p));
+            let scan = scan_pids(&proc_dir, &parents, &wanted, users, self.detail, 1);
+            parents = scan.processes.values().filter_map(|p| p.ppid).collect();
+            total.merge(scan);
+        }
+        self.seen_pids = pids.into_iter().collect();
+        for s in sockets.iter_mut() {
+            s.owners = total.owners_of(s.inode);
+        }
+    }
+}
+
+/// The effective uid a process runs as: the owner of its `/proc/PID` directory (one `fstatat`,
+/// no file read).
+fn owner_uid(proc_dir: &OwnedFd, pid: u32) -> Option<u32> {
+    nix::sys::stat::fstatat(proc_dir, pid.to_string().as_str(), nix::fcntl::AtFlags::empty())
+        .ok()
+        .map(|st| st.st_uid)
+}
