@@ -56,8 +56,9 @@ const SETTINGS_FROM_ENV: [&str; 5] =
 
 fn main() -> ExitCode {
     // `SCAN_INTERVAL=` (set but empty, as `make` and compose pass an unset variable through)
-    // means "not set": the default, not an invalid value.
-    for name in SETTINGS_FROM_ENV {
+    // means "not set": the default, not an invalid value. The same for RUST_LOG, which set
+    // but empty would hide every warning.
+    for name in SETTINGS_FROM_ENV.iter().chain(&["RUST_LOG"]) {
         if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
             // SAFETY: no other thread exists yet (this is the first thing main does), so
             // nothing can read the environment concurrently.

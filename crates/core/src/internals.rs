@@ -27,7 +27,7 @@ pub fn inet_datagram(n: usize) -> Vec<u8> {
         msg[1] = 10; // LISTEN
         msg[4..6].copy_from_slice(&(10000 + i as u16).to_be_bytes());
         msg[8..12].copy_from_slice(&[127, 0, 0, 1]);
-        msg[48..52].copy_from_slice(&(i as u32).to_ne_bytes()); // cookie low
+        msg[44..48].copy_from_slice(&(i as u32).to_ne_bytes()); // cookie, low word
         msg[68..72].copy_from_slice(&(100_000 + i as u32).to_ne_bytes()); // inode
         buf.extend_from_slice(&msg);
     }

@@ -104,5 +104,5 @@ pub use crate::{
         UnknownName, UnknownReason,
     },
     source::Backend,
-    watch::{StopHandle, Watcher, WatcherBuilder},
+    watch::{EVENT_QUEUE, StopHandle, Watcher, WatcherBuilder},
 };

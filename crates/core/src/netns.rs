@@ -145,28 +145,51 @@ impl Netns {
         self.proc_net.as_deref()
     }
 
+    /// Whether this is the calling thread's namespace (same device and inode).
+    fn is_current(&self) -> bool {
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let here = std::fs::metadata("/proc/thread-self/ns/net").map(id).ok();
+        let this = self.file.as_ref().and_then(|f| f.metadata().map(id).ok());
+        here.is_some() && here == this
+    }
+
     /// Runs `f` on a dedicated thread inside the namespace and returns its result. Sockets
     /// `f` creates stay in the namespace after the thread ends.
     pub(crate) fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let Some(file) = &self.file else { return Ok(f()) };
         let fd = file.as_fd();
         let path = &self.path;
+        // Taken by the thread, or by this one when no thread can be had.
+        let job = std::sync::Mutex::new(Some(f));
+        let take = || job.lock().unwrap_or_else(|e| e.into_inner()).take();
         std::thread::scope(|s| {
-            s.spawn(move || {
-                setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
-                    Errno::EINVAL => Error::NotNetworkNamespace { path: path.clone() },
-                    Errno::EPERM => Error::NamespacePermission {
-                        path: path.clone(),
-                        need: "CAP_SYS_ADMIN (to enter another network namespace)",
-                    },
-                    e => Error::io(path, e.into()),
-                })?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::io(path, std::io::Error::other("namespace thread panicked")))
-            })
+            // A refused thread (a pids limit) is an error to report, never a panic.
+            let thread =
+                std::thread::Builder::new().name("portwatch-setns".into()).spawn_scoped(s, || {
+                    setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                        Errno::EINVAL => Error::NotNetworkNamespace { path: path.clone() },
+                        Errno::EPERM => Error::NamespacePermission {
+                            path: path.clone(),
+                            need: "CAP_SYS_ADMIN (to enter another network namespace)",
+                        },
+                        e => Error::io(path, e.into()),
+                    })?;
+                    Ok(take().map(|f| f()))
+                });
+            let done = match thread {
+                Ok(t) => t.join().unwrap_or_else(|_| {
+                    Err(Error::io(path, std::io::Error::other("namespace thread panicked")))
+                })?,
+                // Already there (the host's namespace, found by discovery): no thread needed.
+                Err(_) if self.is_current() => take().map(|f| f()),
+                Err(source) => {
+                    return Err(Error::Os {
+                        op: "start a thread to enter a network namespace",
+                        source,
+                    });
+                }
+            };
+            done.ok_or_else(|| Error::io(path, std::io::Error::other("namespace job ran twice")))
         })
     }
 }

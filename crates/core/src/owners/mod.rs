@@ -99,13 +99,36 @@ fn first_number(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.split_ascii_whitespace().next()?.parse().ok()
 }
 
-/// Parses `/proc/PID/cmdline`: NUL-separated arguments, usually NUL-terminated.
+/// Most bytes of a command line kept. Any process can make its command line megabytes long
+/// (and any user can start one): each owner is copied into every event about its sockets, so
+/// an unbounded one multiplies into gigabytes. `ps` shows 4 KiB by default too.
+pub(crate) const CMDLINE_MAX_BYTES: usize = 4096;
+/// Most arguments kept (a few hundred thousand one-byte arguments fit in the byte limit of
+/// the kernel, each a separate string).
+pub(crate) const CMDLINE_MAX_ARGS: usize = 128;
+/// The last argument of a command line that was cut.
+pub(crate) const CMDLINE_CUT: &str = "…";
+
+/// Parses `/proc/PID/cmdline`: NUL-separated arguments, usually NUL-terminated. Longer than
+/// [`CMDLINE_MAX_BYTES`] or [`CMDLINE_MAX_ARGS`], it is cut, and [`CMDLINE_CUT`] is its last
+/// argument.
 pub(crate) fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
+    let cut_bytes = bytes.len() > CMDLINE_MAX_BYTES;
+    let bytes = &bytes[..bytes.len().min(CMDLINE_MAX_BYTES)];
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     if bytes.is_empty() {
         return Vec::new();
     }
-    bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    let mut args: Vec<String> = bytes
+        .split(|b| *b == 0)
+        .take(CMDLINE_MAX_ARGS + 1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if cut_bytes || args.len() > CMDLINE_MAX_ARGS {
+        args.truncate(CMDLINE_MAX_ARGS);
+        args.push(CMDLINE_CUT.to_owned());
+    }
+    args
 }
 
 /// Parses `/etc/passwd` into uid → name. Malformed lines are skipped; the first name for a uid
@@ -206,19 +229,20 @@ fn decimal_cstr(mut n: u32, buf: &mut [u8; 12]) -> &CStr {
     CStr::from_bytes_with_nul(&buf[i..]).unwrap_or_default()
 }
 
-/// Largest /proc file read (a command line can be long; status is ~1.5 KiB).
-const PROC_FILE_MAX: usize = 1 << 20;
+/// Largest /proc/PID/status read (it is ~1.5 KiB).
+const STATUS_MAX: usize = 64 << 10;
 
 /// Reads a small /proc file relative to an open `/proc` into `buf` (cleared first).
 ///
 /// Unlike `std::fs::read` it does not `fstat` first (/proc files report size 0) and stops at
 /// the first short read: `status` and `cmdline` are generated whole by each read that has room
 /// for them, so a short read is the end and a second `read` would only return 0.
-fn read_proc_file(proc_dir: &OwnedFd, path: &str, buf: &mut Vec<u8>) -> Option<()> {
+/// At most `max` bytes are read (one more than that says it was longer).
+fn read_proc_file(proc_dir: &OwnedFd, path: &str, max: usize, buf: &mut Vec<u8>) -> Option<()> {
     let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
     let mut file = std::fs::File::from(openat(proc_dir, path, flags, Mode::empty()).ok()?);
     buf.clear();
-    let mut chunk = 4096;
+    let mut chunk = 4096.min(max + 1);
     loop {
         let start = buf.len();
         buf.resize(start + chunk, 0);
@@ -228,10 +252,10 @@ fn read_proc_file(proc_dir: &OwnedFd, path: &str, buf: &mut Vec<u8>) -> Option<(
             Err(_) => return None,
         };
         buf.truncate(start + n);
-        if n < chunk || buf.len() >= PROC_FILE_MAX {
+        if n < chunk || buf.len() > max {
             return Some(());
         }
-        chunk *= 2;
+        chunk = (chunk * 2).min(max + 1 - buf.len());
     }
 }
 
@@ -313,7 +337,13 @@ pub(crate) fn scan_pids(
     } else {
         std::thread::scope(|s| {
             for _ in 1..threads {
-                s.spawn(worker);
+                // Refused (a pids limit): the threads that did start, and this one, share
+                // the work all the same.
+                let spawned = std::thread::Builder::new().spawn_scoped(s, worker);
+                if let Err(e) = spawned {
+                    log::debug!("owner walk on fewer threads: {e}");
+                    break;
+                }
             }
             worker();
         });
@@ -364,10 +394,11 @@ fn describe(
     detail: Detail,
     buf: &mut Vec<u8>,
 ) -> Option<Process> {
-    read_proc_file(proc_dir, &format!("{pid}/status"), buf)?;
+    read_proc_file(proc_dir, &format!("{pid}/status"), STATUS_MAX, buf)?;
     let status = parse_status(buf)?;
+    let path = format!("{pid}/cmdline");
     let cmdline =
-        match detail.cmdline.then(|| read_proc_file(proc_dir, &format!("{pid}/cmdline"), buf)) {
+        match detail.cmdline.then(|| read_proc_file(proc_dir, &path, CMDLINE_MAX_BYTES, buf)) {
             Some(Some(())) => parse_cmdline(buf),
             _ => Vec::new(),
         };
@@ -508,6 +539,17 @@ NSpid:\t1\n";
         assert_eq!(parse_cmdline(b"python3\0-m\0http.server\0"), ["python3", "-m", "http.server"]);
         assert_eq!(parse_cmdline(b"nginx: worker process"), ["nginx: worker process"]);
         assert!(parse_cmdline(b"").is_empty());
+        // What a hostile process can make of its command line is cut, visibly.
+        let many = "a\0".repeat(180_000);
+        let v = parse_cmdline(many.as_bytes());
+        assert_eq!(v.len(), CMDLINE_MAX_ARGS + 1);
+        assert_eq!(v.last().map(String::as_str), Some(CMDLINE_CUT));
+        let long = format!("{}\0", "x".repeat(10 * CMDLINE_MAX_BYTES));
+        let v = parse_cmdline(long.as_bytes());
+        assert_eq!(v[0].len(), CMDLINE_MAX_BYTES);
+        assert_eq!(v[1], CMDLINE_CUT);
+        let exact = format!("{}\0", "y".repeat(CMDLINE_MAX_BYTES - 1));
+        assert_eq!(parse_cmdline(exact.as_bytes()).len(), 1, "at the limit: not cut");
     }
 
     #[test]

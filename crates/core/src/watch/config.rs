@@ -28,6 +28,7 @@ pub(super) struct Config {
     pub(super) backend: Backend,
     pub(super) destroy_events: bool,
     pub(super) destroy_buffer: Option<usize>,
+    pub(super) change_probe: bool,
     pub(super) cmdlines: bool,
     pub(super) scope: Scope,
     /// The Docker daemon's socket: for container names, and for `follow`.
@@ -49,6 +50,7 @@ impl Default for Config {
             backend: Backend::Auto,
             destroy_events: true,
             destroy_buffer: None,
+            change_probe: true,
             cmdlines: true,
             scope: Scope::Current,
             docker: None,

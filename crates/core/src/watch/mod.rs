@@ -14,7 +14,7 @@ mod target;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,6 +30,11 @@ use crate::owners::{Detail, OwnerIndex, worker_threads};
 use crate::snapshot;
 use crate::socket::Socket;
 use crate::source::{Backend, Scope};
+
+/// Events waiting for the reader of [`Watcher::events`]. A reader that stops reading (a
+/// stalled stdout) must not make the watcher grow without bound while sockets churn: past
+/// this, events are dropped and counted ([`Watcher::dropped_events`]).
+pub const EVENT_QUEUE: usize = 8192;
 
 /// Watches the sockets of the calling thread's network namespace and reports changes.
 ///
@@ -54,6 +59,7 @@ pub struct Watcher {
     events: Option<Receiver<Event>>,
     stop: StopHandle,
     current: Published,
+    dropped: Arc<AtomicU64>,
 }
 
 /// Ends a [`Watcher`]'s scan thread from anywhere (another thread, a signal-handling loop).
@@ -201,6 +207,17 @@ impl WatcherBuilder {
         self
     }
 
+    /// Whether an idle watcher may skip its dumps while the kernel's socket counters
+    /// (`/proc/net/sockstat`) are unchanged and no destroy event came (default true; a full
+    /// scan still runs every 2 s). It saves nearly all of an idle watcher's CPU, but a local
+    /// user can fool it — a listen in one process paired with a `shutdown` of a listener in
+    /// another leaves the counters as they were — and hide a listener for up to those 2 s.
+    /// [`high_fidelity`](Self::high_fidelity) turns it off.
+    pub fn change_probe(mut self, enabled: bool) -> Self {
+        self.config.change_probe = enabled;
+        self
+    }
+
     /// Whether owners' command lines are read (default true).
     pub fn cmdlines(mut self, cmdlines: bool) -> Self {
         self.config.cmdlines = cmdlines;
@@ -208,9 +225,11 @@ impl WatcherBuilder {
     }
 
     /// The high-fidelity preset: a scan every 8 ms, so a listener living 10 ms is seen with
-    /// its owner, and a 200 ms close grace against restarts. Costs about 2% of a core idle.
+    /// its owner, and a 200 ms close grace against restarts. Every scan dumps: the change
+    /// probe, which a local user can fool, is off.
     pub fn high_fidelity(self) -> Self {
-        self.interval(Duration::from_millis(8))
+        self.change_probe(false)
+            .interval(Duration::from_millis(8))
             .burst_scans(1)
             .burst_delay(Duration::from_millis(8))
             .close_grace(Duration::from_millis(200))
@@ -219,7 +238,7 @@ impl WatcherBuilder {
     /// Validates the settings, opens the sockets it needs and starts the scan thread; events
     /// are read with [`Watcher::events`].
     pub fn build(self) -> Result<Watcher> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         self.start(Sink::Channel(tx), Some(rx))
     }
 
@@ -245,6 +264,7 @@ impl WatcherBuilder {
             inner: Arc::new(StopInner { stopped: AtomicBool::new(false), wake: wake_tx }),
         };
         let current: Published = Arc::new(Mutex::new(Default::default()));
+        let dropped = Arc::new(AtomicU64::new(0));
         let snapshot = match &cfg.snapshot {
             Some(path) => Some(
                 snapshot::Writer::spawn(path.clone())
@@ -263,6 +283,7 @@ impl WatcherBuilder {
             wake: wake_rx,
             stop: stop.clone(),
             published: Arc::clone(&current),
+            dropped: Arc::clone(&dropped),
             snapshot,
             proc_root,
         };
@@ -271,7 +292,7 @@ impl WatcherBuilder {
             .name("portwatch-scan".into())
             .spawn(move || scan.run())
             .map_err(|e| Error::Os { op: "start the scan thread", source: e })?;
-        Ok(Watcher { thread: Some(thread), events, stop, current })
+        Ok(Watcher { thread: Some(thread), events, stop, current, dropped })
     }
 }
 
@@ -290,6 +311,12 @@ impl Watcher {
     /// The next event, waiting at most `timeout`; `None` on timeout or once stopped.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
         self.events.as_ref()?.recv_timeout(timeout).ok()
+    }
+
+    /// Events dropped because the reader of [`events`](Self::events) fell more than
+    /// [`EVENT_QUEUE`] behind. [`current`](Self::current) stays exact meanwhile.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// A handle that stops the watcher from another thread.

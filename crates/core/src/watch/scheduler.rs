@@ -9,7 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,7 +39,7 @@ pub(super) type Published = Arc<Mutex<HashMap<Key, Socket>>>;
 
 /// Where events go.
 pub(super) enum Sink {
-    Channel(Sender<Event>),
+    Channel(SyncSender<Event>),
     Callback(Box<dyn FnMut(Event) + Send>),
 }
 
@@ -62,6 +63,8 @@ pub(super) struct Loop {
     wake: OwnedFd,
     stop: StopHandle,
     published: Published,
+    /// Events the channel had no room for.
+    dropped: Arc<AtomicU64>,
     /// The set changed since the snapshot was last handed to the writer.
     dirty: bool,
     /// Writes the snapshot off this thread, when one is kept.
@@ -82,14 +85,25 @@ pub(super) struct Parts {
     pub(super) wake: OwnedFd,
     pub(super) stop: StopHandle,
     pub(super) published: Published,
+    pub(super) dropped: Arc<AtomicU64>,
     pub(super) snapshot: Option<snapshot::Writer>,
     pub(super) proc_root: PathBuf,
 }
 
 impl Loop {
     pub(super) fn new(cfg: Config, parts: Parts) -> Loop {
-        let Parts { initial, follow, owners, sink, wake, stop, published, snapshot, proc_root } =
-            parts;
+        let Parts {
+            initial,
+            follow,
+            owners,
+            sink,
+            wake,
+            stop,
+            published,
+            dropped,
+            snapshot,
+            proc_root,
+        } = parts;
         let mut scan = Loop {
             dumps: cfg.filter.dumps(),
             cfg,
@@ -103,6 +117,7 @@ impl Loop {
             wake,
             stop,
             published,
+            dropped,
             dirty: false,
             snapshot,
             last_liveness: Instant::now(),
@@ -306,12 +321,20 @@ impl Loop {
         self.publish();
         for e in events.drain(..) {
             match &mut self.sink {
-                Sink::Channel(tx) => {
-                    if tx.send(e).is_err() {
-                        // Nobody listens any more: stop scanning.
-                        self.stop.stop();
+                Sink::Channel(tx) => match tx.try_send(e) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            log::warn!(
+                                "the event reader is {} events behind: {n} event(s) dropped",
+                                super::EVENT_QUEUE
+                            );
+                        }
                     }
-                }
+                    // Nobody listens any more: stop scanning.
+                    Err(TrySendError::Disconnected(_)) => self.stop.stop(),
+                },
                 Sink::Callback(f) => f(e),
             }
         }

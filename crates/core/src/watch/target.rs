@@ -63,7 +63,7 @@ impl Target {
         } else {
             None
         };
-        let probe = if feed.is_some() && cfg.filter.probe_safe() {
+        let probe = if cfg.change_probe && feed.is_some() && cfg.filter.probe_safe() {
             ns.enter(|| ChangeProbe::open(Path::new("/proc/thread-self/net")))?
         } else {
             None
