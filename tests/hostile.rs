@@ -232,3 +232,101 @@ fn high_fidelity_is_not_fooled_by_a_listen_paired_with_a_shutdown() {
     drop(hidden);
     expect(&w, "the paired listener", |e| e.kind() == EventKind::Opened && e.socket().port == port);
 }
+
+/// The cgroup2 mount point (`/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on
+/// pure v2 ones).
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+    })
+}
+
+/// A Docker daemon that knows one container, whatever it is asked.
+fn one_container_daemon(sock: &std::path::Path, id: &str, name: &str, pid: u32) {
+    use std::io::{Read, Write as _};
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let answer = format!(
+        "HTTP/1.0 200 OK\r\n\r\n{{\"Id\":\"{id}\",\"Name\":\"/{name}\",\"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
+    );
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+}
+
+#[test]
+fn a_cgroup_named_after_a_container_does_not_borrow_its_name() {
+    if !is_root() {
+        return eprintln!("skipped: creating cgroups and moving processes needs root");
+    }
+    let (Some(cgroups), Some(python)) = (cgroup2_root(), system_tool("python3")) else {
+        return eprintln!("skipped: no cgroup2 mount, or python3 is not installed");
+    };
+    let id = "5eed".repeat(16);
+    let me = std::process::id();
+    let listen = |port: u16| {
+        format!(
+            "import os, socket, sys\ns = socket.socket(); s.bind(('0.0.0.0', {port})); \
+             s.listen()\nprint(os.getpid(), flush=True)\nsys.stdin.read()"
+        )
+    };
+    // The real container: its init in a namespace of its own, in docker-ID.scope.
+    // The impostor: nobody, in its own user and network namespace, whose cgroup (delegated
+    // to it, say) is named docker-ID.scope too.
+    let mut procs = Vec::new();
+    let mut groups = Vec::new();
+    for (tag, port, user) in [("real", 7211u16, false), ("evil", 7212, true)] {
+        let group =
+            cgroups.join(format!("portwatch-test-{me}-{tag}")).join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&group).unwrap();
+        let mut cmd = tool("unshare");
+        cmd.arg(if user { "-Urn" } else { "--net" }).arg(&python).args(["-c", &listen(port)]);
+        let mut child = if user { as_nobody(cmd) } else { cmd }
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::fs::write(group.join("cgroup.procs"), line.trim()).unwrap();
+        procs.push((child, line.trim().parse::<u32>().unwrap()));
+        groups.push(group);
+    }
+    let dir = crate::util::private_dir();
+    let sock = dir.path().join("docker.sock");
+    one_container_daemon(&sock, &id, "realbox", procs[0].1);
+    let out = crate::util::portwatch()
+        .args(["list", "--all-netns", "--format", "json", "--no-processes"])
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .output()
+        .unwrap();
+    for (mut child, _) in procs {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    for g in &groups {
+        let _ = std::fs::remove_dir(g);
+        let _ = std::fs::remove_dir(g.parent().unwrap());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let on = |port: u16| {
+        list.iter().find(|s| s["port"] == port).unwrap_or_else(|| panic!("{port} listed"))
+    };
+    assert_eq!(on(7211)["container"]["name"], "realbox", "the real container is named");
+    assert!(on(7212)["container"].is_null(), "the impostor is not: {}", on(7212));
+    assert!(err.contains("not naming"), "says why: {err}");
+}

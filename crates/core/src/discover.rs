@@ -130,7 +130,7 @@ impl Discovery {
 
 /// Opens a namespace discovery found, labelled with its container.
 pub(crate) fn open(found: &Found, namer: &mut Namer, proc_root: &Path) -> Result<Netns> {
-    let container = found.pid.and_then(|pid| namer.container_of(proc_root, pid));
+    let container = found.pid.and_then(|pid| namer.container_of(proc_root, pid, found.inode));
     Netns::found(&found.path, found.inode, found.pid, container)
 }
 
@@ -187,37 +187,67 @@ pub(crate) fn container_id(cgroup: &[u8]) -> Option<String> {
 
 /// Names the containers namespaces belong to: the id from the cgroup of a process inside,
 /// and the name from the Docker daemon when one is configured and answers (else the short
-/// id, as `docker ps` shows it). Names are remembered; the daemon is asked once per id.
+/// id, as `docker ps` shows it).
+///
+/// A cgroup path is chosen by whoever creates the cgroup: a user with a delegated subtree can
+/// name one `docker-<a real id>.scope`. So a name from the daemon is given only when the
+/// container's init runs in the namespace being named; the short id alone (no daemon, or one
+/// that does not know the id) is unverified. The daemon is asked once per id.
 #[derive(Debug, Default)]
 pub(crate) struct Namer {
     /// The Docker daemon's socket, when names should be asked for.
     #[cfg_attr(not(feature = "docker"), allow(dead_code))]
     pub(crate) docker: Option<PathBuf>,
-    names: HashMap<String, String>,
+    /// Container id → its name and init pid, as the daemon said; `None`: it did not say.
+    known: HashMap<String, Option<(String, u32)>>,
 }
 
 impl Namer {
     pub(crate) fn new(docker: Option<PathBuf>) -> Namer {
-        Namer { docker, names: HashMap::new() }
+        Namer { docker, known: HashMap::new() }
     }
 
-    /// The container process `pid` runs in, if any.
-    pub(crate) fn container_of(&mut self, proc_root: &Path, pid: u32) -> Option<ContainerRef> {
+    /// The container of namespace `netns`, from the cgroup of process `pid` inside it.
+    pub(crate) fn container_of(
+        &mut self,
+        proc_root: &Path,
+        pid: u32,
+        netns: u64,
+    ) -> Option<ContainerRef> {
         let cgroup = std::fs::read(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
         let id = container_id(&cgroup)?;
-        if let Some(name) = self.names.get(&id) {
-            return Some(ContainerRef::new(id, name.clone()));
+        let confirmed = |init: u32| ns_of(proc_root, init) == Some(netns);
+        let known = match self.known.get(&id) {
+            // Asked before, and its init is still in this namespace.
+            Some(Some((_, init))) if confirmed(*init) => self.known[&id].clone(),
+            Some(None) => None,
+            // New, or restarted (a new init): ask.
+            _ => {
+                let answer = self.ask(&id);
+                self.known.insert(id.clone(), answer.clone());
+                answer
+            }
+        };
+        match known {
+            Some((name, init)) if confirmed(init) => Some(ContainerRef::new(id, name)),
+            Some((name, _)) => {
+                log::warn!(
+                    "process {pid}'s cgroup names container {name} ({}), but container's \
+                     network namespace is another: not naming network namespace {netns}",
+                    &id[..12]
+                );
+                None
+            }
+            None => Some(ContainerRef::new(id.clone(), &id[..12])),
         }
-        let name = self.ask(&id).unwrap_or_else(|| id[..12].to_owned());
-        self.names.insert(id.clone(), name.clone());
-        Some(ContainerRef::new(id, name))
     }
 
+    /// The container's name and init pid, from the daemon.
     #[cfg(feature = "docker")]
-    fn ask(&self, id: &str) -> Option<String> {
+    fn ask(&self, id: &str) -> Option<(String, u32)> {
         let socket = self.docker.as_ref()?;
         match crate::docker::inspect(socket, id) {
-            Ok(c) => Some(c.name),
+            Ok(c) => Some((c.name, c.pid)),
             Err(e) => {
                 log::debug!("container {id}: {e}; using its short id as its name");
                 None
@@ -226,7 +256,7 @@ impl Namer {
     }
 
     #[cfg(not(feature = "docker"))]
-    fn ask(&self, _id: &str) -> Option<String> {
+    fn ask(&self, _id: &str) -> Option<(String, u32)> {
         None
     }
 }

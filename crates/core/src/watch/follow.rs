@@ -27,6 +27,10 @@ pub(super) struct Follow {
     /// Why it could not be found again, last time: said once.
     #[cfg(feature = "docker")]
     said: Option<String>,
+    /// The lookup in flight: the daemon is asked on a thread of its own, so a slow or hung
+    /// one never holds up scanning.
+    #[cfg(feature = "docker")]
+    asking: Option<std::thread::JoinHandle<Result<(u32, crate::netns::Netns)>>>,
 }
 
 /// The container to follow, resolved now: its namespace becomes the one watched.
@@ -34,8 +38,13 @@ pub(super) struct Follow {
 pub(super) fn resolve(cfg: &mut Config) -> Result<Option<Follow>> {
     let (Some(name), Some(socket)) = (&cfg.follow, &cfg.docker) else { return Ok(None) };
     let c = crate::docker::inspect(socket, name)?;
-    let follow =
-        Follow { socket: socket.clone(), name: name.clone(), pid: Some(c.pid), said: None };
+    let follow = Follow {
+        socket: socket.clone(),
+        name: name.clone(),
+        pid: Some(c.pid),
+        said: None,
+        asking: None,
+    };
     cfg.scope = Scope::One(c.netns()?);
     Ok(Some(follow))
 }
@@ -66,9 +75,32 @@ impl Loop {
             self.retire(t);
         }
         let Some(f) = self.follow.as_mut() else { return };
-        let back = crate::docker::inspect(&f.socket, &f.name)
-            .and_then(|c| Ok((c.pid, Target::open(&c.netns()?, &self.cfg)?)));
-        match back {
+        let back = match f.asking.take() {
+            None => {
+                let (socket, name) = (f.socket.clone(), f.name.clone());
+                let ask =
+                    std::thread::Builder::new().name("portwatch-docker".into()).spawn(move || {
+                        let c = crate::docker::inspect(&socket, &name)?;
+                        Ok((c.pid, c.netns()?))
+                    });
+                match ask {
+                    Ok(t) => f.asking = Some(t),
+                    Err(e) => log::debug!("cannot ask the Docker daemon now: {e}"),
+                }
+                return;
+            }
+            Some(t) if !t.is_finished() => {
+                f.asking = Some(t);
+                return;
+            }
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(crate::error::Error::Os {
+                    op: "ask the Docker daemon",
+                    source: std::io::Error::other("the lookup thread panicked"),
+                })
+            }),
+        };
+        match back.and_then(|(pid, ns)| Ok((pid, Target::open(&ns, &self.cfg)?))) {
             Ok((pid, mut t)) => {
                 log::info!("container {} runs again: watching its new network namespace", f.name);
                 // Everything in it opened after the watch began: nothing is initial.
