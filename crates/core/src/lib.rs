@@ -75,6 +75,8 @@ mod diag;
 mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "ebpf")]
+mod ebpf;
 mod error;
 mod event;
 mod filter;
