@@ -63,8 +63,10 @@ const EVENTS_MAP: &str = "PW_EVENTS";
 const LOST_MAP: &str = "PW_LOST";
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-/// Ring-buffer size a [`LoadOptions::default`] asks for: 3 600 records of 72 bytes.
-pub(crate) const DEFAULT_RING_BYTES: u32 = 256 * 1024;
+/// Ring-buffer size a [`LoadOptions::default`] asks for: 1 MiB, 13 107 records (80 bytes each
+/// with the kernel's header). Every instance gets every event on the host, and a busy resolver
+/// alone makes a UDP connect and a release per query, so leave room for bursts.
+pub(crate) const DEFAULT_RING_BYTES: u32 = 1 << 20;
 
 /// Which programs, by their kernel names, and the hook each attaches to.
 const TRACEPOINT_PROGRAM: (&str, &str) = ("pw_tcp_listen", "inet_sock_set_state");

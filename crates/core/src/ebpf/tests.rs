@@ -78,6 +78,7 @@ fn collect_until(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            eprintln!("deadline passed; the ring buffer lost {} events host-wide", progs.lost());
             return false;
         }
         let ms = u16::try_from(left.as_millis().min(100)).unwrap_or(100);
@@ -217,8 +218,8 @@ fn zero_lifetime_listeners_in_a_sandbox_netns() {
     assert!(!netns.contains(&host), "children ran in their own namespaces");
 }
 
-/// Forks `n` children that each open one listener (TCP/UDP × v4/v6 in turn) and exit; prints
-/// each child's pid, then the wall time taken.
+/// Forks `n` children that each open one listener (TCP/UDP × v4/v6 in turn) and exit, reaping
+/// them at the end; prints each child's pid, then the wall time taken.
 const BURST: &str = r#"
 import os, socket, sys, time
 n = int(sys.argv[1])
@@ -236,6 +237,7 @@ for i in range(n):
             s.listen()
         os._exit(0)
     pids.append(pid)
+for pid in pids:
     os.waitpid(pid, 0)
 print(" ".join(map(str, pids)))
 print(time.monotonic() - t, flush=True)
