@@ -11,6 +11,7 @@
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
 #   make bpf            rebuild the committed eBPF object crates/core/bpf/portwatch.bpf.o
 #   make bpf-check      fail if that object is not what its source builds to
+#   make bench-ebpf     what the attached eBPF programs add to socket calls (run as root)
 #   make image          the offline container image; then run, run-sv, run-hf, run-host,
 #                       test-http, kill-port, verify-suite, ... (docker/docker.mk)
 
@@ -27,7 +28,7 @@ NAMESPACES ?= 40
 LISTENERS ?= 5
 
 .PHONY: all build test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean \
-	bpf bpf-check bpf-deps
+	bpf bpf-check bpf-deps bench-ebpf
 
 all: build
 
@@ -123,6 +124,16 @@ bpf-check: bpf-deps
 	if cmp -s $$tmp/portwatch.bpf.o $(BPF_OBJ); then echo "bpf-check: $(BPF_OBJ) is up to date"; \
 	else echo "bpf-check: $(BPF_OBJ) differs from what $(BPF_DIR)/portwatch.bpf.c builds to:" \
 	  "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi
+
+# The programs are held by the test binary's helper (ebpf::tests::hold_for_kill), so the bench
+# needs no extra binary: find that executable in cargo's JSON messages.
+bench-ebpf:
+	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
+	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \
+	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
+	   if m.get("reason") == "compiler-artifact" and m.get("executable") \
+	   and m["target"]["name"] == "portwatch_core"]' | tail -1) && \
+	test -n "$$bin" && python3 benches/ebpf_cost.py --holder "$$bin" --rounds $(RUNS)
 
 # Containers, volumes and the image (when Docker answers), then the build.
 clean:

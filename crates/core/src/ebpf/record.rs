@@ -35,7 +35,8 @@ pub(crate) const RECORD_SIZE: usize = 72;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// A TCP socket entered LISTEN (`listen(2)`). The port is 0 when the socket was not bound
-    /// before `listen` (the kernel picks the port right after this event).
+    /// before `listen`: the kernel picks the port right after this event. Look the socket up
+    /// by cookie (sock_diag) for it; its `Unlisten` carries it.
     Listen,
     /// A TCP socket left LISTEN: closed, shut down, or its `listen` failed.
     Unlisten,

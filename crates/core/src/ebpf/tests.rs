@@ -98,8 +98,9 @@ struct Child {
 }
 
 /// Opens `proto` (tcp/udp) on `addr`, port 0, listens (TCP), prints
-/// `pid comm netns cookie port` and exits. With `connect_to` (UDP), connects there after
-/// binding; with `send_to` (UDP), sends one datagram there without binding first.
+/// `pid comm netns cookie port` and exits. Action `connect` (UDP): connects to port `target`
+/// after binding; `sendto` (UDP): sends one datagram there without binding first;
+/// `autolisten` (TCP): listens without binding (the kernel picks the port in listen).
 const CHILD: &str = r#"
 import os, socket, sys
 proto, fam, addr, action, target = sys.argv[1:6]
@@ -107,6 +108,8 @@ s = socket.socket(socket.AF_INET6 if fam == "6" else socket.AF_INET,
                   socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
 if action == "sendto":
     s.sendto(b"x", (addr, int(target)))
+elif action == "autolisten":
+    s.listen()
 else:
     s.bind((addr, 0))
     if proto == "tcp":
@@ -355,6 +358,20 @@ fn udp_autobind_is_no_bind_and_connect_keeps_the_cookie() {
     assert!(conn[0].ts_ns <= now && age < Duration::from_secs(60), "age {age:?}");
     let at = conn[0].wall_time(now, wall).expect("in range");
     assert!(at <= wall && wall.duration_since(at).unwrap_or_default() < Duration::from_secs(60));
+}
+
+#[test]
+fn tcp_listen_without_bind_reports_port_zero_then_the_port() {
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    let child = run_child(&[], &python, ["tcp", "4", "0.0.0.0", "autolisten", "0"]);
+    let mut seen = Vec::new();
+    collect_until(&mut progs, &mut seen, Duration::from_secs(5), done_for(&[(child.pid, 2)]));
+    // listen(2) on an unbound socket enters LISTEN before the kernel picks the port: the
+    // Listen event says port 0 (documented on Kind::Listen); the Unlisten has the port.
+    let mine: Vec<(Kind, u16, u64)> =
+        of_pid(&seen, child.pid).iter().map(|e| (e.kind, e.port, e.cookie)).collect();
+    assert_eq!(mine, [(Kind::Listen, 0, child.cookie), (Kind::Unlisten, child.port, child.cookie)]);
 }
 
 #[test]
