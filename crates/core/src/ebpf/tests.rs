@@ -21,6 +21,7 @@ use crate::socket::{Family, Protocol};
 
 const REQUIRE: &str = "PORTWATCH_REQUIRE_PRIVILEGED";
 const HOLD: &str = "PORTWATCH_EBPF_HOLD";
+const TRY_LOAD: &str = "PORTWATCH_EBPF_TRY_LOAD";
 
 fn required() -> bool {
     std::env::var_os(REQUIRE).is_some_and(|v| v == "1")
@@ -490,4 +491,62 @@ fn sigkill_detaches_everything() {
     let _ = helper.wait();
     let still = wait_unloaded(&ids);
     assert!(still.is_empty(), "programs {still:?} survived a SIGKILL of their owner");
+}
+
+/// Not a test on its own: [`unprivileged_load_names_the_missing_capabilities`] runs it as an
+/// unprivileged user. Does nothing unless PORTWATCH_EBPF_TRY_LOAD=1.
+#[test]
+#[ignore = "helper process of unprivileged_load_names_the_missing_capabilities"]
+fn try_load() {
+    if std::env::var_os(TRY_LOAD).is_none_or(|v| v != "1") {
+        return;
+    }
+    match Programs::load(&LoadOptions::default()) {
+        Ok(_) => println!("PW_LOAD ok"),
+        Err(e) => println!("PW_LOAD {e:?} / {e}"),
+    }
+}
+
+/// Runs [`try_load`] as nobody with exactly `caps` (setpriv names: `bpf`, `perfmon`, ...);
+/// returns what it said, or `None` (skipped) when that cannot be arranged here.
+fn try_load_as_nobody_with(caps: &[&str]) -> Option<String> {
+    load(&LoadOptions::default())?;
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip("setpriv (util-linux) not found");
+        return None;
+    }
+    let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all{set}"))
+        .arg(format!("--ambient-caps=-all{set}"))
+        .arg(format!("--bounding-set=-all{set}"))
+        .arg("--")
+        .arg(exe)
+        .args(["ebpf::tests::try_load", "--exact", "--ignored", "--nocapture"])
+        .env(TRY_LOAD, "1")
+        .output()
+        .expect("setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let said = text.split_once("PW_LOAD ").map(|(_, s)| s.to_owned());
+    Some(said.unwrap_or_else(|| {
+        panic!("the helper said nothing: {text} {}", String::from_utf8_lossy(&out.stderr))
+    }))
+}
+
+#[test]
+fn unprivileged_load_names_the_missing_capabilities() {
+    let Some(said) = try_load_as_nobody_with(&[]) else { return };
+    assert!(said.starts_with("PermissionDenied"), "{said}");
+    assert!(said.contains("needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN"), "{said}");
+    assert!(said.contains("missing: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"), "{said}");
+    let Some(said) = try_load_as_nobody_with(&["bpf", "perfmon"]) else { return };
+    assert!(said.contains("missing: CAP_NET_ADMIN;"), "{said}");
+}
+
+#[test]
+fn cap_bpf_perfmon_and_net_admin_suffice_without_root() {
+    let Some(said) = try_load_as_nobody_with(&["bpf", "perfmon", "net_admin"]) else { return };
+    assert!(said.starts_with("ok"), "{said}");
 }
