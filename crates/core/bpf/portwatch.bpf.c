@@ -187,10 +187,13 @@ int pw_udp_bind6(struct bpf_sock *ctx)
 
 // (c) UDP: connect(2) to an address. A connected UDP socket only receives from its peer, so a
 // bound socket that connects stops being a listener. Runs before the kernel connects (the
-// call may still fail); the local address and port are the ones bound so far (0 if none).
-// Disconnecting (connect to AF_UNSPEC) does not run this hook.
+// call may still fail); the local address and port are the ones bound so far. A socket with no
+// port yet was never a listener (a resolver's query socket, say): not reported, which keeps
+// the busiest UDP pattern out of the ring buffer. Disconnecting (connect to AF_UNSPEC) does not
+// run this hook.
 static __always_inline int udp_connect(struct bpf_sock_addr *ctx)
 {
+	const struct sock *ksk;
 	struct bpf_sock *sk;
 	struct pw_event *e;
 
@@ -199,11 +202,14 @@ static __always_inline int udp_connect(struct bpf_sock_addr *ctx)
 	sk = ctx->sk;
 	if (!sk)
 		return 1;
+	ksk = kernel_sock(sk);
+	if (BPF_CORE_READ(ksk, __sk_common.skc_num) == 0)
+		return 1;
 	e = reserve(PW_KIND_UDP_CONNECT);
 	if (!e)
 		return 1;
 	e->cookie = bpf_get_socket_cookie(ctx);
-	fill_from_sock(e, kernel_sock(sk));
+	fill_from_sock(e, ksk);
 	bpf_ringbuf_submit(e, 0);
 	return 1;
 }

@@ -43,8 +43,9 @@ pub(crate) enum Kind {
     /// A UDP socket was bound explicitly (`bind(2)`; port 0 binds report the chosen port).
     /// Implicit binds (first `sendto`/`connect` of an unbound socket) are not reported.
     UdpBind,
-    /// A UDP socket is connecting: from now on it only receives from its peer, so a bound
-    /// socket stops being a listener. Sent before the kernel connects; the call may still fail.
+    /// A UDP socket that has a local port is connecting: from now on it only receives from its
+    /// peer, so it stops being a listener. Sent before the kernel connects; the call may still
+    /// fail. Sockets without a port yet (connect before any bind) are not reported.
     UdpConnect,
     /// A UDP socket that had a local port was released (its last descriptor closed).
     UdpRelease,

@@ -101,7 +101,8 @@ struct Child {
 /// Opens `proto` (tcp/udp) on `addr`, port 0, listens (TCP), prints
 /// `pid comm netns cookie port` and exits. Action `connect` (UDP): connects to port `target`
 /// after binding; `sendto` (UDP): sends one datagram there without binding first;
-/// `autolisten` (TCP): listens without binding (the kernel picks the port in listen).
+/// `autolisten` (TCP): listens without binding (the kernel picks the port in listen);
+/// `autoconnect` (UDP): connects without binding first.
 const CHILD: &str = r#"
 import os, socket, sys
 proto, fam, addr, action, target = sys.argv[1:6]
@@ -111,6 +112,8 @@ if action == "sendto":
     s.sendto(b"x", (addr, int(target)))
 elif action == "autolisten":
     s.listen()
+elif action == "autoconnect":
+    s.connect((addr, int(target)))
 else:
     s.bind((addr, 0))
     if proto == "tcp":
@@ -324,13 +327,17 @@ fn udp_autobind_is_no_bind_and_connect_keeps_the_cookie() {
     let sender = run_child(&[], &python, ["udp", "4", "127.0.0.1", "sendto", &port]);
     // bind then connect: a bind event, then a connect event, for the same socket.
     let connector = run_child(&[], &python, ["udp", "4", "127.0.0.1", "connect", &port]);
+    // connect without bind (what a resolver does): never a listener, only its release shows.
+    let client = run_child(&[], &python, ["udp", "4", "127.0.0.1", "autoconnect", &port]);
     let mut seen = Vec::new();
     collect_until(
         &mut progs,
         &mut seen,
         Duration::from_secs(5),
-        done_for(&[(sender.pid, 1), (connector.pid, 3)]),
+        done_for(&[(sender.pid, 1), (connector.pid, 3), (client.pid, 1)]),
     );
+    let client_kinds: Vec<Kind> = of_pid(&seen, client.pid).iter().map(|e| e.kind).collect();
+    assert_eq!(client_kinds, [Kind::UdpRelease], "an unbound socket's connect is not reported");
 
     let sent: Vec<Kind> = of_pid(&seen, sender.pid).iter().map(|e| e.kind).collect();
     assert_eq!(sent, [Kind::UdpRelease], "autobind is not a bind; its close is a release");
