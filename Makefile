@@ -125,8 +125,8 @@ bpf-check: bpf-deps
 	else echo "bpf-check: $(BPF_OBJ) differs from what $(BPF_DIR)/portwatch.bpf.c builds to:" \
 	  "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi
 
-# The programs are held by the test binary's helper (ebpf::tests::hold_for_kill), so the bench
-# needs no extra binary: find that executable in cargo's JSON messages.
+# The programs are held by the test binary's helper (ebpf::tests::lifecycle::hold_for_kill),
+# so the bench needs no extra binary: find that executable in cargo's JSON messages.
 bench-ebpf:
 	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
 	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \

@@ -5,8 +5,8 @@ the programs attached, interleaved over ROUNDS rounds, each the mean of a batch 
 cycles; prints the median of the rounds. Run as root (`make bench-ebpf`).
 
 The programs are held by another process: the portwatch-core test binary's helper
-`ebpf::tests::hold_for_kill` (PORTWATCH_EBPF_HOLD=1), which loads them, prints PW_HOLD and
-blocks on stdin until it is closed. Every attached program runs on every matching socket call
+`ebpf::tests::lifecycle::hold_for_kill` (PORTWATCH_EBPF_HOLD=1), which loads them, prints
+PW_HOLD and blocks on stdin until it is closed. Every attached program runs on every matching socket call
 on the host, so this is the per-call cost a watcher imposes on the whole machine.
 
 Wall-clock deltas of a microsecond are noisy on a small shared machine (other load, RCU work
@@ -47,7 +47,7 @@ def udp_cycle(n):
 def hold(binary):
     """Starts the holder and waits until its programs are attached."""
     p = subprocess.Popen(
-        [binary, "ebpf::tests::hold_for_kill", "--exact", "--ignored", "--nocapture"],
+        [binary, "ebpf::tests::lifecycle::hold_for_kill", "--exact", "--ignored", "--nocapture"],
         env={"PORTWATCH_EBPF_HOLD": "1", "PATH": "/usr/bin:/bin"},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
