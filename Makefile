@@ -9,6 +9,9 @@
 #   make bench-netns    watch --all-netns over many namespaces: idle CPU, pick-up time
 #   make soak           churn soak: DURATION s of RATE listeners/s under watch --hf
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
+#   make bpf            rebuild the committed eBPF object crates/core/bpf/portwatch.bpf.o
+#   make bpf-check      fail if that object is not what its source builds to
+#   make bench-ebpf     what the attached eBPF programs add to socket calls (run as root)
 #   make image          the offline container image; then run, run-sv, run-hf, run-host,
 #                       test-http, kill-port, verify-suite, ... (docker/docker.mk)
 
@@ -24,7 +27,8 @@ FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args
 NAMESPACES ?= 40
 LISTENERS ?= 5
 
-.PHONY: all build test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean
+.PHONY: all build test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean \
+	bpf bpf-check bpf-deps bench-ebpf
 
 all: build
 
@@ -94,6 +98,46 @@ fuzz:
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# The eBPF programs (feature `ebpf`). The object is committed, so cargo never needs clang;
+# these rebuild it. Debian's clang 14 / llvm / libbpf-dev headers; CO-RE, so no vmlinux.h from
+# the build machine. Paths are relative and the debug prefix mapped, so the bytes depend only on
+# the source and the toolchain: bpf-check rebuilds into a temp dir and compares.
+BPF_DIR := crates/core/bpf
+BPF_OBJ := $(BPF_DIR)/portwatch.bpf.o
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I$(BPF_DIR) \
+	-I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
+
+bpf-deps:
+	@command -v clang >/dev/null 2>&1 && command -v llvm-strip >/dev/null 2>&1 && \
+	  [ -f /usr/include/bpf/bpf_helpers.h ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq clang llvm libbpf-dev >/dev/null; \
+	  else echo "make: need clang, llvm (llvm-strip) and libbpf-dev headers"; exit 1; fi; }
+
+# $(1): output object. Compile, then drop the DWARF (llvm-strip -g keeps .BTF/.BTF.ext, which
+# CO-RE and the verifier's line info need).
+bpf_build = clang $(BPF_CFLAGS) -c $(BPF_DIR)/portwatch.bpf.c -o $(1) && llvm-strip -g $(1)
+
+bpf: bpf-deps
+	$(call bpf_build,$(BPF_OBJ))
+
+bpf-check: bpf-deps
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(call bpf_build,$$tmp/portwatch.bpf.o) && \
+	if cmp -s $$tmp/portwatch.bpf.o $(BPF_OBJ); then echo "bpf-check: $(BPF_OBJ) is up to date"; \
+	else echo "bpf-check: $(BPF_OBJ) differs from what $(BPF_DIR)/portwatch.bpf.c builds to:" \
+	  "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi
+
+# The programs are held by the test binary's helper (ebpf::tests::lifecycle::hold_for_kill),
+# so the bench needs no extra binary: find that executable in cargo's JSON messages.
+bench-ebpf:
+	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
+	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \
+	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
+	   if m.get("reason") == "compiler-artifact" and m.get("executable") \
+	   and m["target"]["name"] == "portwatch_core"]' | tail -1) && \
+	test -n "$$bin" && python3 benches/ebpf_cost.py --holder "$$bin" --rounds $(RUNS)
 
 # Containers, volumes and the image (when Docker answers), then the build.
 clean:

@@ -74,6 +74,8 @@
 mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "ebpf")]
+mod ebpf;
 mod error;
 mod event;
 mod filter;

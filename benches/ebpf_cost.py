@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""What the eBPF programs (feature `ebpf`) add to socket calls: the wall time of
+socket+bind+listen+close (TCP) and socket+bind+close (UDP) on 127.0.0.1, without and with
+the programs attached, interleaved over ROUNDS rounds, each the mean of a batch of BATCH
+cycles; prints the median of the rounds. Run as root (`make bench-ebpf`).
+
+The programs are held by another process: the portwatch-core test binary's helper
+`ebpf::tests::lifecycle::hold_for_kill` (PORTWATCH_EBPF_HOLD=1), which loads them, prints
+PW_HOLD and blocks on stdin until it is closed. Every attached program runs on every matching socket call
+on the host, so this is the per-call cost a watcher imposes on the whole machine.
+
+Wall-clock deltas of a microsecond are noisy on a small shared machine (other load, RCU work
+after the holder exits), so it also prints the kernel's own accounting: one more held phase
+with kernel.bpf_stats_enabled=1 and each program's run_time_ns / run_cnt from bpftool.
+
+Usage: ebpf_cost.py --holder TEST_BINARY [--rounds N] [--batch N]
+"""
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+
+
+def tcp_cycle(n):
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        s.close()
+    return (time.perf_counter_ns() - t) / n
+
+
+def udp_cycle(n):
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.close()
+    return (time.perf_counter_ns() - t) / n
+
+
+def hold(binary):
+    """Starts the holder and waits until its programs are attached."""
+    p = subprocess.Popen(
+        [binary, "ebpf::tests::lifecycle::hold_for_kill", "--exact", "--ignored", "--nocapture"],
+        env={"PORTWATCH_EBPF_HOLD": "1", "PATH": "/usr/bin:/bin"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if "PW_HOLD" in line:
+            return p
+    p.wait()
+    raise SystemExit("the holder did not load the programs (root? see cargo test ebpf)")
+
+
+def release(p):
+    p.stdin.close()  # the helper returns when stdin closes
+    p.wait(timeout=10)
+
+
+def kernel_stats(binary, batch):
+    """Per-program ns/run as the kernel measures it (needs bpftool); restores the sysctl."""
+    if not shutil.which("bpftool"):
+        print("bpftool not found: no per-program kernel run times")
+        return
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path) as f:
+        before = f.read().strip()
+    holder = hold(binary)
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+        tcp_cycle(batch)
+        udp_cycle(batch)
+        progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                          text=True, check=True).stdout)
+    finally:
+        with open(path, "w") as f:
+            f.write(before)
+        release(holder)
+    print(f"kernel run time per program run ({batch} TCP + {batch} UDP cycles):")
+    for p in progs:
+        if p.get("name", "").startswith("pw_") and p.get("run_cnt"):
+            print(f"  {p['name']:16} {p['run_time_ns'] / p['run_cnt']:6.0f} ns x {p['run_cnt']}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--holder", required=True)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=2000)
+    a = ap.parse_args()
+    res = {("tcp", False): [], ("tcp", True): [], ("udp", False): [], ("udp", True): []}
+    tcp_cycle(a.batch), udp_cycle(a.batch)  # warm up
+    for r in range(a.rounds):
+        for attached in ([False, True] if r % 2 == 0 else [True, False]):
+            holder = hold(a.holder) if attached else None
+            res[("tcp", attached)].append(tcp_cycle(a.batch))
+            res[("udp", attached)].append(udp_cycle(a.batch))
+            if holder:
+                release(holder)
+    print(f"median of {a.rounds} rounds x {a.batch} cycles, ns per cycle")
+    for proto, what in (("tcp", "socket+bind+listen+close"), ("udp", "socket+bind+close")):
+        off = statistics.median(res[(proto, False)])
+        on = statistics.median(res[(proto, True)])
+        print(f"{proto} {what:26} without {off / 1000:6.2f} us  with {on / 1000:6.2f} us"
+              f"  (+{(on - off) / 1000:.2f} us, {100 * (on - off) / off:+.0f}%)")
+    kernel_stats(a.holder, a.batch)
+
+
+if __name__ == "__main__":
+    main()

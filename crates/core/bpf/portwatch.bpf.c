@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+//
+// portwatch kernel events: TCP sockets entering and leaving LISTEN, UDP sockets bound,
+// connected and released, each reported once, in the context of the process that did it,
+// through one ring buffer. These programs observe only: every cgroup hook returns 1 (allow)
+// on every path, so loading them can never change what a socket call does.
+//
+// Built by `make bpf` into portwatch.bpf.o, which is committed (cargo needs no clang) and
+// checked against this source by `make bpf-check`. Compiled once (CO-RE): field offsets come
+// from the running kernel's BTF at load time, through the preserve_access_index structs in
+// portwatch.bpf.h, not from a vmlinux.h generated on the build machine.
+//
+// The record layout (struct pw_event) is decoded by crates/core/src/ebpf/record.rs: keep both
+// in step.
+
+#include "portwatch.bpf.h"
+
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+// Ring buffer for struct pw_event records. Userspace sets the size at load time (a power of two,
+// a multiple of the page size); this default is what a plain load gets.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} PW_EVENTS SEC(".maps");
+
+// Slot 0: events dropped because the ring buffer was full. One plain counter, updated with an
+// atomic add, so userspace reads one value.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} PW_LOST SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 key = 0;
+	__u64 *lost = bpf_map_lookup_elem(&PW_LOST, &key);
+
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
+// Reserves a record and fills in what the current task tells: time, pid, tid, uid, comm.
+static __always_inline struct pw_event *reserve(__u8 kind)
+{
+	struct pw_event *e = bpf_ringbuf_reserve(&PW_EVENTS, sizeof(*e), 0);
+	__u64 pid_tgid;
+
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	pid_tgid = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->kind = kind;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+// The inode of the socket's network namespace (what /proc/PID/ns/net links to).
+static __always_inline __u32 netns_inum(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+// The local port. skc_num is what the port tables use, but closing a socket whose port the
+// kernel picked (bind to port 0) releases the port and zeroes skc_num before the LISTEN ->
+// CLOSE change is traced; inet_sport, the copy in network order, stays.
+static __always_inline __u16 local_port(const struct sock *sk)
+{
+	__u16 num = BPF_CORE_READ(sk, __sk_common.skc_num);
+
+	if (num)
+		return num;
+	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+// (a) TCP: a socket entering LISTEN (listen(2)) or leaving it (close, shutdown, or a failed
+// listen). Fires in the caller's context, so the current task is the owner.
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(pw_tcp_listen, const struct sock *sk, int oldstate, int newstate)
+{
+	struct pw_event *e;
+	__u16 family;
+	__u8 kind;
+
+	if (newstate == PW_TCP_LISTEN)
+		kind = PW_KIND_LISTEN;
+	else if (oldstate == PW_TCP_LISTEN)
+		kind = PW_KIND_UNLISTEN;
+	else
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+
+	e = reserve(kind);
+	if (!e)
+		return 0;
+	e->cookie = bpf_get_socket_cookie((void *)sk);
+	e->netns = netns_inum(sk);
+	e->family = family;
+	e->protocol = IPPROTO_TCP;
+	e->port = local_port(sk);
+	if (family == AF_INET)
+		BPF_CORE_READ_INTO((__u32 *)e->addr, sk, __sk_common.skc_rcv_saddr);
+	else
+		BPF_CORE_READ_INTO((struct in6_addr *)e->addr, sk, __sk_common.skc_v6_rcv_saddr);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int is_udp(const struct bpf_sock *sk)
+{
+	return sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP;
+}
+
+// The kernel socket behind a bpf_sock pointer, as a plain address for probe reads: the
+// verifier forbids arithmetic on socket pointers, so the pointer goes through the stack and
+// comes back as a scalar. Only ever dereferenced with bpf_probe_read_kernel (BPF_CORE_READ).
+static __always_inline const struct sock *kernel_sock(const void *bs)
+{
+	const void *copy = bs;
+	const struct sock *out = 0;
+
+	bpf_probe_read_kernel(&out, sizeof(out), &copy);
+	return out;
+}
+
+// Copies the family, bound address, port and netns from the kernel socket. CO-RE probe reads,
+// not the bpf_sock view: its src_ip4/src_ip6/src_port may only be read from post_bind4/6.
+static __always_inline void fill_from_sock(struct pw_event *e, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	e->family = family;
+	e->protocol = IPPROTO_UDP;
+	e->port = local_port(sk);
+	if (family == AF_INET)
+		BPF_CORE_READ_INTO((__u32 *)e->addr, sk, __sk_common.skc_rcv_saddr);
+	else
+		BPF_CORE_READ_INTO((struct in6_addr *)e->addr, sk, __sk_common.skc_v6_rcv_saddr);
+	e->netns = netns_inum(sk);
+}
+
+// (b) UDP: an explicit bind(2) (port 0 included: the event carries the port the kernel chose).
+// Implicit binds (a first sendto or connect on an unbound socket) do not run this hook.
+static __always_inline int udp_bind(struct bpf_sock *ctx)
+{
+	struct pw_event *e;
+
+	if (!is_udp(ctx))
+		return 1;
+	e = reserve(PW_KIND_UDP_BIND);
+	if (!e)
+		return 1;
+	e->cookie = bpf_get_socket_cookie(ctx);
+	fill_from_sock(e, kernel_sock(ctx));
+	bpf_ringbuf_submit(e, 0);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int pw_udp_bind4(struct bpf_sock *ctx)
+{
+	return udp_bind(ctx);
+}
+
+SEC("cgroup/post_bind6")
+int pw_udp_bind6(struct bpf_sock *ctx)
+{
+	return udp_bind(ctx);
+}
+
+// (c) UDP: connect(2) to an address. A connected UDP socket only receives from its peer, so a
+// bound socket that connects stops being a listener. Runs before the kernel connects (the
+// call may still fail); the local address and port are the ones bound so far. A socket with no
+// port yet was never a listener (a resolver's query socket, say): not reported, which keeps
+// the busiest UDP pattern out of the ring buffer. Disconnecting (connect to AF_UNSPEC) does not
+// run this hook.
+static __always_inline int udp_connect(struct bpf_sock_addr *ctx)
+{
+	const struct sock *ksk;
+	struct bpf_sock *sk;
+	struct pw_event *e;
+
+	if (ctx->type != SOCK_DGRAM || ctx->protocol != IPPROTO_UDP)
+		return 1;
+	sk = ctx->sk;
+	if (!sk)
+		return 1;
+	ksk = kernel_sock(sk);
+	if (BPF_CORE_READ(ksk, __sk_common.skc_num) == 0)
+		return 1;
+	e = reserve(PW_KIND_UDP_CONNECT);
+	if (!e)
+		return 1;
+	e->cookie = bpf_get_socket_cookie(ctx);
+	fill_from_sock(e, ksk);
+	bpf_ringbuf_submit(e, 0);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int pw_udp_conn4(struct bpf_sock_addr *ctx)
+{
+	return udp_connect(ctx);
+}
+
+SEC("cgroup/connect6")
+int pw_udp_conn6(struct bpf_sock_addr *ctx)
+{
+	return udp_connect(ctx);
+}
+
+// (d) UDP: the socket is released (last close). Only sockets that had a local port (bound
+// explicitly or implicitly) are reported; unbound ones were never listeners.
+SEC("cgroup/sock_release")
+int pw_udp_release(struct bpf_sock *ctx)
+{
+	const struct sock *sk;
+	struct pw_event *e;
+
+	if (!is_udp(ctx))
+		return 1;
+	sk = kernel_sock(ctx);
+	if (BPF_CORE_READ(sk, __sk_common.skc_num) == 0)
+		return 1;
+	e = reserve(PW_KIND_UDP_RELEASE);
+	if (!e)
+		return 1;
+	e->cookie = bpf_get_socket_cookie(ctx);
+	fill_from_sock(e, sk);
+	bpf_ringbuf_submit(e, 0);
+	return 1;
+}

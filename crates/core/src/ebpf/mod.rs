@@ -1,0 +1,392 @@
+//! Kernel socket events from eBPF programs (feature `ebpf`): a source of listener opens and
+//! closes that sees every one, however short-lived, with the process that made it.
+//!
+//! Owns loading and attaching the programs of `crates/core/bpf/portwatch.bpf.c` (committed as
+//! `portwatch.bpf.o`, rebuilt by `make bpf`), the ring buffer they write to and its "lost"
+//! counter. It must not know about the watcher, the tracker or the CLI: it hands out
+//! [`KernelEvent`]s and lets the caller poll(2) the ring buffer's descriptor. No threads, no
+//! timers, no global state; everything it attached is detached when [`Programs`] is dropped —
+//! and by the kernel when the process dies, SIGKILL included, because every attachment is a
+//! bpf_link owned by a file descriptor (never a legacy `BPF_PROG_ATTACH`, which would outlive
+//! us; see the tests).
+//!
+//! # Programs
+//!
+//! | kernel name      | hook                            | reports                        |
+//! |------------------|---------------------------------|--------------------------------|
+//! | `pw_tcp_listen`  | `tp_btf/inet_sock_set_state`    | TCP entering / leaving LISTEN  |
+//! | `pw_udp_bind4/6` | `cgroup/post_bind4` / `6`       | explicit UDP binds             |
+//! | `pw_udp_conn4/6` | `cgroup/connect4` / `6`         | UDP connects (stops listening) |
+//! | `pw_udp_release` | `cgroup/sock_release`           | UDP sockets with a port closed |
+//!
+//! The cgroup programs are attached to the root of the cgroup2 hierarchy found in
+//! `/proc/self/mountinfo`, so they see every process below it in every network namespace;
+//! they only observe (always allow). In a container with its own cgroup namespace, the
+//! "root" is the container's, and only its processes are seen.
+//!
+//! # Time
+//!
+//! [`KernelEvent::ts_ns`] is `bpf_ktime_get_ns()`, CLOCK_MONOTONIC: compare it with
+//! [`monotonic_now_ns`] and convert with [`KernelEvent::wall_time`].
+//!
+//! # Privileges
+//!
+//! Root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN on kernels
+//! before 5.8). Kernel 5.12 or later built with BTF (`/sys/kernel/btf/vmlinux`).
+
+// Nothing in the crate calls this source yet: the watcher will. Until then only the tests use it.
+#![cfg_attr(not(test), allow(dead_code))]
+
+mod host;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, MapData, RingBuf};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
+
+// What the watcher will match on; only the tests do so far.
+#[cfg_attr(not(test), allow(unused_imports))]
+pub(crate) use self::record::{KernelEvent, Kind, decode};
+
+/// The programs' object, built from `crates/core/bpf/portwatch.bpf.c` by `make bpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/portwatch.bpf.o");
+
+const EVENTS_MAP: &str = "PW_EVENTS";
+const LOST_MAP: &str = "PW_LOST";
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// Ring-buffer size a [`LoadOptions::default`] asks for: 1 MiB, 13 107 records (80 bytes each
+/// with the kernel's header). Every instance gets every event on the host, and a busy resolver
+/// alone makes a UDP connect and a release per query, so leave room for bursts.
+pub(crate) const DEFAULT_RING_BYTES: u32 = 1 << 20;
+
+/// Which programs, by their kernel names, and the hook each attaches to.
+const TRACEPOINT_PROGRAM: (&str, &str) = ("pw_tcp_listen", "inet_sock_set_state");
+const CGROUP_SOCK_PROGRAMS: [&str; 3] = ["pw_udp_bind4", "pw_udp_bind6", "pw_udp_release"];
+const CGROUP_ADDR_PROGRAMS: [&str; 2] = ["pw_udp_conn4", "pw_udp_conn6"];
+
+/// The kernel names of all programs, for finding them in `bpftool prog show`.
+pub(crate) const PROGRAM_NAMES: [&str; 6] = [
+    TRACEPOINT_PROGRAM.0,
+    CGROUP_SOCK_PROGRAMS[0],
+    CGROUP_SOCK_PROGRAMS[1],
+    CGROUP_SOCK_PROGRAMS[2],
+    CGROUP_ADDR_PROGRAMS[0],
+    CGROUP_ADDR_PROGRAMS[1],
+];
+
+/// How to load the programs.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadOptions {
+    /// Ring-buffer size in bytes: a power of two and a multiple of the page size. Each event
+    /// takes 80 bytes of it (72 plus the kernel's 8-byte header). When the consumer falls
+    /// behind, further events are dropped and counted ([`Programs::lost`]).
+    pub(crate) ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { ring_bytes: DEFAULT_RING_BYTES }
+    }
+}
+
+/// Why the programs could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum LoadError {
+    /// This process lacks the capabilities.
+    #[error(
+        "loading eBPF programs needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN \
+         (missing: {}; {step} failed with {source})",
+        missing.join(", ")
+    )]
+    PermissionDenied {
+        /// Missing capabilities, by name.
+        missing: Vec<&'static str>,
+        /// What was refused.
+        step: String,
+        /// The refusal.
+        source: io::Error,
+    },
+    /// The kernel has no BTF (it was built without CONFIG_DEBUG_INFO_BTF, or is too old).
+    #[error(
+        "no kernel BTF at {BTF_PATH} (needs a kernel built with CONFIG_DEBUG_INFO_BTF): {source}"
+    )]
+    NoBtf {
+        /// What reading it said.
+        source: aya::BtfError,
+    },
+    /// No cgroup2 hierarchy is mounted, so the UDP programs have nowhere to attach.
+    #[error(
+        "no cgroup2 mount in /proc/self/mountinfo: mount one (mount -t cgroup2 none /sys/fs/cgroup)"
+    )]
+    NoCgroup2,
+    /// The cgroup2 root was found but could not be opened.
+    #[error("cannot open the cgroup2 root {path}: {source}")]
+    Cgroup {
+        /// Its mount point.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The requested ring-buffer size is not one the kernel accepts.
+    #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes")]
+    RingBufferSize {
+        /// The size asked for.
+        bytes: u32,
+    },
+    /// The object could not be parsed, relocated against the kernel's BTF, or its maps created.
+    #[error("cannot prepare the eBPF object: {source}")]
+    Object {
+        /// aya's error.
+        source: Box<EbpfError>,
+    },
+    /// The kernel refused to load a program (the verifier log says why).
+    #[error(
+        "the kernel refused to load eBPF program {program} ({source}); verifier log:\n{verifier_log}"
+    )]
+    ProgramRefused {
+        /// Kernel name of the program.
+        program: &'static str,
+        /// The errno.
+        source: io::Error,
+        /// The verifier's log.
+        verifier_log: String,
+    },
+    /// The kernel refused to attach a loaded program.
+    #[error("the kernel refused to attach eBPF program {program} to {target}: {source}")]
+    AttachRefused {
+        /// Kernel name of the program.
+        program: &'static str,
+        /// The tracepoint or cgroup.
+        target: String,
+        /// The errno.
+        source: io::Error,
+    },
+    /// The object lacks something this code expects: it is out of step with the source.
+    #[error("the eBPF object does not match this build ({what}): run make bpf")]
+    Mismatch {
+        /// What is missing or of the wrong type.
+        what: String,
+    },
+}
+
+impl LoadError {
+    /// The errno behind this error, if one is.
+    pub(crate) fn errno(&self) -> Option<i32> {
+        match self {
+            LoadError::PermissionDenied { source, .. }
+            | LoadError::ProgramRefused { source, .. }
+            | LoadError::AttachRefused { source, .. }
+            | LoadError::Cgroup { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Turns an EPERM/EACCES into [`LoadError::PermissionDenied`] when capabilities are missing;
+/// as root the refusal has another cause (lockdown, a seccomp filter, an LSM), so the specific
+/// error stays.
+fn permission_or(
+    step: impl Into<String>,
+    source: io::Error,
+    otherwise: impl FnOnce(io::Error) -> LoadError,
+) -> LoadError {
+    let denied = matches!(source.raw_os_error(), Some(libc_errno::EPERM | libc_errno::EACCES));
+    let missing = if denied { host::missing_caps_of_self() } else { Vec::new() };
+    if missing.is_empty() {
+        otherwise(source)
+    } else {
+        LoadError::PermissionDenied { missing, step: step.into(), source }
+    }
+}
+
+mod libc_errno {
+    pub(super) const EPERM: i32 = 1;
+    pub(super) const EACCES: i32 = 13;
+}
+
+/// The io::Error deepest in an error's source chain (aya wraps the syscall's).
+fn io_error_in(err: &(dyn std::error::Error + 'static)) -> Option<io::Error> {
+    let mut cur = Some(err);
+    let mut found = None;
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            found = io.raw_os_error().map(io::Error::from_raw_os_error);
+        }
+        cur = e.source();
+    }
+    found
+}
+
+fn program_error(
+    program: &'static str,
+    target: &str,
+    attaching: bool,
+    err: ProgramError,
+) -> LoadError {
+    if let ProgramError::LoadError { io_error, verifier_log } = err {
+        let log = verifier_log.to_string();
+        return permission_or(format!("loading {program}"), io_error, |source| {
+            LoadError::ProgramRefused { program, source, verifier_log: log }
+        });
+    }
+    match io_error_in(&err) {
+        Some(io) if attaching => permission_or(format!("attaching {program}"), io, |source| {
+            LoadError::AttachRefused { program, target: target.to_owned(), source }
+        }),
+        Some(io) => permission_or(format!("loading {program}"), io, |source| {
+            LoadError::ProgramRefused { program, source, verifier_log: String::new() }
+        }),
+        None => LoadError::Mismatch { what: format!("{program}: {err}") },
+    }
+}
+
+/// Reads CLOCK_MONOTONIC, the clock of [`KernelEvent::ts_ns`], in nanoseconds.
+pub(crate) fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0).saturating_mul(1_000_000_000)
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// The loaded and attached programs, their ring buffer and lost counter. Dropping it detaches
+/// and unloads everything. Several can live at once (each gets its own maps; the kernel runs
+/// every attached copy).
+pub(crate) struct Programs {
+    // Field order is drop order: the ring buffer and counter, then the programs and links.
+    events: RingBuf<MapData>,
+    lost: Array<MapData, u64>,
+    _ebpf: Ebpf,
+    cgroup: PathBuf,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for Programs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Programs")
+            .field("cgroup", &self.cgroup)
+            .field("load_time", &self.load_time)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Programs {
+    /// Loads every program, attaches them (the tracepoint, and the cgroup programs to the
+    /// cgroup2 root) and opens the ring buffer. Either all are attached or none stays.
+    pub(crate) fn load(opts: &LoadOptions) -> Result<Programs, LoadError> {
+        let start = Instant::now();
+        let bytes = opts.ring_bytes;
+        if !bytes.is_power_of_two() || bytes < 4096 {
+            return Err(LoadError::RingBufferSize { bytes });
+        }
+        let btf = Btf::from_sys_fs().map_err(|source| LoadError::NoBtf { source })?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroup = host::cgroup2_mount(&mountinfo).ok_or(LoadError::NoCgroup2)?;
+        let cgroup_dir = File::open(&cgroup)
+            .map_err(|source| LoadError::Cgroup { path: cgroup.clone(), source })?;
+
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries(EVENTS_MAP, bytes)
+            .load(OBJECT)
+            .map_err(|err| match io_error_in(&err) {
+                Some(io) => permission_or("creating the maps", io, |_| LoadError::Object {
+                    source: Box::new(err),
+                }),
+                None => LoadError::Object { source: Box::new(err) },
+            })?;
+
+        let (name, tracepoint) = TRACEPOINT_PROGRAM;
+        let prog: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
+        prog.load(tracepoint, &btf).map_err(|e| program_error(name, tracepoint, false, e))?;
+        prog.attach().map_err(|e| program_error(name, tracepoint, true, e))?;
+
+        let target = cgroup.display().to_string();
+        for name in CGROUP_SOCK_PROGRAMS {
+            let prog: &mut CgroupSock = program_mut(&mut ebpf, name)?;
+            prog.load().map_err(|e| program_error(name, &target, false, e))?;
+            // Single = flags 0 on BPF_LINK_CREATE, which cgroups always attach as "multi":
+            // other programs, and our other instances, keep running beside ours.
+            prog.attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(|e| program_error(name, &target, true, e))?;
+        }
+        for name in CGROUP_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
+            prog.load().map_err(|e| program_error(name, &target, false, e))?;
+            prog.attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(|e| program_error(name, &target, true, e))?;
+        }
+
+        let events = ebpf
+            .take_map(EVENTS_MAP)
+            .and_then(|m| RingBuf::try_from(m).ok())
+            .ok_or_else(|| LoadError::Mismatch { what: format!("ring buffer {EVENTS_MAP}") })?;
+        let lost = ebpf
+            .take_map(LOST_MAP)
+            .and_then(|m| Array::try_from(m).ok())
+            .ok_or_else(|| LoadError::Mismatch { what: format!("array {LOST_MAP}") })?;
+        Ok(Programs { events, lost, _ebpf: ebpf, cgroup, load_time: start.elapsed() })
+    }
+
+    /// Hands every record available now to `f`, oldest first, without blocking; returns how
+    /// many records were read (records this build cannot decode are counted and skipped).
+    /// Call it when the descriptor ([`AsFd`]) polls readable.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(KernelEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            n += 1;
+            if let Some(event) = decode(&item) {
+                f(event);
+            }
+        }
+        n
+    }
+
+    /// Events the kernel dropped since loading because the ring buffer was full.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.get(&0, 0).unwrap_or(0)
+    }
+
+    /// How long [`Programs::load`] took (BTF parsing, relocation, verification, attaching).
+    pub(crate) fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// Kernel ids of the loaded programs (what `bpftool prog show` lists).
+    pub(crate) fn program_ids(&self) -> Vec<u32> {
+        self._ebpf.programs().filter_map(|(_, p)| p.info().ok()).map(|i| i.id()).collect()
+    }
+
+    /// The cgroup2 directory the cgroup programs are attached to.
+    pub(crate) fn cgroup(&self) -> &std::path::Path {
+        &self.cgroup
+    }
+}
+
+/// The ring buffer's descriptor: readable when records are waiting.
+impl AsFd for Programs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Mismatch { what: format!("no program {name}") })?;
+    prog.try_into().map_err(|_| LoadError::Mismatch { what: format!("{name} has another type") })
+}

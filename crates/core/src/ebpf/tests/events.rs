@@ -1,0 +1,205 @@
+//! Events: every listener reported with its owner, namespace and cookie; bursts; loss.
+
+use super::*;
+
+/// Zero-lifetime listeners of each protocol and family, each in a process that exits at once,
+/// in `netns_prefix` (empty: the host's namespace). Every one is reported, with its owner.
+fn zero_lifetime(netns_prefix: &[&str], v4: &str, v6: &str) -> Option<Vec<Child>> {
+    let python = python_or_skip()?;
+    let mut progs = load(&LoadOptions::default())?;
+    let cases = [
+        ("tcp", "4", v4, Protocol::Tcp, Family::Ipv4, &[Kind::Listen, Kind::Unlisten][..]),
+        ("tcp", "6", v6, Protocol::Tcp, Family::Ipv6, &[Kind::Listen, Kind::Unlisten]),
+        ("udp", "4", v4, Protocol::Udp, Family::Ipv4, &[Kind::UdpBind, Kind::UdpRelease]),
+        ("udp", "6", v6, Protocol::Udp, Family::Ipv6, &[Kind::UdpBind, Kind::UdpRelease]),
+    ];
+    let children: Vec<Child> = cases
+        .iter()
+        .map(|(p, f, a, ..)| run_child(netns_prefix, &python, [p, f, a, "none", "0"]))
+        .collect();
+    let want: Vec<(u32, usize)> = children.iter().map(|c| (c.pid, 2)).collect();
+    let mut seen = Vec::new();
+    collect_until(&mut progs, &mut seen, Duration::from_secs(5), done_for(&want));
+    for (child, (_, _, _, protocol, family, kinds)) in children.iter().zip(cases) {
+        assert_reported(&seen, child, protocol, family, kinds);
+        assert_eq!(of_pid(&seen, child.pid).len(), 2, "exactly two events for {child:?}");
+    }
+    Some(children)
+}
+
+#[test]
+fn zero_lifetime_listeners_are_reported_with_their_owner() {
+    let Some(children) = zero_lifetime(&[], "127.0.0.1", "::1") else { return };
+    assert!(children.iter().all(|c| c.netns == host_netns()));
+}
+
+#[test]
+fn zero_lifetime_listeners_in_a_sandbox_netns() {
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return skip("unshare (util-linux) not found");
+    }
+    // A new namespace's lo is down: bind the wildcard addresses, no traffic.
+    let Some(children) = zero_lifetime(&["unshare", "--net"], "0.0.0.0", "::") else { return };
+    let host = host_netns();
+    let netns: HashSet<u64> = children.iter().map(|c| c.netns).collect();
+    // Each event carried its child's namespace (checked above). Not "one inode per child":
+    // a freed namespace's inode number is reused by the next one.
+    assert!(!netns.contains(&host), "children ran in their own namespaces");
+}
+
+/// Forks `n` children that each open one listener (TCP/UDP × v4/v6 in turn) and exit, reaping
+/// them at the end; prints each child's pid, then the wall time taken.
+const BURST: &str = r#"
+import os, socket, sys, time
+n = int(sys.argv[1])
+kinds = [(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"), (socket.AF_INET6, socket.SOCK_STREAM, "::1"),
+         (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1"), (socket.AF_INET6, socket.SOCK_DGRAM, "::1")]
+t = time.monotonic()
+pids = []
+for i in range(n):
+    fam, ty, addr = kinds[i % 4]
+    pid = os.fork()
+    if pid == 0:
+        s = socket.socket(fam, ty)
+        s.bind((addr, 0))
+        if ty == socket.SOCK_STREAM:
+            s.listen()
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+print(" ".join(map(str, pids)))
+print(time.monotonic() - t, flush=True)
+"#;
+
+fn burst(python: &str, n: usize) -> (Vec<u32>, f64) {
+    let out = Command::new(python).arg("-c").arg(BURST).arg(n.to_string()).output().expect("spawn");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = text.lines();
+    let pids = lines.next().unwrap_or("").split(' ').filter_map(|p| p.parse().ok()).collect();
+    let secs = lines.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    (pids, secs)
+}
+
+#[test]
+fn a_thousand_zero_lifetime_listeners_in_about_a_second_are_all_captured() {
+    const N: usize = 1000;
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions { ring_bytes: 4 << 20 }) else { return };
+    let (pids, secs) = burst(&python, N);
+    assert_eq!(pids.len(), N);
+    let want: HashSet<u32> = pids.iter().copied().collect();
+    let mut seen = Vec::new();
+    let mut count = 0;
+    collect_until(&mut progs, &mut seen, Duration::from_secs(10), |seen| {
+        count = seen.iter().filter(|e| want.contains(&e.pid)).count();
+        count >= 2 * N
+    });
+    let mut per_pid: HashMap<u32, Vec<Kind>> = HashMap::new();
+    for e in seen.iter().filter(|e| want.contains(&e.pid)) {
+        per_pid.entry(e.pid).or_default().push(e.kind);
+    }
+    for (i, pid) in pids.iter().enumerate() {
+        let expect = if i % 4 < 2 {
+            [Kind::Listen, Kind::Unlisten]
+        } else {
+            [Kind::UdpBind, Kind::UdpRelease]
+        };
+        assert_eq!(
+            per_pid.get(pid).map(Vec::as_slice),
+            Some(&expect[..]),
+            "child #{i} (pid {pid})"
+        );
+    }
+    assert_eq!(count, 2 * N);
+    assert_eq!(progs.lost(), 0);
+    eprintln!("{N} listeners in {secs:.2} s: {count} events, all captured, none lost");
+}
+
+#[test]
+fn a_tiny_ring_buffer_counts_what_it_loses() {
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions { ring_bytes: 4096 }) else { return };
+    assert_eq!(progs.lost(), 0);
+    // 200 events do not fit in 4 KiB (51 records) while nobody drains.
+    let (pids, _) = burst(&python, 100);
+    assert_eq!(pids.len(), 100);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while progs.lost() == 0 && Instant::now() < deadline {
+        let mut fds = [PollFd::new(progs.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(20u16));
+    }
+    let lost = progs.lost();
+    assert!(lost > 0, "a 4 KiB ring buffer lost nothing under a burst of 200 events");
+    let mut n = 0;
+    progs.drain(|_| n += 1);
+    assert!(n > 0 && n <= 4096 / 80, "{n} records fit in 4 KiB");
+    eprintln!("4 KiB ring buffer: {n} records kept, {lost} lost");
+}
+
+#[test]
+fn udp_autobind_is_no_bind_and_connect_keeps_the_cookie() {
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("loopback sink");
+    let port = sink.local_addr().expect("addr").port().to_string();
+
+    // sendto without bind: the kernel picks a port (autobind); no bind event, a release event.
+    let sender = run_child(&[], &python, ["udp", "4", "127.0.0.1", "sendto", &port]);
+    // bind then connect: a bind event, then a connect event, for the same socket.
+    let connector = run_child(&[], &python, ["udp", "4", "127.0.0.1", "connect", &port]);
+    // connect without bind (what a resolver does): never a listener, only its release shows.
+    let client = run_child(&[], &python, ["udp", "4", "127.0.0.1", "autoconnect", &port]);
+    let mut seen = Vec::new();
+    collect_until(
+        &mut progs,
+        &mut seen,
+        Duration::from_secs(5),
+        done_for(&[(sender.pid, 1), (connector.pid, 3), (client.pid, 1)]),
+    );
+    let client_kinds: Vec<Kind> = of_pid(&seen, client.pid).iter().map(|e| e.kind).collect();
+    assert_eq!(client_kinds, [Kind::UdpRelease], "an unbound socket's connect is not reported");
+
+    let sent: Vec<Kind> = of_pid(&seen, sender.pid).iter().map(|e| e.kind).collect();
+    assert_eq!(sent, [Kind::UdpRelease], "autobind is not a bind; its close is a release");
+    assert_reported(&seen, &sender, Protocol::Udp, Family::Ipv4, &[Kind::UdpRelease]);
+
+    let conn: Vec<&KernelEvent> = of_pid(&seen, connector.pid);
+    let kinds: Vec<Kind> = conn.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [Kind::UdpBind, Kind::UdpConnect, Kind::UdpRelease]);
+    assert!(conn.iter().all(|e| e.cookie == connector.cookie), "one socket, one cookie: {conn:#?}");
+    assert_reported(
+        &seen,
+        &connector,
+        Protocol::Udp,
+        Family::Ipv4,
+        &[Kind::UdpBind, Kind::UdpConnect],
+    );
+    assert_eq!(
+        conn[1].addr,
+        IpAddr::from([127, 0, 0, 1]),
+        "the connect event has the bound address"
+    );
+    assert!(conn.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns), "timestamps in order");
+    // ts_ns is CLOCK_MONOTONIC: the events are in our recent past.
+    let (now, wall) = (monotonic_now_ns(), std::time::SystemTime::now());
+    let age = Duration::from_nanos(now.saturating_sub(conn[0].ts_ns));
+    assert!(conn[0].ts_ns <= now && age < Duration::from_secs(60), "age {age:?}");
+    let at = conn[0].wall_time(now, wall).expect("in range");
+    assert!(at <= wall && wall.duration_since(at).unwrap_or_default() < Duration::from_secs(60));
+}
+
+#[test]
+fn tcp_listen_without_bind_reports_port_zero_then_the_port() {
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    let child = run_child(&[], &python, ["tcp", "4", "0.0.0.0", "autolisten", "0"]);
+    let mut seen = Vec::new();
+    collect_until(&mut progs, &mut seen, Duration::from_secs(5), done_for(&[(child.pid, 2)]));
+    // listen(2) on an unbound socket enters LISTEN before the kernel picks the port: the
+    // Listen event says port 0 (documented on Kind::Listen); the Unlisten has the port.
+    let mine: Vec<(Kind, u16, u64)> =
+        of_pid(&seen, child.pid).iter().map(|e| (e.kind, e.port, e.cookie)).collect();
+    assert_eq!(mine, [(Kind::Listen, 0, child.cookie), (Kind::Unlisten, child.port, child.cookie)]);
+}

@@ -1,0 +1,184 @@
+//! The programs against the real kernel: real child processes, real namespaces, real kills.
+//!
+//! Each test loads its own [`Programs`] (so tests running in parallel also prove that several
+//! instances work at once) and picks its events out of the host-wide stream by the pids of the
+//! children it spawned. Tests that need root skip, saying why, unless
+//! `PORTWATCH_REQUIRE_PRIVILEGED=1`, when they fail instead. Waits have deadlines; traffic only
+//! goes to loopback.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::*;
+use crate::socket::{Family, Protocol};
+
+mod events;
+mod lifecycle;
+
+const REQUIRE: &str = "PORTWATCH_REQUIRE_PRIVILEGED";
+const HOLD: &str = "PORTWATCH_EBPF_HOLD";
+const TRY_LOAD: &str = "PORTWATCH_EBPF_TRY_LOAD";
+
+fn required() -> bool {
+    std::env::var_os(REQUIRE).is_some_and(|v| v == "1")
+}
+
+fn skip(why: &str) {
+    assert!(!required(), "{REQUIRE}=1 but {why}");
+    eprintln!("skipped: {why}");
+}
+
+/// Loads the programs, or says why this test cannot run here.
+fn load(opts: &LoadOptions) -> Option<Programs> {
+    match Programs::load(opts) {
+        Ok(p) => Some(p),
+        Err(
+            e @ (LoadError::PermissionDenied { .. }
+            | LoadError::NoBtf { .. }
+            | LoadError::NoCgroup2),
+        ) => {
+            skip(&format!("cannot load the eBPF programs here: {e}"));
+            None
+        }
+        Err(e) => panic!("loading failed: {e}"),
+    }
+}
+
+/// The real python interpreter (not a pyenv shim: a shim would add a process and 50 ms).
+fn python() -> Option<String> {
+    let out =
+        Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !path.is_empty()).then_some(path)
+}
+
+fn python_or_skip() -> Option<String> {
+    let p = python();
+    if p.is_none() {
+        skip("python3 not found");
+    }
+    p
+}
+
+/// Drains into `seen` until `done(seen)` holds or the deadline passes, polling the descriptor.
+fn collect_until(
+    progs: &mut Programs,
+    seen: &mut Vec<KernelEvent>,
+    within: Duration,
+    mut done: impl FnMut(&[KernelEvent]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        progs.drain(|e| seen.push(e));
+        if done(seen) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!("deadline passed; the ring buffer lost {} events host-wide", progs.lost());
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis().min(100)).unwrap_or(100);
+        let mut fds = [PollFd::new(progs.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+    }
+}
+
+/// A child that opens one socket and exits at once, and what it said about itself.
+#[derive(Debug)]
+struct Child {
+    pid: u32,
+    comm: Vec<u8>,
+    netns: u64,
+    cookie: u64,
+    port: u16,
+}
+
+/// Opens `proto` (tcp/udp) on `addr`, port 0, listens (TCP), prints
+/// `pid comm netns cookie port` and exits. Action `connect` (UDP): connects to port `target`
+/// after binding; `sendto` (UDP): sends one datagram there without binding first;
+/// `autolisten` (TCP): listens without binding (the kernel picks the port in listen);
+/// `autoconnect` (UDP): connects without binding first.
+const CHILD: &str = r#"
+import os, socket, sys
+proto, fam, addr, action, target = sys.argv[1:6]
+s = socket.socket(socket.AF_INET6 if fam == "6" else socket.AF_INET,
+                  socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+if action == "sendto":
+    s.sendto(b"x", (addr, int(target)))
+elif action == "autolisten":
+    s.listen()
+elif action == "autoconnect":
+    s.connect((addr, int(target)))
+else:
+    s.bind((addr, 0))
+    if proto == "tcp":
+        s.listen()
+    if action == "connect":
+        s.connect((addr, int(target)))
+cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), sys.byteorder)  # SO_COOKIE
+comm = open("/proc/self/comm").read().strip()
+print(os.getpid(), comm, os.stat("/proc/self/ns/net").st_ino, cookie, s.getsockname()[1], flush=True)
+"#;
+
+fn run_child(prefix: &[&str], python: &str, args: [&str; 5]) -> Child {
+    let mut cmd = Command::new(prefix.first().copied().unwrap_or(python));
+    cmd.args(prefix.iter().skip(1));
+    if !prefix.is_empty() {
+        cmd.arg(python);
+    }
+    let out = cmd.arg("-c").arg(CHILD).args(args).output().expect("spawn the child");
+    assert!(out.status.success(), "child {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let f: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(f.len(), 5, "child said {text:?}");
+    Child {
+        pid: f[0].parse().expect("pid"),
+        comm: f[1].as_bytes().to_vec(),
+        netns: f[2].parse().expect("netns"),
+        cookie: f[3].parse().expect("cookie"),
+        port: f[4].parse().expect("port"),
+    }
+}
+
+fn host_netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").expect("own netns").ino()
+}
+
+fn of_pid(seen: &[KernelEvent], pid: u32) -> Vec<&KernelEvent> {
+    seen.iter().filter(|e| e.pid == pid).collect()
+}
+
+/// Checks that `child` was reported with the right kinds, identity, netns, cookie and port.
+fn assert_reported(
+    seen: &[KernelEvent],
+    child: &Child,
+    protocol: Protocol,
+    family: Family,
+    kinds: &[Kind],
+) {
+    let mine = of_pid(seen, child.pid);
+    for kind in kinds {
+        let e = mine
+            .iter()
+            .find(|e| e.kind == *kind && e.cookie == child.cookie)
+            .unwrap_or_else(|| panic!("no {kind:?} for {child:?}; saw {mine:#?}"));
+        assert_eq!(e.comm, child.comm, "comm");
+        assert_eq!(e.netns, child.netns, "netns");
+        assert_eq!((e.protocol, e.family), (protocol, family));
+        assert_eq!(e.port, child.port, "port of {kind:?}");
+        assert_eq!(e.tid, child.pid, "single-threaded child");
+        assert_eq!(e.uid, std::fs::metadata("/proc/self").expect("/proc").uid(), "uid");
+    }
+}
+
+fn done_for(children: &[(u32, usize)]) -> impl FnMut(&[KernelEvent]) -> bool + '_ {
+    move |seen| children.iter().all(|&(pid, n)| seen.iter().filter(|e| e.pid == pid).count() >= n)
+}
