@@ -247,7 +247,7 @@ pub(crate) fn load(path: &Path) -> Result<Found, SnapshotProblem> {
         }
         Err(e) => return Err(SnapshotProblem::Unreadable(e)),
     };
-    let meta = file.metadata().map_err(|e| SnapshotProblem::Unreadable(e))?;
+    let meta = file.metadata().map_err(SnapshotProblem::Unreadable)?;
     let kind = meta.file_type();
     if !kind.is_file() {
         let what = if kind.is_dir() {
@@ -267,7 +267,7 @@ pub(crate) fn load(path: &Path) -> Result<Found, SnapshotProblem> {
     let mut bytes = Vec::new();
     std::io::Read::take(&file, MAX_SNAPSHOT_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| SnapshotProblem::Unreadable(e))?;
+        .map_err(SnapshotProblem::Unreadable)?;
     if bytes.len() as u64 > MAX_SNAPSHOT_BYTES {
         return Err(SnapshotProblem::TooLarge { limit: MAX_SNAPSHOT_BYTES });
     }
