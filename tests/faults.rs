@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use portwatch_core::{Filter, Query, Watcher};
 
 use crate::util::{
-    PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, system_tool, tool, wait_for,
+    PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, skip, system_tool, tool,
+    wait_for,
 };
 use crate::watch::expect;
 
@@ -135,7 +136,7 @@ fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10010)]
 print(s.getsockname()[1], len(os.listdir('/proc/self/fd')), flush=True)
 sys.stdin.read()";
     let Some(python) = system_tool("python3") else {
-        return eprintln!("skipped: python3 is not installed");
+        return skip("python3 is not installed");
     };
     let mut child = match Command::new(python)
         .args(["-c", script])
@@ -144,14 +145,14 @@ sys.stdin.read()";
         .spawn()
     {
         Ok(c) => c,
-        Err(_) => return eprintln!("skipped: python3 is not installed"),
+        Err(_) => return skip("python3 is not installed"),
     };
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     if line.trim() == "skip" {
         drop(child.stdin.take());
         let _ = child.wait();
-        return eprintln!("skipped: cannot raise the open-file limit to 10 100 (needs root)");
+        return skip("cannot raise the open-file limit to 10 100 (needs root)");
     }
     let mut f = line.split_whitespace().map(|v| v.parse::<u32>().unwrap());
     let (port, open) = (f.next().unwrap() as u16, f.next().unwrap());
@@ -201,15 +202,15 @@ fn destroy_feed_overrun_rescans_and_loses_no_close() {
 #[test]
 fn watched_namespace_vanishing_reports_closes_and_keeps_running() {
     if !is_root() {
-        return eprintln!("skipped: creating network namespaces needs root");
+        return skip("creating network namespaces needs root");
     }
     let name = format!("pwfault-{}", std::process::id());
     if system_tool("ip").is_none() || system_tool("python3").is_none() {
-        return eprintln!("skipped: ip (iproute2) or python3 is not installed");
+        return skip("ip (iproute2) or python3 is not installed");
     }
     let _ = tool("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
     if !tool("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()) {
-        return eprintln!("skipped: ip netns add failed (is iproute2 installed?)");
+        return skip("ip netns add failed (is iproute2 installed?)");
     }
     let python = system_tool("python3").unwrap();
     let mut holder = tool("ip")
@@ -276,7 +277,7 @@ fn snapshot_unwritable_or_full_warns_and_watching_continues() {
             while f.write_all(&[0u8; 1024]).and_then(|()| f.sync_all()).is_ok() {}
             targets.push(fs.path().join("snapshot").display().to_string());
         }
-        None => eprintln!("full-disk case skipped: mounting a small tmpfs needs root"),
+        None => skip("the full-disk case: mounting a small tmpfs needs root"),
     }
     for path in &targets {
         let (child, rx) = spawn_watch(&["--format", "json", "--snapshot", path]);

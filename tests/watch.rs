@@ -15,10 +15,10 @@ fn me() -> u32 {
 pub fn expect(w: &Watcher, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
     let deadline = Instant::now() + PATIENCE;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if let Some(e) = w.recv_timeout(left) {
-            if want(&e) {
-                return e;
-            }
+        if let Some(e) = w.recv_timeout(left)
+            && want(&e)
+        {
+            return e;
         }
     }
     panic!("no {what} within {PATIENCE:?}");
