@@ -359,10 +359,11 @@ pub(crate) fn destroyed_cookies(buf: &[u8], mut f: impl FnMut(u64)) {
         }
         offset += len.next_multiple_of(4);
         let payload = msg.payload();
-        if msg.message_type() == SOCK_DIAG_BY_FAMILY && payload.len() >= INET_DIAG_MSG_LEN {
-            if let Ok(h) = InetResponseHeader::parse(&payload[..INET_DIAG_MSG_LEN]) {
-                f(cookie(h.socket_id.cookie));
-            }
+        if msg.message_type() == SOCK_DIAG_BY_FAMILY
+            && payload.len() >= INET_DIAG_MSG_LEN
+            && let Ok(h) = InetResponseHeader::parse(&payload[..INET_DIAG_MSG_LEN])
+        {
+            f(cookie(h.socket_id.cookie));
         }
     }
 }
@@ -491,7 +492,7 @@ mod tests {
     fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = nlhdr(16 + payload.len() as u32, ty, flags, seq);
         v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
         v
