@@ -4,6 +4,7 @@
 mod cli;
 mod differential;
 mod faults;
+mod hostile;
 mod list;
 mod netns;
 mod util;
