@@ -4,7 +4,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
-use crate::util::{is_root, json_list, pids_of, portwatch, run, system_tool, tool};
+use crate::util::{is_root, json_list, pids_of, portwatch, run, skip, system_tool, tool};
 
 #[test]
 fn json_objects_carry_every_documented_field() {
@@ -126,7 +126,7 @@ fn closed_stdout_exits_0_quietly() {
 #[test]
 fn unprivileged_caller_gets_owners_unknown_with_reason() {
     if !is_root() {
-        eprintln!("skipped: needs root to run portwatch as another user (nobody)");
+        skip("needs root to run portwatch as another user (nobody)");
         return;
     }
     // A root-owned listener, looked at by a process running as nobody: the socket is listed,
@@ -151,11 +151,11 @@ fn unprivileged_caller_gets_owners_unknown_with_reason() {
 #[test]
 fn runtime_error_exits_1_with_one_actionable_line() {
     if !is_root() {
-        eprintln!("skipped: needs root to hide /proc in a private mount namespace");
+        skip("needs root to hide /proc in a private mount namespace");
         return;
     }
     if system_tool("unshare").is_none() {
-        eprintln!("skipped: unshare (util-linux) is not installed");
+        skip("unshare (util-linux) is not installed");
         return;
     }
     // A tmpfs over /proc in a private mount namespace: portwatch cannot find its namespace.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use crate::util::{Holder, json_list, private_dir, system_tool, tool, wait_for};
+use crate::util::{Holder, json_list, private_dir, skip, system_tool, tool, wait_for};
 
 /// (proto, address or path, port) → pids.
 type Table = BTreeMap<(String, String, u16), BTreeSet<u32>>;
@@ -84,7 +84,7 @@ fn portwatch_table() -> Table {
 #[test]
 fn matches_ss() {
     if !ss_available() {
-        eprintln!("skipped: ss (iproute2) is not installed; .ci/run installs it");
+        skip("ss (iproute2) is not installed; make deps installs it");
         return;
     }
     // Make sure there is something of each kind, some held by a child.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use portwatch_core::{EventKind, Filter, Query, Watcher};
 
 use crate::util::{
-    PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, system_tool, tool, wait_for,
+    PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, skip, system_tool, tool,
+    wait_for,
 };
 use crate::watch::expect;
 
@@ -135,7 +136,7 @@ fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10010)]
 print(s.getsockname()[1], len(os.listdir('/proc/self/fd')), flush=True)
 sys.stdin.read()";
     let Some(python) = system_tool("python3") else {
-        return eprintln!("skipped: python3 is not installed");
+        return skip("python3 is not installed");
     };
     let mut child = match Command::new(python)
         .args(["-c", script])
@@ -144,14 +145,14 @@ sys.stdin.read()";
         .spawn()
     {
         Ok(c) => c,
-        Err(_) => return eprintln!("skipped: python3 is not installed"),
+        Err(_) => return skip("python3 is not installed"),
     };
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     if line.trim() == "skip" {
         drop(child.stdin.take());
         let _ = child.wait();
-        return eprintln!("skipped: cannot raise the open-file limit to 10 100 (needs root)");
+        return skip("cannot raise the open-file limit to 10 100 (needs root)");
     }
     let mut f = line.split_whitespace().map(|v| v.parse::<u32>().unwrap());
     let (port, open) = (f.next().unwrap() as u16, f.next().unwrap());
@@ -166,50 +167,110 @@ sys.stdin.read()";
 #[test]
 fn destroy_feed_overrun_rescans_and_loses_no_close() {
     let log = logged();
-    // The smallest receive buffer the kernel allows, and 400 listeners closed at once: the
-    // destroy messages cannot all fit, the feed overruns (ENOBUFS) and the watcher rescans.
+    // The smallest receive buffer the kernel allows, and 400 listeners closed while the scan
+    // thread is held in its event callback: the destroy messages cannot all fit, the feed
+    // overruns (ENOBUFS) and the watcher rescans once it reads again. (Closing them while it
+    // reads lets a fast reader keep up, and the test would prove nothing.)
     let listeners: Vec<TcpListener> =
         (0..400).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let ports: HashSet<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let gate = Arc::new(Gate::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let held = Arc::clone(&gate);
     let w = Watcher::builder()
         .filter(Filter::new().address("127.0.0.1".parse().unwrap()))
+        .interval(Duration::from_millis(20))
         .destroy_buffer(1)
-        .build()
+        .build_with_callback(move |e| {
+            let _ = tx.send(e);
+            held.pass();
+        })
         .unwrap();
+    // Opened before the watcher is dropped, released first: a failing test never leaves the
+    // scan thread held (its drop would wait for it forever).
+    let _release = Release(Arc::clone(&gate));
+    let next = |what: &str| {
+        rx.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
+    };
     // The first scan reports them (as open at start): then the watcher is running.
     let mut open: HashSet<u16> = HashSet::new();
     while open.len() < ports.len() {
-        let e = expect(&w, "the 400 listeners open at start", |e| {
-            e.kind() == EventKind::Opened && ports.contains(&e.socket().port)
-        });
-        open.insert(e.socket().port);
+        let e = next("open of the 400 listeners");
+        if e.kind() == EventKind::Opened && ports.contains(&e.socket().port) {
+            open.insert(e.socket().port);
+        }
     }
+    // Hold the scan thread in the callback of the next event (a new listener makes one),
+    // then close them all.
+    gate.hold(true);
+    let _sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
+    wait_for("the scan thread to be held", PATIENCE, || {
+        gate.blocked.load(Ordering::SeqCst).then_some(())
+    });
     drop(listeners);
+    gate.hold(false);
     let mut closed: HashSet<u16> = HashSet::new();
     while closed.len() < ports.len() {
-        let e = expect(&w, "every one of the 400 closes", |e| {
-            e.kind() == EventKind::Closed && ports.contains(&e.socket().port)
-        });
-        assert!(closed.insert(e.socket().port), "one close per listener");
+        let e = next("close of every one of the 400");
+        if e.kind() == EventKind::Closed && ports.contains(&e.socket().port) {
+            assert!(closed.insert(e.socket().port), "one close per listener");
+        }
     }
-    assert!(
-        log.lock().unwrap().iter().any(|m| m.contains("overran")),
-        "the feed did overrun (else this test proves nothing)"
-    );
+    // The scan that follows the release may see the closes before the feed is read: the
+    // overrun is then noticed (and logged) just after them.
+    wait_for("the feed to overrun (else this test proves nothing)", PATIENCE, || {
+        log.lock().unwrap().iter().any(|m| m.contains("overran")).then_some(())
+    });
+    drop(w);
+}
+
+/// Holds a watcher's scan thread in its event callback while `held` is set.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<bool>,
+    cv: std::sync::Condvar,
+    /// A callback is waiting at the gate.
+    blocked: AtomicBool,
+}
+
+impl Gate {
+    fn hold(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.cv.notify_all();
+    }
+
+    /// Called by the callback: waits while held.
+    fn pass(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held {
+            self.blocked.store(true, Ordering::SeqCst);
+            held = self.cv.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        self.blocked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Opens the gate when dropped.
+struct Release(Arc<Gate>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
 }
 
 #[test]
 fn watched_namespace_vanishing_reports_closes_and_keeps_running() {
     if !is_root() {
-        return eprintln!("skipped: creating network namespaces needs root");
+        return skip("creating network namespaces needs root");
     }
     let name = format!("pwfault-{}", std::process::id());
     if system_tool("ip").is_none() || system_tool("python3").is_none() {
-        return eprintln!("skipped: ip (iproute2) or python3 is not installed");
+        return skip("ip (iproute2) or python3 is not installed");
     }
     let _ = tool("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
     if !tool("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()) {
-        return eprintln!("skipped: ip netns add failed (is iproute2 installed?)");
+        return skip("ip netns add failed (is iproute2 installed?)");
     }
     let python = system_tool("python3").unwrap();
     let mut holder = tool("ip")
@@ -276,7 +337,7 @@ fn snapshot_unwritable_or_full_warns_and_watching_continues() {
             while f.write_all(&[0u8; 1024]).and_then(|()| f.sync_all()).is_ok() {}
             targets.push(fs.path().join("snapshot").display().to_string());
         }
-        None => eprintln!("full-disk case skipped: mounting a small tmpfs needs root"),
+        None => skip("the full-disk case: mounting a small tmpfs needs root"),
     }
     for path in &targets {
         let (child, rx) = spawn_watch(&["--format", "json", "--snapshot", path]);

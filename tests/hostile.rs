@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use portwatch_core::{EVENT_QUEUE, Event, EventKind, Filter, Netns, Watcher};
 
-use crate::util::{PATIENCE, is_root, system_tool, tool, wait_for};
+use crate::util::{PATIENCE, is_root, skip, system_tool, tool, wait_for};
 use crate::watch::expect;
 
 /// The uid and gid of `nobody`.
@@ -52,10 +52,10 @@ sys.stdin.read()";
 #[test]
 fn a_forged_destroy_message_does_not_close_a_live_port() {
     if !is_root() {
-        return eprintln!("skipped: watching another user's namespace needs root");
+        return skip("watching another user's namespace needs root");
     }
     let (Some(unshare), Some(python)) = (system_tool("unshare"), system_tool("python3")) else {
-        return eprintln!("skipped: unshare (util-linux) or python3 is not installed");
+        return skip("unshare (util-linux) or python3 is not installed");
     };
     let mut cmd = Command::new(unshare);
     cmd.args(["-Urn"]).arg(python).args(["-c", FORGER]);
@@ -134,7 +134,7 @@ fn a_reader_that_stops_reading_costs_bounded_memory() {
 #[test]
 fn a_giant_command_line_is_cut_in_every_report() {
     if system_tool("python3").is_none() {
-        return eprintln!("skipped: python3 is not installed");
+        return skip("python3 is not installed");
     }
     // The audit's process: 180 000 arguments (360 KB) and listeners. Each report carries
     // the owner: its command line is cut at 4 KiB and 128 arguments, visibly.
@@ -162,7 +162,7 @@ sys.stdin.read()";
 #[test]
 fn refused_threads_degrade_instead_of_aborting() {
     if !is_root() {
-        return eprintln!("skipped: limiting a process's threads with a pids cgroup needs root");
+        return skip("limiting a process's threads with a pids cgroup needs root");
     }
     // cgroup v1's pids hierarchy, or the v2 root where the pids controller is enabled.
     let Some(group) = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"].iter().find_map(|root| {
@@ -175,7 +175,7 @@ fn refused_threads_degrade_instead_of_aborting() {
         let _ = std::fs::remove_dir(&group);
         None
     }) else {
-        return eprintln!("skipped: no pids cgroup controller to limit threads with");
+        return skip("no pids cgroup controller to limit threads with");
     };
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -269,10 +269,10 @@ fn one_container_daemon(sock: &std::path::Path, id: &str, name: &str, pid: u32) 
 #[test]
 fn a_cgroup_named_after_a_container_does_not_borrow_its_name() {
     if !is_root() {
-        return eprintln!("skipped: creating cgroups and moving processes needs root");
+        return skip("creating cgroups and moving processes needs root");
     }
     let (Some(cgroups), Some(python)) = (cgroup2_root(), system_tool("python3")) else {
-        return eprintln!("skipped: no cgroup2 mount, or python3 is not installed");
+        return skip("no cgroup2 mount, or python3 is not installed");
     };
     let id = "5eed".repeat(16);
     let me = std::process::id();

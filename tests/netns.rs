@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 
 use crate::util::{
-    WatchCmd, is_root, json, json_list, portwatch, private_dir, run, system_tool, tool,
+    WatchCmd, is_root, json, json_list, portwatch, private_dir, run, skip, system_tool, tool,
 };
 
 /// Binds TCP 7101 and UDP 7102 on 0.0.0.0, prints its pid (as it sees it), then waits for
@@ -20,11 +20,11 @@ sys.stdin.read()";
 /// Whether this test can run here; prints why not.
 fn can_run(tools: &[&str]) -> bool {
     if !is_root() {
-        eprintln!("skipped: creating network namespaces needs root");
+        skip("creating network namespaces needs root");
         return false;
     }
     if let Some(t) = tools.iter().find(|t| system_tool(t).is_none()) {
-        eprintln!("skipped: {t} is not installed (.ci/run installs iproute2, util-linux, python3)");
+        skip(&format!("{t} is not installed (make deps installs iproute2, util-linux, python3)"));
         return false;
     }
     true
@@ -370,7 +370,7 @@ fn all_netns_watch_follows_namespaces_coming_and_going() {
 #[test]
 fn all_netns_needs_privilege_and_says_which() {
     if !is_root() {
-        eprintln!("skipped: dropping to another uid needs root");
+        skip("dropping to another uid needs root");
         return;
     }
     let out = {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod differential;
+mod escaping;
 mod faults;
 mod hostile;
 mod list;

@@ -81,9 +81,26 @@ pub fn private_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("portwatch-test-").tempdir().expect("a private temp dir")
 }
 
-/// Whether we are root; tests that need it print why they skip.
+/// Whether we are root; tests that need it [`skip`] without.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// The variable CI (`.ci/run`) sets: it has root, Docker, BPF and the tools `make deps`
+/// installs, so there a skip means a test that silently stopped testing.
+const REQUIRE_PRIVILEGED: &str = "PORTWATCH_REQUIRE_PRIVILEGED";
+
+/// Every test that cannot run here (no root, Docker, BPF or system tool) says so through
+/// this: it prints `skipped: REASON`, or fails the test when `PORTWATCH_REQUIRE_PRIVILEGED`
+/// is set (to anything but empty or `0`). The caller returns right after.
+pub fn skip(reason: &str) {
+    let required = std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{reason}, but {REQUIRE_PRIVILEGED} is set: this machine must run every test \
+         (as root, with Docker, BPF, and the tools `make deps` installs)"
+    );
+    eprintln!("skipped: {reason}");
 }
 
 /// A forked child process that holds some of our file descriptors until dropped.

@@ -15,10 +15,10 @@ fn me() -> u32 {
 pub fn expect(w: &Watcher, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
     let deadline = Instant::now() + PATIENCE;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if let Some(e) = w.recv_timeout(left) {
-            if want(&e) {
-                return e;
-            }
+        if let Some(e) = w.recv_timeout(left)
+            && want(&e)
+        {
+            return e;
         }
     }
     panic!("no {what} within {PATIENCE:?}");
@@ -402,5 +402,48 @@ fn empty_environment_settings_mean_the_defaults() {
     let names = ["SCAN_INTERVAL", "BURST_SCANS", "BURST_DELAY", "CLOSE_GRACE_MS", "SNAPSHOT_PATH"];
     let w = WatchCmd::start_with_env(&["--no-initial"], &names.map(|v| (v, "")));
     w.ready();
+    assert!(w.terminate().success());
+}
+
+/// The JSON line's keys in their documented order: `ts`, `event`, `initial`,
+/// `previous_pids` (owner changes only), then the socket's fields as `list` prints them.
+#[test]
+fn json_lines_keep_their_key_order_for_every_kind_of_event() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let w = WatchCmd::start(&[
+        "--format",
+        "json",
+        "--interval",
+        "0.05",
+        "--close-grace",
+        "1000",
+        "--port",
+        &port.to_string(),
+    ]);
+    let order = |line: &str, keys: &[&str]| {
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} in {line}")))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "keys {keys:?} in order: {line}");
+        assert!(line.starts_with("{\"ts\":\""), "{line}");
+    };
+    let socket_keys = ["proto", "family", "addr", "port", "path", "state", "pids", "processes"];
+    let open = w.expect("the open", |l| l.contains("\"event\":\"open\""));
+    order(&open, &[&["ts", "event", "initial"][..], &socket_keys].concat());
+    assert!(!open.contains("previous_pids"), "{open}");
+    // Restarted within the close grace by another process: the owners change, naming who
+    // held it before.
+    drop(l);
+    let again = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let child = Holder::spawn(&[&again]);
+    drop(again);
+    let owners = w.expect("the owner change", |l| l.contains("\"event\":\"owners\""));
+    order(&owners, &[&["ts", "event", "initial", "previous_pids"][..], &socket_keys].concat());
+    assert!(owners.contains(&format!("\"previous_pids\":[{}", me())), "{owners}");
+    drop(child);
+    let close = w.expect("the close", |l| l.contains("\"event\":\"close\""));
+    order(&close, &[&["ts", "event", "initial"][..], &socket_keys].concat());
     assert!(w.terminate().success());
 }

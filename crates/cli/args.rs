@@ -1,5 +1,4 @@
-//! Command-line flags. Parsing only: turning flags into a library query happens in the command
-//! modules.
+//! Command-line flags. Parsing only: turning flags into a library query happens in `select`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -204,8 +203,9 @@ pub struct WatchArgs {
     /// Drop sockets bound to loopback addresses.
     #[arg(long)]
     pub ignore_loopback: bool,
-    /// Run CMD (with `sh -c`) for each event: the event is in PORTWATCH_* environment
-    /// variables and, as JSON, on its stdin; never in the command line.
+    /// Run CMD (with `/bin/sh -c`) for each event: the event is in PORTWATCH_* environment
+    /// variables and, as JSON, on its stdin; never in the command line. The hook's environment
+    /// holds nothing else but a system PATH, HOME=/ and LANG/LC_ALL.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
     /// Seconds a hook may run before it is killed, with everything it started (default 30).

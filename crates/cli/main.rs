@@ -1,9 +1,14 @@
 //! The `portwatch` binary: flag parsing, output and exit codes over portwatch-core.
 //!
-//! Glue only. Anything a library user would want belongs in portwatch-core.
+//! Glue only. Anything a library user would want belongs in portwatch-core. Flags are parsed
+//! in `args`, turned into library calls in `select`, written out by `render`; `list` and
+//! `watch` orchestrate, `hooks` runs `--exec`.
 
 mod args;
+mod hooks;
 mod list;
+mod render;
+mod select;
 mod watch;
 
 use std::io::{self, Write};
@@ -54,6 +59,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 const SETTINGS_FROM_ENV: [&str; 5] =
     ["SCAN_INTERVAL", "BURST_SCANS", "BURST_DELAY", "CLOSE_GRACE_MS", "SNAPSHOT_PATH"];
 
+/// env_logger's default format (no target), with each message escaped: warnings name
+/// namespaces, containers and paths that other users chose, and one of them must not be able
+/// to forge a log line or drive the terminal.
+fn init_logger() {
+    let mut format = env_logger::fmt::ConfigurableFormat::default();
+    format.target(false);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format(move |buf, record| {
+            let message = record.args().to_string();
+            let message = render::escape(&message);
+            format.format(
+                buf,
+                &log::Record::builder()
+                    .args(format_args!("{message}"))
+                    .level(record.level())
+                    .target(record.target())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            )
+        })
+        .init();
+}
+
 fn main() -> ExitCode {
     // `SCAN_INTERVAL=` (set but empty, as `make` and compose pass an unset variable through)
     // means "not set": the default, not an invalid value. The same for RUST_LOG, which set
@@ -73,9 +103,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_target(false)
-        .init();
+    init_logger();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let result = match &cli.command {
@@ -94,7 +122,8 @@ fn main() -> ExitCode {
         Err(e) => {
             // If stdout is gone too there is nobody to tell; the status still says it.
             let _ = out.flush();
-            eprintln!("portwatch: {e}");
+            // Errors can carry names others chose (a container's, a path's).
+            eprintln!("portwatch: {}", render::escape(&e.to_string()));
             ExitCode::from(1)
         }
     }

@@ -1,6 +1,6 @@
 //! The public one-shot query: which sockets to list, from which backend, with or without owners.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::discover::{self, Namer};
@@ -79,7 +79,7 @@ impl Query {
     /// With [`all_netns`](Self::all_netns), ask the Docker daemon listening on `socket` for
     /// container names (without it, a container is named by its short id). Feature `docker`.
     #[cfg(feature = "docker")]
-    pub fn docker_names(mut self, socket: impl AsRef<Path>) -> Query {
+    pub fn docker_names(mut self, socket: impl AsRef<std::path::Path>) -> Query {
         self.docker = Some(socket.as_ref().to_owned());
         self
     }

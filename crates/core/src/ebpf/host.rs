@@ -32,17 +32,15 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' {
-            if let Some(oct) = b.get(i + 1..i + 4) {
-                if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                    let v = oct.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                    if let Ok(byte) = u8::try_from(v) {
-                        out.push(byte);
-                        i += 4;
-                        continue;
-                    }
-                }
-            }
+        if b[i] == b'\\'
+            && let Some(oct) = b.get(i + 1..i + 4)
+            && oct.iter().all(|c| (b'0'..=b'7').contains(c))
+            && let Ok(byte) =
+                u8::try_from(oct.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')))
+        {
+            out.push(byte);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;

@@ -204,10 +204,10 @@ fn scan_pid(
             // A closed fd (ENOENT) or an exited process: skip it.
             Err(_) => continue,
         };
-        if let Some(inode) = parse_socket_link(link) {
-            if wanted.contains(&inode) {
-                found(inode);
-            }
+        if let Some(inode) = parse_socket_link(link)
+            && wanted.contains(&inode)
+        {
+            found(inode);
         }
     }
     PidScan::Done

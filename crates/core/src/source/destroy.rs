@@ -32,10 +32,11 @@ pub(crate) fn destroyed_cookies(buf: &[u8], mut f: impl FnMut(u64)) {
         }
         offset += len.next_multiple_of(4);
         let payload = msg.payload();
-        if msg.message_type() == SOCK_DIAG_BY_FAMILY && payload.len() >= INET_DIAG_MSG_LEN {
-            if let Ok(h) = InetResponseHeader::parse(&payload[..INET_DIAG_MSG_LEN]) {
-                f(cookie(h.socket_id.cookie));
-            }
+        if msg.message_type() == SOCK_DIAG_BY_FAMILY
+            && payload.len() >= INET_DIAG_MSG_LEN
+            && let Ok(h) = InetResponseHeader::parse(&payload[..INET_DIAG_MSG_LEN])
+        {
+            f(cookie(h.socket_id.cookie));
         }
     }
 }

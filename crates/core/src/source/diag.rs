@@ -395,7 +395,7 @@ pub(super) mod tests {
     pub(crate) fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = nlhdr(16 + payload.len() as u32, ty, flags, seq);
         v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
         v

@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 pub(crate) use self::destroy::DestroyFeed;
 pub(crate) use self::probe::ChangeProbe;
-#[cfg(any(test, feature = "bench-internals"))]
+#[cfg(feature = "bench-internals")]
 pub(crate) use self::procnet::parse as parse_proc_net;
 pub use self::scan::Backend;
 pub(crate) use self::scan::Scanner;

@@ -120,8 +120,8 @@ fn a_thousand_zero_lifetime_listeners_in_about_a_second_are_all_captured() {
 #[test]
 fn a_tiny_ring_buffer_counts_what_it_loses() {
     let Some(python) = python_or_skip() else { return };
+    // Not "nothing lost yet": other tests' sockets, anywhere on the host, reach it too.
     let Some(mut progs) = load(&LoadOptions { ring_bytes: 4096 }) else { return };
-    assert_eq!(progs.lost(), 0);
     // 200 events do not fit in 4 KiB (51 records) while nobody drains.
     let (pids, _) = burst(&python, 100);
     assert_eq!(pids.len(), 100);

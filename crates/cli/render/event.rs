@@ -1,0 +1,91 @@
+//! One `watch` event as a text line or a JSON Lines object.
+
+use std::borrow::Cow;
+
+use portwatch_core::{Event, Socket};
+use serde::Serialize;
+
+use super::{
+    LINE_OWNERS, escape, event_initial, event_name, namespace_text, owners_text, processes_text,
+    timestamp,
+};
+
+/// The port, or the (escaped) path of a unix socket.
+fn port_text(s: &Socket) -> Cow<'_, str> {
+    match &s.path {
+        Some(p) if s.addr.is_none() => escape(p),
+        _ => Cow::Owned(s.port.to_string()),
+    }
+}
+
+/// `tcp, 0.0.0.0`, then the container or namespace when it is not this process's own.
+fn where_text(s: &Socket, own_netns: u64) -> String {
+    let at = match s.addr {
+        Some(a) => format!("{}, {a}", s.protocol),
+        None => s.protocol.to_string(),
+    };
+    match (&s.container, namespace_text(s, own_netns)) {
+        (Some(_), Some(name)) => format!("{at}, container {name}"),
+        (None, Some(ns)) => format!("{at}, {ns}"),
+        _ => at,
+    }
+}
+
+/// One line, keeping the reference monitor's wording (`New port opened: PORT`,
+/// `Port closed: PORT`, `pids:`, `last pids:`) so existing greps work. Every name in it is
+/// escaped, so the line is exactly one line whatever the names hold.
+pub fn text_line(event: &Event, own_netns: u64) -> String {
+    let s = event.socket();
+    let ts = timestamp(event.at());
+    let (port, at) = (port_text(s), where_text(s, own_netns));
+    let pids = || owners_text(&s.owners, &LINE_OWNERS);
+    match event {
+        Event::Opened { initial, .. } => format!(
+            "[{ts}] New port opened: {port} ({at}, pids: {}){}",
+            pids(),
+            if *initial { " [open at start]" } else { "" }
+        ),
+        Event::Closed { .. } => format!("[{ts}] Port closed: {port} ({at}, last pids: {})", pids()),
+        Event::OwnersChanged { previous, .. } => format!(
+            "[{ts}] Port owners changed: {port} ({at}, pids: {}; before: {})",
+            pids(),
+            processes_text(previous, &LINE_OWNERS)
+        ),
+        _ => format!("[{ts}] Port event: {port} ({at})"),
+    }
+}
+
+/// One JSON Lines object: `ts`, `event`, `initial` (and, for owner changes,
+/// `previous_pids`), then the fields of the socket object `list --format json` prints, in
+/// that order. Field names are an interface: add, never rename.
+#[derive(Serialize)]
+pub struct JsonLine<'a> {
+    ts: String,
+    event: &'static str,
+    initial: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_pids: Option<Vec<u32>>,
+    #[serde(flatten)]
+    socket: &'a Socket,
+}
+
+impl<'a> JsonLine<'a> {
+    pub fn new(event: &'a Event) -> JsonLine<'a> {
+        let previous_pids = match event {
+            Event::OwnersChanged { previous, .. } => Some(previous.iter().map(|p| p.pid).collect()),
+            _ => None,
+        };
+        JsonLine {
+            ts: timestamp(event.at()),
+            event: event_name(event),
+            initial: event_initial(event),
+            previous_pids,
+            socket: event.socket(),
+        }
+    }
+
+    /// The object on one line, without a newline.
+    pub fn to_line(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
