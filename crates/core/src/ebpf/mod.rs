@@ -171,6 +171,14 @@ pub(crate) enum LoadError {
         /// The errno.
         source: io::Error,
     },
+    /// The kernel lacks what a program needs (its hook, a BTF type), found before any syscall.
+    #[error("this kernel cannot run eBPF program {program}: {reason}")]
+    Unsupported {
+        /// Kernel name of the program.
+        program: &'static str,
+        /// What aya found missing.
+        reason: String,
+    },
     /// The object lacks something this code expects: it is out of step with the source.
     #[error("the eBPF object does not match this build ({what}): run make bpf")]
     Mismatch {
@@ -200,18 +208,15 @@ fn permission_or(
     source: io::Error,
     otherwise: impl FnOnce(io::Error) -> LoadError,
 ) -> LoadError {
-    let denied = matches!(source.raw_os_error(), Some(libc_errno::EPERM | libc_errno::EACCES));
+    let denied = source.raw_os_error().is_some_and(|e| {
+        e == nix::errno::Errno::EPERM as i32 || e == nix::errno::Errno::EACCES as i32
+    });
     let missing = if denied { host::missing_caps_of_self() } else { Vec::new() };
     if missing.is_empty() {
         otherwise(source)
     } else {
         LoadError::PermissionDenied { missing, step: step.into(), source }
     }
-}
-
-mod libc_errno {
-    pub(super) const EPERM: i32 = 1;
-    pub(super) const EACCES: i32 = 13;
 }
 
 /// The io::Error deepest in an error's source chain (aya wraps the syscall's).
@@ -246,7 +251,9 @@ fn program_error(
         Some(io) => permission_or(format!("loading {program}"), io, |source| {
             LoadError::ProgramRefused { program, source, verifier_log: String::new() }
         }),
-        None => LoadError::Mismatch { what: format!("{program}: {err}") },
+        // No syscall failed: aya found the kernel lacking something (the tracepoint's BTF
+        // type, say) before asking it.
+        None => LoadError::Unsupported { program, reason: err.to_string() },
     }
 }
 

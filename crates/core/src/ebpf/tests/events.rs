@@ -203,3 +203,22 @@ fn tcp_listen_without_bind_reports_port_zero_then_the_port() {
         of_pid(&seen, child.pid).iter().map(|e| (e.kind, e.port, e.cookie)).collect();
     assert_eq!(mine, [(Kind::Listen, 0, child.cookie), (Kind::Unlisten, child.port, child.cookie)]);
 }
+
+#[test]
+fn the_descriptor_polls_readable_when_an_event_arrives() {
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    // Catch up, then make events while blocked in one long poll: it must end with a wakeup
+    // (the kernel wakes a consumer that has read everything when the next record is
+    // submitted), not with the timeout.
+    progs.drain(|_| {});
+    let spawner =
+        std::thread::spawn(move || run_child(&[], &python, ["udp", "6", "::1", "none", "0"]));
+    let mut fds = [PollFd::new(progs.as_fd(), PollFlags::POLLIN)];
+    let n = poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll");
+    assert_eq!(n, 1, "10 s without a wakeup while a child made two events");
+    let child = spawner.join().expect("child thread");
+    let mut seen = Vec::new();
+    collect_until(&mut progs, &mut seen, Duration::from_secs(5), done_for(&[(child.pid, 2)]));
+    assert_reported(&seen, &child, Protocol::Udp, Family::Ipv6, &[Kind::UdpBind, Kind::UdpRelease]);
+}
