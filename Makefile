@@ -138,7 +138,7 @@ bpf-check: bpf-deps
 	else echo "bpf-check: $(BPF_OBJ) differs from what $(BPF_DIR)/portwatch.bpf.c builds to:" \
 	  "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi
 
-# The programs are held by the test binary's helper (ebpf::tests::lifecycle::hold_for_kill),
+# The programs are held by the test binary's helper (source::ebpf::tests::lifecycle::hold_for_kill),
 # so the bench needs no extra binary: find that executable in cargo's JSON messages.
 bench-ebpf:
 	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \

@@ -47,7 +47,7 @@ def udp_cycle(n):
 def hold(binary):
     """Starts the holder and waits until its programs are attached."""
     p = subprocess.Popen(
-        [binary, "ebpf::tests::lifecycle::hold_for_kill", "--exact", "--ignored", "--nocapture"],
+        [binary, "source::ebpf::tests::lifecycle::hold_for_kill", "--exact", "--ignored", "--nocapture"],
         env={"PORTWATCH_EBPF_HOLD": "1", "PATH": "/usr/bin:/bin"},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:

@@ -103,6 +103,23 @@ pub fn skip(reason: &str) {
     eprintln!("skipped: {reason}");
 }
 
+/// Ports the sentinels of `ready` use: below the ephemeral range (32768-60999 by default), so
+/// a test's `127.0.0.1:0` listener never gets a port an earlier sentinel had — events about
+/// sentinels stay queued, and with kernel events every one is reported.
+const SENTINEL_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
+/// A short-lived TCP listener on 127.0.0.1, on a port no test listener can get.
+pub fn sentinel() -> TcpListener {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ std::process::id());
+    let span = u32::from(SENTINEL_PORTS.end - SENTINEL_PORTS.start);
+    (0..span)
+        .map(|i| SENTINEL_PORTS.start + ((seed.wrapping_add(i.wrapping_mul(7919))) % span) as u16)
+        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("a free sentinel port")
+}
+
 /// A forked child process that holds some of our file descriptors until dropped.
 pub struct Holder {
     pub pid: u32,
@@ -212,13 +229,19 @@ impl WatchCmd {
     pub fn ready(&self) {
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
-            let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
+            let sentinel = sentinel();
             let tag = format!("{}", sentinel.local_addr().unwrap().port());
-            let seen = self.lines.recv_timeout(Duration::from_millis(200));
-            drop(sentinel);
-            if seen.is_ok_and(|l| l.contains(&tag)) {
-                return;
+            // Every line of the window is read: with kernel events each sentinel is reported,
+            // open and close, and reading one a round would fall further behind each round.
+            let window = Instant::now() + Duration::from_millis(200);
+            while let Some(left) = window.checked_duration_since(Instant::now()) {
+                match self.lines.recv_timeout(left) {
+                    Ok(l) if l.contains(&tag) => return,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
+            drop(sentinel);
         }
         panic!("portwatch watch did not start reporting within {PATIENCE:?}");
     }

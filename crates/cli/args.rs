@@ -214,4 +214,23 @@ pub struct WatchArgs {
     /// Do not report ports already open at start.
     #[arg(long)]
     pub no_initial: bool,
+    /// Where sockets are learnt of: `ebpf` (kernel events: every listener, at the call, with
+    /// its process), `scan` (sock_diag dumps every --interval), or `auto` (ebpf where it
+    /// loads, else scan, saying why).
+    #[arg(long, env = "PORTWATCH_SOURCE", value_enum, default_value_t = SourceArg::Auto)]
+    pub source: SourceArg,
+    /// With kernel events, seconds between the dumps that reconcile the state (default 30).
+    #[arg(long, env = "PORTWATCH_RECONCILE", value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub reconcile: Option<std::time::Duration>,
+}
+
+/// A `--source` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    /// Kernel events where they load, else scanning.
+    Auto,
+    /// Kernel events (eBPF); an error where they cannot load.
+    Ebpf,
+    /// sock_diag dumps on an interval.
+    Scan,
 }

@@ -56,8 +56,15 @@ impl std::fmt::Display for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The settings `watch` reads from the environment.
-const SETTINGS_FROM_ENV: [&str; 5] =
-    ["SCAN_INTERVAL", "BURST_SCANS", "BURST_DELAY", "CLOSE_GRACE_MS", "SNAPSHOT_PATH"];
+const SETTINGS_FROM_ENV: [&str; 7] = [
+    "SCAN_INTERVAL",
+    "BURST_SCANS",
+    "BURST_DELAY",
+    "CLOSE_GRACE_MS",
+    "SNAPSHOT_PATH",
+    "PORTWATCH_SOURCE",
+    "PORTWATCH_RECONCILE",
+];
 
 /// env_logger's default format (no target), with each message escaped: warnings name
 /// namespaces, containers and paths that other users chose, and one of them must not be able

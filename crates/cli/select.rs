@@ -3,12 +3,12 @@
 //! the commands decide what runs when.
 
 use portwatch_core::{
-    Backend, Family, Filter, Netns, Protocol, Query, State, StateSet, Watcher, WatcherBuilder,
-    docker,
+    Backend, Family, Filter, Netns, Protocol, Query, Source, State, StateSet, Watcher,
+    WatcherBuilder, docker,
 };
 
 use crate::Result;
-use crate::args::{BackendArg, SocketFilter, StateArg, WatchArgs};
+use crate::args::{BackendArg, SocketFilter, SourceArg, StateArg, WatchArgs};
 
 /// Builds the library query the filter flags describe.
 pub fn query(filter: &SocketFilter) -> Result<Query> {
@@ -65,7 +65,19 @@ pub fn watcher(args: &WatchArgs) -> Result<WatcherBuilder> {
     } else if let Some(ns) = netns(&args.filter)? {
         builder = builder.netns(ns);
     }
-    Ok(builder.filter(filter).backend(backend(&args.filter)).report_initial(!args.no_initial))
+    if let Some(v) = args.reconcile {
+        builder = builder.reconcile_interval(v);
+    }
+    let source = match args.source {
+        SourceArg::Auto => Source::Auto,
+        SourceArg::Ebpf => Source::Ebpf,
+        SourceArg::Scan => Source::Scan,
+    };
+    Ok(builder
+        .filter(filter)
+        .backend(backend(&args.filter))
+        .report_initial(!args.no_initial)
+        .source(source))
 }
 
 /// The Docker daemon's socket, from DOCKER_HOST or the default.

@@ -55,7 +55,7 @@ pub fn text_line(event: &Event, own_netns: u64) -> String {
     }
 }
 
-/// One JSON Lines object: `ts`, `event`, `initial` (and, for owner changes,
+/// One JSON Lines object: `ts`, `event`, `initial`, `source` (and, for owner changes,
 /// `previous_pids`), then the fields of the socket object `list --format json` prints, in
 /// that order. Field names are an interface: add, never rename.
 #[derive(Serialize)]
@@ -63,6 +63,8 @@ pub struct JsonLine<'a> {
     ts: String,
     event: &'static str,
     initial: bool,
+    /// `ebpf` or `scan`: which source saw it.
+    source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_pids: Option<Vec<u32>>,
     #[serde(flatten)]
@@ -79,6 +81,7 @@ impl<'a> JsonLine<'a> {
             ts: timestamp(event.at()),
             event: event_name(event),
             initial: event_initial(event),
+            source: event.source().as_str(),
             previous_pids,
             socket: event.socket(),
         }

@@ -68,6 +68,13 @@ static __always_inline struct pw_event *reserve(__u8 kind)
 	return e;
 }
 
+// The inode of the socket itself (what /proc/PID/fd/N links to): how its holders are found.
+// 0 for a socket without a file (kernel sockets).
+static __always_inline __u64 sock_ino(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+}
+
 // The inode of the socket's network namespace (what /proc/PID/ns/net links to).
 static __always_inline __u32 netns_inum(const struct sock *sk)
 {
@@ -112,6 +119,7 @@ int BPF_PROG(pw_tcp_listen, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	e->cookie = bpf_get_socket_cookie((void *)sk);
 	e->netns = netns_inum(sk);
+	e->ino = sock_ino(sk);
 	e->family = family;
 	e->protocol = IPPROTO_TCP;
 	e->port = local_port(sk);
@@ -154,6 +162,7 @@ static __always_inline void fill_from_sock(struct pw_event *e, const struct sock
 	else
 		BPF_CORE_READ_INTO((struct in6_addr *)e->addr, sk, __sk_common.skc_v6_rcv_saddr);
 	e->netns = netns_inum(sk);
+	e->ino = sock_ino(sk);
 }
 
 // (b) UDP: an explicit bind(2) (port 0 included: the event carries the port the kernel chose).

@@ -45,9 +45,19 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
+struct inode {
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+struct socket {
+	struct file *file;
+} __attribute__((preserve_access_index));
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
+	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
 
 struct inet_sock {
@@ -62,7 +72,7 @@ struct inet_sock {
 #define PW_KIND_UDP_RELEASE 5 /* UDP socket with a local port released (closed) */
 
 /*
- * One ring-buffer record, 72 bytes, native byte order except addr. Mirrored by
+ * One ring-buffer record, 80 bytes, native byte order except addr. Mirrored by
  * crates/core/src/ebpf/record.rs.
  *
  *   off size field
@@ -79,7 +89,8 @@ struct inet_sock {
  *    36    2 port      local port, host byte order (0: not bound yet)
  *    38    2 (zero)
  *    40   16 addr      local address, network byte order; IPv4 in the first 4 bytes
- *    56   16 comm      task comm, NUL-padded
+ *    56   16 comm      task comm, NUL-padded (the calling thread's)
+ *    72    8 ino       inode of the socket (what /proc/PID/fd/N links to); 0 if it has none
  */
 struct pw_event {
 	__u64 ts_ns;
@@ -96,8 +107,9 @@ struct pw_event {
 	__u16 pad1;
 	__u8 addr[16];
 	char comm[16];
+	__u64 ino;
 };
 
-_Static_assert(sizeof(struct pw_event) == 72, "pw_event layout is shared with record.rs");
+_Static_assert(sizeof(struct pw_event) == 80, "pw_event layout is shared with record.rs");
 
 #endif

@@ -93,6 +93,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The eBPF source was asked for ([`Source::Ebpf`](crate::Source::Ebpf)) and its
+    /// programs could not be loaded; the reason names what is missing (a capability, kernel
+    /// BTF, a cgroup2 mount, …).
+    #[error("cannot use kernel events (eBPF): {reason}; use the scan source instead")]
+    EbpfUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// `/proc` could not be read, so neither namespaces nor owners can be found.
     #[error("cannot read {}: {source} (is procfs mounted at /proc?)", path.display())]
     ProcUnavailable {

@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use crate::socket::{Process, Socket};
+use crate::source::Source;
 
 /// Something that happened to a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub enum Event {
         at: SystemTime,
         /// It was already open when watching began.
         initial: bool,
+        /// Which source saw it: [`Source::Ebpf`] (a kernel event, at the call) or
+        /// [`Source::Scan`] (a dump).
+        source: Source,
     },
     /// A socket closed and its endpoint stayed closed for the grace period.
     Closed {
@@ -23,6 +27,8 @@ pub enum Event {
         socket: Socket,
         /// When it went away (wall clock).
         at: SystemTime,
+        /// Which source saw it go (the destroy feed counts as the scan source's).
+        source: Source,
     },
     /// The same endpoint stayed open (or reopened within the grace period) held by other
     /// processes.
@@ -33,6 +39,8 @@ pub enum Event {
         previous: Vec<Process>,
         /// When the change was seen (wall clock).
         at: SystemTime,
+        /// Which source saw the new owner.
+        source: Source,
     },
 }
 
@@ -52,6 +60,15 @@ impl Event {
             Event::Opened { at, .. }
             | Event::Closed { at, .. }
             | Event::OwnersChanged { at, .. } => *at,
+        }
+    }
+
+    /// Which source saw it.
+    pub fn source(&self) -> Source {
+        match self {
+            Event::Opened { source, .. }
+            | Event::Closed { source, .. }
+            | Event::OwnersChanged { source, .. } => *source,
         }
     }
 

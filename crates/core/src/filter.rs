@@ -147,11 +147,25 @@ impl Filter {
         dumps
     }
 
-    /// Whether the change probe can stand in for dumps: only inet sockets in listening
-    /// states, which appear by being hashed and leave by being freed.
-    pub(crate) fn probe_safe(&self) -> bool {
+    /// Whether only inet sockets in listening states are selected: those appear by being
+    /// hashed and leave by being freed (so the change probe can stand in for dumps), and the
+    /// kernel event source reports every one of them.
+    pub(crate) fn listeners_only(&self) -> bool {
         !self.protocols.contains(&Protocol::Unix)
             && self.states.without(State::Listen).without(State::Unconnected).is_empty()
+    }
+
+    /// Whether a socket reported by something other than a dump of this selection (a kernel
+    /// event) is one of its protocols, families and states, and passes [`Self::matches`].
+    pub(crate) fn admits(&self, s: &Socket) -> bool {
+        let states = match s.protocol {
+            Protocol::Tcp | Protocol::Unix => self.states.without(State::Unconnected),
+            _ => self.states,
+        };
+        self.protocols.contains(&s.protocol)
+            && (s.family == Family::Unix || self.families.contains(&s.family))
+            && states.contains(s.state)
+            && self.matches(s)
     }
 
     /// Whether a dumped socket passes the checks that do not need its owners.
@@ -202,6 +216,24 @@ mod tests {
         assert!(!Filter::new().uid(0).matches(&tcp("0.0.0.0", 1)));
         // Reversed ranges are normalised.
         assert!(Filter::new().port_range(90, 80).matches(&tcp("0.0.0.0", 85)));
+    }
+
+    #[test]
+    fn admits_checks_protocol_family_and_state_too() {
+        let f = Filter::new().protocols(&[Protocol::Tcp]).families(&[Family::Ipv4]).port(22);
+        assert!(f.admits(&tcp("0.0.0.0", 22)));
+        assert!(!f.admits(&tcp("0.0.0.0", 23)));
+        let mut udp = tcp("0.0.0.0", 22);
+        udp.protocol = Protocol::Udp;
+        udp.state = State::Unconnected;
+        assert!(!f.admits(&udp));
+        assert!(Filter::new().port(22).admits(&udp));
+        let mut v6 = tcp("::", 22);
+        v6.family = Family::Ipv6;
+        assert!(!f.admits(&v6));
+        let mut unconn_tcp = tcp("0.0.0.0", 22);
+        unconn_tcp.state = State::Unconnected;
+        assert!(!Filter::new().admits(&unconn_tcp), "TCP is never UNCONN");
     }
 
     #[test]

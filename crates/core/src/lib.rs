@@ -74,8 +74,6 @@
 mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
-#[cfg(feature = "ebpf")]
-mod ebpf;
 mod error;
 mod event;
 mod filter;
@@ -105,6 +103,6 @@ pub use crate::{
         ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,
         UnknownName, UnknownReason,
     },
-    source::Backend,
+    source::{Backend, Source},
     watch::{EVENT_QUEUE, StopHandle, Watcher, WatcherBuilder},
 };

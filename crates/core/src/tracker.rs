@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::Event;
 use crate::socket::{Family, Owners, Process, Protocol, Socket};
-use crate::source::{At, Observation};
+use crate::source::{At, Observation, Source};
 
 /// Where a socket listens: what a user means by "port 8080 closed".
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,6 +59,8 @@ struct Closing {
     socket: Socket,
     /// When the close is reported if the endpoint has not reopened.
     due: Instant,
+    /// Which source saw it go.
+    by: Source,
 }
 
 /// How long a destroyed cookie is remembered, so a dump that raced with the close does not
@@ -124,6 +126,12 @@ impl Tracker {
         self.adopted = true;
     }
 
+    /// Starts as a continuation: the watch began before this tracker (a namespace that
+    /// appeared later), so nothing it learns of is open "at start".
+    pub(crate) fn started(&mut self) {
+        self.observed = true;
+    }
+
     /// The owners already known for a socket with this key, if any.
     pub(crate) fn owners_of(&self, s: &Socket) -> Option<&Owners> {
         self.known.get(&Key::of(s)).map(|k| &k.owners)
@@ -173,19 +181,36 @@ impl Tracker {
     fn census(&mut self, seen: Vec<Socket>, at: At, out: &mut Vec<Event>) {
         let seen_keys: HashSet<Key> = seen.iter().map(Key::of).collect();
         if std::mem::take(&mut self.adopted) {
-            self.carry_over(&seen, &seen_keys, at.wall, out);
+            self.carry_over(&seen, &seen_keys, at, out);
         }
         let gone: Vec<Key> =
             self.known.keys().filter(|k| !seen_keys.contains(*k)).cloned().collect();
         for key in gone {
             if let Some(s) = self.remove(&key) {
-                self.close(s, at.mono, at.wall, out);
+                self.close(s, at, out);
             }
         }
         let initial = !self.observed;
         self.observed = true;
         for s in seen {
-            self.open(s, initial, at.wall, out);
+            self.refresh(&s);
+            self.open(s, initial, at, out);
+        }
+    }
+
+    /// What only a dump knows (whether an IPv6 socket is v6-only, its bound interface, the
+    /// inode of a socket a kernel event saw without one) is taken into a known socket.
+    fn refresh(&mut self, dumped: &Socket) {
+        let key = Key::of(dumped);
+        let Some(known) = self.known.get_mut(&key) else { return };
+        let stale = (known.inode == 0 && dumped.inode != 0)
+            || (known.v6only.is_none() && dumped.v6only.is_some())
+            || (known.interface.is_none() && dumped.interface.is_some());
+        if stale {
+            known.inode = dumped.inode;
+            known.v6only = dumped.v6only;
+            known.interface = dumped.interface;
+            self.changes.push(Change::Open(key, known.clone()));
         }
     }
 
@@ -196,15 +221,15 @@ impl Tracker {
         if let Some(known) = self.known.get(&key) {
             if matches!(known.owners, Owners::Unknown(_)) && matches!(s.owners, Owners::Known(_)) {
                 let owners = s.owners.clone();
-                self.update_owners(&s, owners, at.wall, out);
+                self.update_owners(&s, owners, at, out);
             }
             return;
         }
-        self.open(s, false, at.wall, out);
+        self.open(s, false, at, out);
     }
 
     /// A socket not known before: opened, or restarted on an endpoint waiting out a close.
-    fn open(&mut self, s: Socket, initial: bool, wall: SystemTime, out: &mut Vec<Event>) {
+    fn open(&mut self, s: Socket, initial: bool, at: At, out: &mut Vec<Event>) {
         if s.cookie.is_some_and(|c| self.destroyed.contains_key(&c)) {
             return; // the kernel already told us it is gone
         }
@@ -220,11 +245,18 @@ impl Tracker {
             Some(old) => {
                 if pids(&old.socket.owners) != pids(&s.owners) {
                     let previous = old.socket.processes().to_vec();
-                    out.push(Event::OwnersChanged { socket: s.clone(), previous, at: wall });
+                    out.push(Event::OwnersChanged {
+                        socket: s.clone(),
+                        previous,
+                        at: at.wall,
+                        source: at.by,
+                    });
                 }
             }
             None if initial && !self.report_initial => {}
-            None => out.push(Event::Opened { socket: s.clone(), at: wall, initial }),
+            None => {
+                out.push(Event::Opened { socket: s.clone(), at: at.wall, initial, source: at.by })
+            }
         }
         self.insert(s);
     }
@@ -236,7 +268,7 @@ impl Tracker {
         &mut self,
         seen: &[Socket],
         seen_keys: &HashSet<Key>,
-        wall: SystemTime,
+        at: At,
         out: &mut Vec<Event>,
     ) {
         let mut unmatched: HashMap<Endpoint, Vec<Key>> = HashMap::new();
@@ -253,7 +285,12 @@ impl Tracker {
             let Some(old) = self.remove(&old) else { continue };
             if pids(&old.owners) != pids(&s.owners) {
                 let previous = old.processes().to_vec();
-                out.push(Event::OwnersChanged { socket: s.clone(), previous, at: wall });
+                out.push(Event::OwnersChanged {
+                    socket: s.clone(),
+                    previous,
+                    at: at.wall,
+                    source: at.by,
+                });
             }
             self.insert(s.clone());
         }
@@ -265,19 +302,20 @@ impl Tracker {
         let Some(key) = self.by_cookie.get(&cookie).cloned() else { return };
         self.destroyed.insert(cookie, at.mono);
         if let Some(s) = self.remove(&key) {
-            self.close(s, at.mono, at.wall, out);
+            self.close(s, at, out);
         }
     }
 
-    fn close(&mut self, s: Socket, now: Instant, wall: SystemTime, out: &mut Vec<Event>) {
+    fn close(&mut self, s: Socket, at: At, out: &mut Vec<Event>) {
         if self.grace.is_zero() {
-            out.push(Event::Closed { socket: s, at: wall });
+            out.push(Event::Closed { socket: s, at: at.wall, source: at.by });
         } else {
             let endpoint = Endpoint::of(&s);
-            self.closing
-                .entry(endpoint)
-                .or_default()
-                .push(Closing { socket: s, due: now + self.grace });
+            self.closing.entry(endpoint).or_default().push(Closing {
+                socket: s,
+                due: at.mono + self.grace,
+                by: at.by,
+            });
         }
     }
 
@@ -292,7 +330,7 @@ impl Tracker {
             for c in due {
                 // The close happened `grace` ago; report that moment, not the expiry.
                 let at = wall.checked_sub(now.duration_since(c.due) + self.grace).unwrap_or(wall);
-                out.push(Event::Closed { socket: c.socket, at });
+                out.push(Event::Closed { socket: c.socket, at, source: c.by });
             }
             if closing.is_empty() {
                 emptied.push(endpoint.clone());
@@ -308,7 +346,7 @@ impl Tracker {
         &mut self,
         s: &Socket,
         owners: Owners,
-        wall: SystemTime,
+        at: At,
         out: &mut Vec<Event>,
     ) {
         let Some(known) = self.known.get_mut(&Key::of(s)) else { return };
@@ -317,7 +355,12 @@ impl Tracker {
         }
         let previous: Vec<Process> = known.processes().to_vec();
         known.owners = owners;
-        out.push(Event::OwnersChanged { socket: known.clone(), previous, at: wall });
+        out.push(Event::OwnersChanged {
+            socket: known.clone(),
+            previous,
+            at: at.wall,
+            source: at.by,
+        });
         self.changes.push(Change::Open(Key::of(known), known.clone()));
     }
 
@@ -330,7 +373,7 @@ impl Tracker {
     pub(crate) fn flush(&mut self, wall: SystemTime, out: &mut Vec<Event>) {
         for (_, closing) in self.closing.drain() {
             for c in closing {
-                out.push(Event::Closed { socket: c.socket, at: wall });
+                out.push(Event::Closed { socket: c.socket, at: wall, source: c.by });
             }
         }
     }
@@ -367,7 +410,7 @@ mod tests {
 
     impl Clock {
         fn at(&self) -> At {
-            At { mono: self.now(), wall: self.wall() }
+            At { mono: self.now(), wall: self.wall(), by: Source::Scan }
         }
     }
 
@@ -561,8 +604,8 @@ mod tests {
         cycle(&mut t, &clock, &[vec![s.clone()]]);
         let mut out = Vec::new();
         let fewer = sock(80, 1, &[11]).owners;
-        t.update_owners(&s, fewer.clone(), clock.wall(), &mut out);
-        t.update_owners(&s, fewer, clock.wall(), &mut out);
+        t.update_owners(&s, fewer.clone(), clock.at(), &mut out);
+        t.update_owners(&s, fewer, clock.at(), &mut out);
         assert_eq!(kinds(&out), [("owners", 80)]);
     }
 
@@ -611,5 +654,24 @@ mod tests {
             "silent (initial) sockets are recorded too"
         );
         assert_eq!(t.take_changes().count(), 0);
+    }
+
+    #[test]
+    fn a_dump_completes_what_a_kernel_event_could_not_say() {
+        let clock = Clock::new();
+        let mut t = Tracker::new(Duration::ZERO, true);
+        cycle(&mut t, &clock, &[vec![]]);
+        let mut seen = sock(80, 9, &[42]);
+        seen.family = Family::Ipv6;
+        seen.inode = 0;
+        let mut out = Vec::new();
+        t.observe(Observation::Seen { socket: seen.clone(), at: clock.at() }, &mut out);
+        let mut dumped = seen.clone();
+        dumped.inode = 5;
+        dumped.v6only = Some(false);
+        assert!(cycle(&mut t, &clock, &[vec![dumped]]).is_empty(), "no event: the same socket");
+        let now = t.current().next().unwrap();
+        assert_eq!((now.inode, now.v6only), (5, Some(false)));
+        assert_eq!(now.pids(), [42], "the owner stays");
     }
 }

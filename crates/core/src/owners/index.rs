@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use super::{Detail, FdScan, list_pids, open_proc, read_users, scan_pids};
-use crate::socket::{Owners, Socket, UnknownReason};
+use super::{Detail, FdScan, describe, list_pids, open_proc, read_users, scan_pids};
+use crate::socket::{Owners, Process, Socket, UnknownReason};
 
 /// Owner lookup for a watcher: remembers the processes it has seen so that finding the owners
 /// of a few new sockets does not read every process's fds.
@@ -91,6 +91,44 @@ impl OwnerIndex {
             s.owners = total.owners_of(s.inode);
         }
     }
+
+    /// Completes what a kernel event said of a process (pid, command name, uid) from
+    /// `/proc/PID` while it is there and still that process (same command name; else the pid
+    /// may be another's already): its command line, parent, pid in its own namespace; and the
+    /// user name in any case.
+    pub(crate) fn describe(&mut self, p: &mut Process) {
+        let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
+        if p.user.is_none() {
+            p.user = users.get(&p.uid).cloned();
+        }
+        let Ok(proc_dir) = open_proc(&self.proc_root) else { return };
+        let mut buf = Vec::new();
+        if let Some(now) = describe(&proc_dir, p.pid, users, self.detail, &mut buf)
+            && (now.comm == p.comm || has_thread_named(&self.proc_root, p.pid, &p.comm))
+        {
+            // The kernel names the calling thread; a process is named by its main thread, as
+            // the scan source names it.
+            p.comm = now.comm;
+            p.cmdline = now.cmdline;
+            p.ppid = now.ppid;
+            p.ns_pid = now.ns_pid;
+        }
+    }
+}
+
+/// Most threads of a process looked at for a name.
+const THREADS_LOOKED_AT: usize = 4096;
+
+/// Whether one of process `pid`'s threads is named `comm` (a kernel event names the thread
+/// that made the call).
+fn has_thread_named(proc_root: &Path, pid: u32, comm: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return false;
+    };
+    tasks.flatten().take(THREADS_LOOKED_AT).any(|t| {
+        std::fs::read(t.path().join("comm"))
+            .is_ok_and(|name| name.strip_suffix(b"\n").unwrap_or(&name) == comm.as_bytes())
+    })
 }
 
 /// The effective uid a process runs as: the owner of its `/proc/PID` directory (one `fstatat`,

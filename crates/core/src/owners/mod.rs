@@ -387,7 +387,7 @@ impl FdScan {
 
 /// Describes one process from `/proc/PID/status` and `/proc/PID/cmdline`; `None` if it exited.
 /// `buf` is a scratch buffer kept across calls.
-fn describe(
+pub(super) fn describe(
     proc_dir: &OwnedFd,
     pid: u32,
     users: &HashMap<u32, String>,

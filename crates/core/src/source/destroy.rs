@@ -108,7 +108,7 @@ impl Feed for DestroyFeed {
     }
 
     fn read(&mut self, out: &mut Vec<Observation>) -> Result<FeedState> {
-        let at = At::now();
+        let at = At::now(super::Source::Scan);
         let drained = self.drain(|cookie| out.push(Observation::Gone { cookie, at }))?;
         if drained.forged > 0 {
             log::debug!(
@@ -116,7 +116,7 @@ impl Feed for DestroyFeed {
                 drained.forged
             );
         }
-        Ok(FeedState { lost: drained.overrun })
+        Ok(FeedState { resync: drained.overrun })
     }
 }
 

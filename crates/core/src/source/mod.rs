@@ -10,6 +10,10 @@
 
 mod destroy;
 mod diag;
+#[cfg(feature = "ebpf")]
+mod ebpf;
+#[cfg(feature = "ebpf")]
+mod kernel;
 mod probe;
 mod procnet;
 mod scan;
@@ -18,6 +22,8 @@ use std::os::fd::BorrowedFd;
 use std::time::{Instant, SystemTime};
 
 pub(crate) use self::destroy::DestroyFeed;
+#[cfg(feature = "ebpf")]
+pub(crate) use self::kernel::KernelFeed;
 pub(crate) use self::probe::ChangeProbe;
 #[cfg(feature = "bench-internals")]
 pub(crate) use self::procnet::parse as parse_proc_net;
@@ -67,17 +73,65 @@ pub(crate) enum Scope {
     All,
 }
 
-/// When something happened: the monotonic instant (for grace periods and ordering) and the
-/// wall-clock time (for reports).
+/// Where a [`Watcher`](crate::Watcher) learns about sockets, and which of them saw an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Source {
+    /// Kernel events where the eBPF programs load (feature `ebpf`; root, or CAP_BPF +
+    /// CAP_PERFMON + CAP_NET_ADMIN; kernel BTF; a cgroup2 mount), scanning otherwise — saying
+    /// once, as a warning, why. Without feature `ebpf`, scanning.
+    #[default]
+    Auto,
+    /// Kernel events (eBPF): every TCP listen and UDP bind at the moment of the call, with
+    /// the calling process, however short-lived; dumps only reconcile. An error where the
+    /// programs cannot load.
+    Ebpf,
+    /// sock_diag dumps on an interval, with the destroy feed for closes: a listener that
+    /// lives less than one interval can be missed.
+    Scan,
+}
+
+impl Source {
+    /// `"auto"`, `"ebpf"` or `"scan"`: the CLI's `--source` values and the `source` field of
+    /// JSON events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Auto => "auto",
+            Source::Ebpf => "ebpf",
+            Source::Scan => "scan",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = crate::socket::UnknownName;
+
+    fn from_str(name: &str) -> Result<Source, Self::Err> {
+        [Source::Auto, Source::Ebpf, Source::Scan]
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| crate::socket::UnknownName { what: "source", name: name.to_owned() })
+    }
+}
+
+/// When something happened — the monotonic instant (for grace periods and ordering) and the
+/// wall-clock time (for reports) — and which source saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct At {
     pub(crate) mono: Instant,
     pub(crate) wall: SystemTime,
+    pub(crate) by: Source,
 }
 
 impl At {
-    pub(crate) fn now() -> At {
-        At { mono: Instant::now(), wall: SystemTime::now() }
+    pub(crate) fn now(by: Source) -> At {
+        At { mono: Instant::now(), wall: SystemTime::now(), by }
     }
 }
 
@@ -86,9 +140,9 @@ impl At {
 pub(crate) enum Observation {
     /// Every selected socket of one namespace at `at` (a dump): those it lacks are gone.
     Census { sockets: Vec<Socket>, at: At },
-    /// One socket seen open at `at`, with its owners if the source knows them. (The kernel
-    /// event source is the one that sends these.)
-    #[allow(dead_code)]
+    /// One socket seen open at `at`, with its owners if the source knows them (the kernel
+    /// event source sends these).
+    #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     Seen { socket: Socket, at: At },
     /// The socket with this cookie went away at `at`.
     Gone { cookie: u64, at: At },
@@ -97,8 +151,9 @@ pub(crate) enum Observation {
 /// What reading a feed found beyond its observations.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FeedState {
-    /// The feed lost messages: the state can only be trusted again after a dump.
-    pub(crate) lost: bool,
+    /// The feed lost messages, or saw something it cannot describe: the state can only be
+    /// trusted again after a dump.
+    pub(crate) resync: bool,
 }
 
 /// A source that reports as things happen: its descriptor becomes readable, and the

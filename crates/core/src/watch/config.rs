@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
-use crate::source::{Backend, Scope};
+use crate::source::{Backend, Scope, Source};
 
 /// Longest interval accepted: a day.
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
@@ -31,6 +31,12 @@ pub(super) struct Config {
     pub(super) change_probe: bool,
     pub(super) cmdlines: bool,
     pub(super) scope: Scope,
+    /// Where sockets are learnt of.
+    pub(super) source: Source,
+    /// With kernel events: how often a dump reconciles the state anyway.
+    pub(super) reconcile: Duration,
+    /// The kernel events' ring buffer, in bytes (default 1 MiB).
+    pub(super) ring_bytes: Option<u32>,
     /// The Docker daemon's socket: for container names, and for `follow`.
     pub(super) docker: Option<PathBuf>,
     /// The container to follow across restarts (with `docker`).
@@ -53,6 +59,10 @@ impl Default for Config {
             change_probe: true,
             cmdlines: true,
             scope: Scope::Current,
+            // The feature is the opt-in: a build with `ebpf` uses kernel events where it can.
+            source: if cfg!(feature = "ebpf") { Source::Auto } else { Source::Scan },
+            reconcile: Duration::from_secs(30),
+            ring_bytes: None,
             docker: None,
             follow: None,
         }
@@ -89,6 +99,28 @@ impl Config {
         if self.close_grace > MAX_GRACE {
             return bad("close_grace", format!("{:?} is longer than an hour", self.close_grace));
         }
+        if self.reconcile.is_zero() || self.reconcile > MAX_INTERVAL {
+            return bad("reconcile", format!("{:?} is not between 1 ns and 24 h", self.reconcile));
+        }
+        if self.source == Source::Ebpf {
+            if !cfg!(feature = "ebpf") {
+                return bad("source", "this build has no eBPF support (feature `ebpf`)".into());
+            }
+            if let Some(why) = self.kernel_unsuitable() {
+                return bad("source", format!("ebpf cannot watch this selection: {why}"));
+            }
+        }
         Ok(self)
+    }
+
+    /// Why kernel events cannot stand in for scanning this selection, if they cannot.
+    pub(super) fn kernel_unsuitable(&self) -> Option<&'static str> {
+        if self.backend == Backend::Proc {
+            Some("--backend proc reads /proc/net, not the kernel's events")
+        } else if !self.filter.listeners_only() {
+            Some("kernel events cover TCP and UDP listeners, not unix sockets or other states")
+        } else {
+            None
+        }
     }
 }

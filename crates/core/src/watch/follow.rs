@@ -12,7 +12,7 @@ use super::target::Target;
 use crate::error::Result;
 use crate::event::Event;
 #[cfg(feature = "docker")]
-use crate::source::{At, Observation, Scope};
+use crate::source::{At, Observation, Scope, Source};
 
 /// A container followed across restarts (only built with feature `docker`).
 #[cfg_attr(not(feature = "docker"), allow(dead_code))]
@@ -69,7 +69,10 @@ impl Loop {
         }
         if let Some(mut t) = self.targets.pop() {
             log::info!("container {} stopped: its ports are closed; waiting for it", f.name);
-            t.tracker.observe(Observation::Census { sockets: Vec::new(), at: At::now() }, events);
+            t.tracker.observe(
+                Observation::Census { sockets: Vec::new(), at: At::now(Source::Scan) },
+                events,
+            );
             t.tracker.flush(std::time::SystemTime::now(), events);
             f.pid = None;
             self.retire(t);
@@ -104,7 +107,7 @@ impl Loop {
             Ok((pid, mut t)) => {
                 log::info!("container {} runs again: watching its new network namespace", f.name);
                 // Everything in it opened after the watch began: nothing is initial.
-                t.tracker.adopt(Vec::new());
+                t.tracker.started();
                 self.targets.push(t);
                 f.pid = Some(pid);
                 f.said = None;

@@ -29,7 +29,7 @@ use crate::netns::Netns;
 use crate::owners::{Detail, OwnerIndex, worker_threads};
 use crate::snapshot;
 use crate::socket::Socket;
-use crate::source::{Backend, Scope};
+use crate::source::{Backend, Feed, Scope, Source};
 
 /// Events waiting for the reader of [`Watcher::events`]. A reader that stops reading (a
 /// stalled stdout) must not make the watcher grow without bound while sockets churn: past
@@ -207,6 +207,29 @@ impl WatcherBuilder {
         self
     }
 
+    /// Where sockets are learnt of (default [`Source::Auto`] with feature `ebpf`, else
+    /// [`Source::Scan`]). With kernel events every listener is seen, however short-lived, with
+    /// the process that made it; a dump still runs at the start and every
+    /// [`reconcile_interval`](Self::reconcile_interval), and after any lost event. The
+    /// interval and burst settings then apply to those dumps only when scanning.
+    pub fn source(mut self, source: Source) -> Self {
+        self.config.source = source;
+        self
+    }
+
+    /// With kernel events, how often a dump reconciles the open set anyway (default 30 s).
+    pub fn reconcile_interval(mut self, interval: Duration) -> Self {
+        self.config.reconcile = interval;
+        self
+    }
+
+    /// The kernel events' ring buffer in bytes: a power of two, at least 4096 (default
+    /// 1 MiB, about 13 000 events). Events that find it full are counted and a dump follows.
+    pub fn ring_buffer(mut self, bytes: u32) -> Self {
+        self.config.ring_bytes = Some(bytes);
+        self
+    }
+
     /// Whether an idle watcher may skip its dumps while the kernel's socket counters
     /// (`/proc/net/sockstat`) are unchanged and no destroy event came (default true; a full
     /// scan still runs every 2 s). It saves nearly all of an idle watcher's CPU, but a local
@@ -256,6 +279,7 @@ impl WatcherBuilder {
             Some(path) => restore::restore(path, &cfg.scope, &cfg.filter)?,
             None => Default::default(),
         };
+        let kernel = kernel_events(&cfg)?;
         let initial = namespaces::initial(&cfg, &proc_root, restored)?;
         // Close-on-exec: a hook the caller runs must not inherit it.
         let (wake_rx, wake_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -276,6 +300,7 @@ impl WatcherBuilder {
         let owners =
             OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads());
         let parts = Parts {
+            kernel,
             initial,
             follow,
             owners,
@@ -294,6 +319,35 @@ impl WatcherBuilder {
             .map_err(|e| Error::Os { op: "start the scan thread", source: e })?;
         Ok(Watcher { thread: Some(thread), events, stop, current, dropped })
     }
+}
+
+/// The kernel event source, when the settings ask for it and it loads: with [`Source::Auto`],
+/// scanning instead says once why; with [`Source::Ebpf`], that is an error.
+#[cfg(feature = "ebpf")]
+fn kernel_events(cfg: &Config) -> Result<Option<Box<dyn Feed + Send>>> {
+    if cfg.source == Source::Scan {
+        return Ok(None);
+    }
+    if let Some(why) = cfg.kernel_unsuitable() {
+        // Auto only (validation refused Ebpf): scanning is what this selection needs.
+        log::info!("scanning: {why}");
+        return Ok(None);
+    }
+    match crate::source::KernelFeed::load(cfg.ring_bytes) {
+        Ok(feed) => Ok(Some(Box::new(feed))),
+        Err(e) if cfg.source == Source::Ebpf => {
+            Err(Error::EbpfUnavailable { reason: e.to_string() })
+        }
+        Err(e) => {
+            log::warn!("scanning instead of kernel events: {e}");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn kernel_events(_cfg: &Config) -> Result<Option<Box<dyn Feed + Send>>> {
+    Ok(None)
 }
 
 impl Watcher {

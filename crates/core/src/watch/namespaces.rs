@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::netns::Netns;
 use crate::socket::Socket;
-use crate::source::{At, Observation, Scope};
+use crate::source::{At, Observation, Scope, Source};
 
 /// The namespaces watched at start.
 pub(super) struct Initial {
@@ -106,23 +106,32 @@ impl Loop {
                 kept.push(t);
             } else {
                 log::debug!("network namespace {} is gone", t.inode);
-                t.tracker
-                    .observe(Observation::Census { sockets: Vec::new(), at: At::now() }, events);
+                t.tracker.observe(
+                    Observation::Census { sockets: Vec::new(), at: At::now(Source::Scan) },
+                    events,
+                );
                 t.tracker.flush(SystemTime::now(), events);
                 gone.push(t);
             }
         }
         self.targets = kept;
         self.unwatchable.retain(|inode| found.contains_key(inode));
+        // New namespaces, and those known so far from kernel events alone.
         let new = found.values().filter(|f| {
-            !self.unwatchable.contains(&f.inode) && !self.targets.iter().any(|t| t.inode == f.inode)
+            !self.unwatchable.contains(&f.inode)
+                && !self.targets.iter().any(|t| t.inode == f.inode && t.is_attached())
         });
         let (opened, failed) = open_targets(new, namer, &self.proc_root, &self.cfg);
         for mut t in opened {
             log::debug!("watching network namespace {}", t.inode);
-            // Everything in it opened after the watch began: nothing is initial.
-            t.tracker.adopt(Vec::new());
-            self.targets.push(t);
+            match self.targets.iter_mut().find(|known| known.inode == t.inode) {
+                Some(known) => known.attach(t),
+                None => {
+                    // Everything in it opened after the watch began: nothing is initial.
+                    t.tracker.started();
+                    self.targets.push(t);
+                }
+            }
         }
         for (inode, e) in failed {
             self.unwatchable.insert(inode);
@@ -134,5 +143,32 @@ impl Loop {
             self.retire(t);
         }
         self.emit(events);
+    }
+
+    /// Opens namespace `inode` through process `pid` inside it (found by a kernel event),
+    /// labelled with its container; `None` when that cannot be done (the process is gone).
+    /// Nothing in it is initial: it is new to this watcher.
+    pub(super) fn open_found(&mut self, inode: u64, pid: Option<u32>) -> Option<Target> {
+        let pid = pid?;
+        let path = self.proc_root.join(pid.to_string()).join("ns/net");
+        let found = Found { inode, path, pid: Some(pid) };
+        let mut fallback = Namer::new(None);
+        let namer = match self.discovery.as_mut() {
+            Some((_, namer)) => namer,
+            None => &mut fallback,
+        };
+        match discover::open(&found, namer, &self.proc_root)
+            .and_then(|ns| Target::open(&ns, &self.cfg))
+        {
+            Ok(mut t) => {
+                log::debug!("watching network namespace {inode}, found by a kernel event");
+                t.tracker.started();
+                Some(t)
+            }
+            Err(e) => {
+                log::debug!("cannot open network namespace {inode} of process {pid}: {e}");
+                None
+            }
+        }
     }
 }

@@ -26,11 +26,13 @@ use crate::event::Event;
 use crate::owners::OwnerIndex;
 use crate::snapshot::{self, Snapshot};
 use crate::socket::Socket;
-use crate::source::{At, Dump, Feed, Observation, Scope};
+use crate::source::{At, Dump, Feed, Observation, Scope, Source};
 use crate::tracker::{Change, Key, Tracker};
 
 /// How often owners of open sockets are checked for having exited.
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+/// How long after a socket opens (or changes owners) its owners are looked up again.
+const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// How often, with `all_netns`, new and vanished namespaces are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 
@@ -46,6 +48,9 @@ pub(super) enum Sink {
 /// The scan thread's state.
 pub(super) struct Loop {
     pub(super) cfg: Config,
+    /// Kernel events (eBPF), when that is the source: every namespace's listeners as they
+    /// open and close. Dumps then only reconcile.
+    kernel: Option<Box<dyn Feed + Send>>,
     dumps: Vec<Dump>,
     owners: OwnerIndex,
     /// The namespaces watched: one, or (with discovery) every one alive.
@@ -71,6 +76,8 @@ pub(super) struct Loop {
     snapshot: Option<snapshot::Writer>,
     /// When owner liveness was last checked.
     last_liveness: Instant,
+    /// Sockets whose owners are to be looked up again once settled, since when.
+    settling: HashMap<Key, Instant>,
     /// When namespaces were last looked for.
     last_discovery: Instant,
     pub(super) proc_root: PathBuf,
@@ -78,6 +85,7 @@ pub(super) struct Loop {
 
 /// What the scheduler is started with, besides its config.
 pub(super) struct Parts {
+    pub(super) kernel: Option<Box<dyn Feed + Send>>,
     pub(super) initial: Initial,
     pub(super) follow: Option<Follow>,
     pub(super) owners: OwnerIndex,
@@ -93,6 +101,7 @@ pub(super) struct Parts {
 impl Loop {
     pub(super) fn new(cfg: Config, parts: Parts) -> Loop {
         let Parts {
+            kernel,
             initial,
             follow,
             owners,
@@ -107,6 +116,7 @@ impl Loop {
         let mut scan = Loop {
             dumps: cfg.filter.dumps(),
             cfg,
+            kernel,
             owners,
             targets: initial.targets,
             discovery: initial.discovery,
@@ -121,6 +131,7 @@ impl Loop {
             dirty: false,
             snapshot,
             last_liveness: Instant::now(),
+            settling: HashMap::new(),
             last_discovery: Instant::now(),
             proc_root,
         };
@@ -132,18 +143,26 @@ impl Loop {
     pub(super) fn run(mut self) {
         let mut events: Vec<Event> = std::mem::take(&mut self.vanished)
             .into_iter()
-            .map(|socket| Event::Closed { socket, at: SystemTime::now() })
+            .map(|socket| Event::Closed { socket, at: SystemTime::now(), source: Source::Scan })
             .collect();
+        let (interval, bursts) = self.cadence();
+        let mut last_dump: Option<Instant> = None;
         while !self.stop.is_stopped() {
             let cycle = Instant::now();
-            for i in 0..self.cfg.burst_scans {
+            // Scanning: every cycle. Kernel events: the first, then every `reconcile`.
+            let dump = self.kernel.is_none()
+                || last_dump.is_none_or(|t| t.elapsed() >= self.cfg.reconcile);
+            for i in 0..if dump { bursts } else { 0 } {
                 self.scan(&mut events);
-                if i + 1 < self.cfg.burst_scans {
+                if i + 1 < bursts {
                     self.wait_until(Instant::now() + self.cfg.burst_delay, &mut events);
                 }
                 if self.stop.is_stopped() {
                     break;
                 }
+            }
+            if dump {
+                last_dump = Some(cycle);
             }
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
@@ -155,7 +174,7 @@ impl Loop {
             }
             self.save_snapshot();
             if !self.stop.is_stopped() {
-                self.wait_until(cycle + self.cfg.interval, &mut events);
+                self.wait_until(cycle + interval, &mut events);
             }
         }
         // Closes still waiting out their grace are closes: report them before leaving.
@@ -166,6 +185,16 @@ impl Loop {
         self.save_snapshot();
         // Writes the last snapshot and waits for it: when `stop` returns, it is on disk.
         drop(self.snapshot.take());
+    }
+
+    /// Time between cycles and dumps per cycle. Scanning: as configured. With kernel events,
+    /// a cycle a second (owners settle, namespaces come and go, a followed container
+    /// restarts), each reading its events as they come, and one dump per `reconcile`.
+    fn cadence(&self) -> (Duration, u32) {
+        match &self.kernel {
+            None => (self.cfg.interval, self.cfg.burst_scans),
+            Some(_) => (LIVENESS_EVERY.min(self.cfg.reconcile), 1),
+        }
     }
 
     /// One scan: dump each namespace that may have changed, carry known owners over, look
@@ -185,7 +214,7 @@ impl Loop {
         let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
         self.owners.resolve(&mut new);
         let mut new = new.into_iter();
-        let at = At::now();
+        let at = At::now(Source::Scan);
         for ((i, mut d), count) in dumped.into_iter().zip(counts) {
             let t = &mut self.targets[i];
             for s in new.by_ref().take(count) {
@@ -204,10 +233,20 @@ impl Loop {
         self.emit(events);
     }
 
-    /// Sockets that stay open while an owner exits (a forking server's parent, a handed-over
-    /// listener) get their owners looked up again: one `stat` per distinct owner pid.
+    /// Owners change while a socket stays open: a forking server's parent exits, a listener
+    /// is handed over, workers are forked after `listen` (a kernel event names only the
+    /// caller). So a socket's owners are looked up again once it has settled (about a second
+    /// after it opened or changed owners), and whenever one of its owners has exited (one
+    /// `stat` per distinct owner pid).
     fn check_owners(&mut self, events: &mut Vec<Event>) {
         self.last_liveness = Instant::now();
+        let settled: HashSet<Key> = {
+            let due = |since: &Instant| since.elapsed() >= SETTLE_AFTER;
+            let keys = self.settling.iter().filter(|(_, t)| due(t)).map(|(k, _)| k.clone());
+            let keys: HashSet<Key> = keys.collect();
+            self.settling.retain(|_, since| !due(since));
+            keys
+        };
         let mut dead: HashSet<u32> = HashSet::new();
         let mut alive: HashSet<u32> = HashSet::new();
         let mut stale: Vec<(usize, Socket)> = Vec::new();
@@ -224,7 +263,7 @@ impl Loop {
                     alive.insert(p.pid);
                     false
                 });
-                if gone {
+                if gone || (s.inode != 0 && settled.contains(&Key::of(s))) {
                     stale.push((i, s.clone()));
                 }
             }
@@ -235,7 +274,14 @@ impl Loop {
         let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
         self.owners.resolve(&mut fresh);
         for ((i, old), new) in stale.iter().zip(fresh) {
-            self.targets[*i].tracker.update_owners(old, new.owners, SystemTime::now(), events);
+            // Owners a kernel event named are not replaced by none: /proc may hide them
+            // (another pid namespace, no permission) while they still hold the socket.
+            let exited = old.processes().iter().any(|p| dead.contains(&p.pid));
+            if !exited && !matches!(new.owners, crate::socket::Owners::Known(_)) {
+                continue;
+            }
+            let at = At::now(Source::Scan);
+            self.targets[*i].tracker.update_owners(old, new.owners, at, events);
         }
         self.emit(events);
     }
@@ -258,8 +304,12 @@ impl Loop {
             // Round up so a sub-millisecond wait does not spin.
             let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-            let (woke, ready) = {
+            let (woke, kernel, ready) = {
                 let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+                if let Some(k) = &self.kernel {
+                    fds.push(PollFd::new(k.fd(), PollFlags::POLLIN));
+                }
+                let first_feed = fds.len();
                 let mut owners = Vec::new();
                 for (i, t) in self.targets.iter().enumerate() {
                     if let Some(feed) = &t.feed {
@@ -270,19 +320,25 @@ impl Loop {
                 match poll(&mut fds, timeout) {
                     Ok(_) => {
                         let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                        let feeds: Vec<usize> = fds[1..]
+                        let feeds: Vec<usize> = fds[first_feed..]
                             .iter()
                             .zip(&owners)
                             .filter(|(f, _)| ready(f))
                             .map(|(_, i)| *i)
                             .collect();
-                        (ready(&fds[0]), feeds)
+                        let kernel = first_feed == 2 && ready(&fds[1]);
+                        (ready(&fds[0]), kernel, feeds)
                     }
-                    Err(_) => (false, Vec::new()), // EINTR: loop again
+                    Err(_) => (false, false, Vec::new()), // EINTR: loop again
                 }
             };
             if woke {
                 return; // stop() wrote to the pipe; the flag is set
+            }
+            // Kernel events first: a listener's open is in the ring buffer before its close
+            // can reach a destroy feed.
+            if kernel {
+                self.read_kernel(events);
             }
             for i in ready {
                 self.read_feed(i, events);
@@ -302,7 +358,7 @@ impl Loop {
             t.tracker.observe(obs, events);
         }
         match state {
-            Ok(s) if s.lost => {
+            Ok(s) if s.resync => {
                 log::debug!("destroy events overran the receive buffer: rescanning");
                 t.destroyed_since_scan = true;
                 self.scan(events);
@@ -314,6 +370,81 @@ impl Loop {
             }
         }
         self.emit(events);
+    }
+
+    /// Reads the kernel events: each socket seen goes to its namespace's tracker (a namespace
+    /// not watched yet is opened at once with `all_netns`), each cookie gone to every tracker.
+    fn read_kernel(&mut self, events: &mut Vec<Event>) {
+        let Some(kernel) = self.kernel.as_mut() else { return };
+        let mut seen = Vec::new();
+        let state = kernel.read(&mut seen);
+        for obs in seen {
+            match obs {
+                Observation::Seen { socket, at } => self.kernel_seen(socket, at, events),
+                gone @ Observation::Gone { .. } => {
+                    for t in &mut self.targets {
+                        t.tracker.observe(gone.clone(), events);
+                    }
+                }
+                census @ Observation::Census { .. } => {
+                    log::debug!("kernel events gave a census, ignored: {census:?}");
+                }
+            }
+        }
+        match state {
+            Ok(s) if s.resync => {
+                for t in &mut self.targets {
+                    t.force_dump();
+                }
+                self.scan(events);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("kernel events failed ({e}): scanning every interval instead");
+                self.kernel = None;
+            }
+        }
+        self.emit(events);
+    }
+
+    /// A socket a kernel event reports open: filtered as a dump would be, its owner described
+    /// from /proc while it may still be there, then tracked in its namespace.
+    fn kernel_seen(&mut self, mut socket: Socket, at: At, events: &mut Vec<Event>) {
+        if !self.cfg.filter.admits(&socket) {
+            return;
+        }
+        let Some(i) = self.target_for(&socket) else { return };
+        if let crate::socket::Owners::Known(procs) = &mut socket.owners {
+            for p in procs.iter_mut() {
+                self.owners.describe(p);
+            }
+        }
+        let t = &mut self.targets[i];
+        socket.container = t.container.clone();
+        if !self.cfg.filter.owner_matches(&socket, &self.proc_root) {
+            t.ignored.insert(Key::of(&socket));
+            return;
+        }
+        t.tracker.observe(Observation::Seen { socket, at }, events);
+    }
+
+    /// The watched namespace a socket is in. With `all_netns`, one not watched yet is opened
+    /// now — through the process that made the socket, or, when it is already gone, tracked
+    /// from kernel events alone until namespace discovery finds it.
+    fn target_for(&mut self, socket: &Socket) -> Option<usize> {
+        if let Some(i) = self.targets.iter().position(|t| t.inode == socket.netns) {
+            return Some(i);
+        }
+        if !matches!(self.cfg.scope, Scope::All) || self.unwatchable.contains(&socket.netns) {
+            return None;
+        }
+        let pid = socket.processes().first().map(|p| p.pid);
+        let t = self.open_found(socket.netns, pid).unwrap_or_else(|| {
+            log::debug!("network namespace {} known from kernel events only", socket.netns);
+            Target::detached(socket.netns, &self.cfg)
+        });
+        self.targets.push(t);
+        Some(self.targets.len() - 1)
     }
 
     /// Hands `events` to the sink and the tracker's changes to `Watcher::current`.
@@ -345,7 +476,7 @@ impl Loop {
     fn publish(&mut self) {
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
         for t in &mut self.targets {
-            self.dirty |= apply(&mut published, &mut t.tracker);
+            self.dirty |= apply(&mut published, &mut t.tracker, &mut self.settling);
         }
     }
 
@@ -353,7 +484,7 @@ impl Loop {
     /// goes.
     pub(super) fn retire(&mut self, mut t: Target) {
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        self.dirty |= apply(&mut published, &mut t.tracker);
+        self.dirty |= apply(&mut published, &mut t.tracker, &mut self.settling);
     }
 
     fn open_sockets(&self) -> Vec<Socket> {
@@ -373,15 +504,26 @@ impl Loop {
     }
 }
 
-/// Applies one tracker's changes to `published`; whether there were any.
-fn apply(published: &mut HashMap<Key, Socket>, tracker: &mut Tracker) -> bool {
+/// Applies one tracker's changes to `published`, and notes sockets that opened or changed
+/// as settling; whether there were any.
+fn apply(
+    published: &mut HashMap<Key, Socket>,
+    tracker: &mut Tracker,
+    settling: &mut HashMap<Key, Instant>,
+) -> bool {
     let mut any = false;
     for change in tracker.take_changes() {
         any = true;
         match change {
-            Change::Open(key, socket) => published.insert(key, socket),
-            Change::Closed(key) => published.remove(&key),
-        };
+            Change::Open(key, socket) => {
+                settling.insert(key.clone(), Instant::now());
+                published.insert(key, socket);
+            }
+            Change::Closed(key) => {
+                settling.remove(&key);
+                published.remove(&key);
+            }
+        }
     }
     any
 }

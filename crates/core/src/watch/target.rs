@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::Config;
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::netns::Netns;
-use crate::socket::Socket;
+use crate::socket::{ContainerRef, Socket};
 use crate::source::{Backend, ChangeProbe, DestroyFeed, Dump, Scanner};
 use crate::tracker::{Key, Tracker};
 
@@ -20,7 +21,11 @@ const FULL_SCAN_EVERY: Duration = Duration::from_secs(2);
 /// One watched namespace: its kernel sockets and what was seen in it.
 pub(super) struct Target {
     pub(super) inode: u64,
-    scanner: Scanner,
+    /// `None` for a namespace known only from kernel events (it could not be opened: it may
+    /// be gone already); namespace discovery opens it if it finds it.
+    scanner: Option<Scanner>,
+    /// The container it belongs to, stamped on sockets kernel events report here.
+    pub(super) container: Option<Arc<ContainerRef>>,
     pub(super) feed: Option<DestroyFeed>,
     /// Skips dumps while no inet socket appeared or went away (see `probe`); `None` where it
     /// cannot be trusted: no destroy feed, unix sockets or non-listening states watched.
@@ -63,14 +68,15 @@ impl Target {
         } else {
             None
         };
-        let probe = if cfg.change_probe && feed.is_some() && cfg.filter.probe_safe() {
+        let probe = if cfg.change_probe && feed.is_some() && cfg.filter.listeners_only() {
             ns.enter(|| ChangeProbe::open(Path::new("/proc/thread-self/net")))?
         } else {
             None
         };
         Ok(Target {
             inode: ns.inode(),
-            scanner,
+            scanner: Some(scanner),
+            container: ns.container_label(),
             feed,
             probe,
             tracker: Tracker::new(cfg.close_grace, cfg.report_initial),
@@ -79,6 +85,42 @@ impl Target {
             last_full_scan: None,
             last_error: None,
         })
+    }
+
+    /// A namespace known only from kernel events: a tracker, and nothing to dump with yet.
+    pub(super) fn detached(inode: u64, cfg: &Config) -> Target {
+        let mut tracker = Tracker::new(cfg.close_grace, cfg.report_initial);
+        tracker.started();
+        Target {
+            inode,
+            scanner: None,
+            container: None,
+            feed: None,
+            probe: None,
+            tracker,
+            ignored: HashSet::new(),
+            destroyed_since_scan: false,
+            last_full_scan: None,
+            last_error: None,
+        }
+    }
+
+    /// Whether it was opened (else it is known from kernel events only).
+    pub(super) fn is_attached(&self) -> bool {
+        self.scanner.is_some()
+    }
+
+    /// Takes the sources of `opened`, the same namespace opened now, keeping what was seen.
+    pub(super) fn attach(&mut self, opened: Target) {
+        self.scanner = opened.scanner;
+        self.container = opened.container;
+        self.feed = opened.feed;
+        self.probe = opened.probe;
+    }
+
+    /// The next dump must run, whatever the change probe says.
+    pub(super) fn force_dump(&mut self) {
+        self.destroyed_since_scan = true;
     }
 
     /// Whether this scan can be skipped: the change probe saw no inet socket appear, none
@@ -93,9 +135,10 @@ impl Target {
     /// Dumps the namespace: the sockets the filter keeps, split into those already known
     /// (owners carried over) and new ones. `None` when the dump failed (logged once).
     pub(super) fn dump(&mut self, dumps: &[Dump], filter: &Filter) -> Option<Dumped> {
+        let scanner = self.scanner.as_mut()?;
         self.destroyed_since_scan = false;
         self.last_full_scan = Some(Instant::now());
-        let sockets = match self.scanner.scan(dumps) {
+        let sockets = match scanner.scan(dumps) {
             Ok(s) => {
                 self.last_error = None;
                 s

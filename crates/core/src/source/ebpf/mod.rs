@@ -57,13 +57,13 @@ use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 pub(crate) use self::record::{KernelEvent, Kind, decode};
 
 /// The programs' object, built from `crates/core/bpf/portwatch.bpf.c` by `make bpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/portwatch.bpf.o");
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../bpf/portwatch.bpf.o");
 
 const EVENTS_MAP: &str = "PW_EVENTS";
 const LOST_MAP: &str = "PW_LOST";
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-/// Ring-buffer size a [`LoadOptions::default`] asks for: 1 MiB, 13 107 records (80 bytes each
+/// Ring-buffer size a [`LoadOptions::default`] asks for: 1 MiB, 11 915 records (88 bytes each
 /// with the kernel's header). Every instance gets every event on the host, and a busy resolver
 /// alone makes a UDP connect and a release per query, so leave room for bursts.
 pub(crate) const DEFAULT_RING_BYTES: u32 = 1 << 20;
@@ -87,7 +87,7 @@ pub(crate) const PROGRAM_NAMES: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub(crate) struct LoadOptions {
     /// Ring-buffer size in bytes: a power of two and a multiple of the page size. Each event
-    /// takes 80 bytes of it (72 plus the kernel's 8-byte header). When the consumer falls
+    /// takes 88 bytes of it (80 plus the kernel's 8-byte header). When the consumer falls
     /// behind, further events are dropped and counted ([`Programs::lost`]).
     pub(crate) ring_bytes: u32,
 }

@@ -152,8 +152,10 @@ fn host_netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").expect("own netns").ino()
 }
 
-fn of_pid(seen: &[KernelEvent], pid: u32) -> Vec<&KernelEvent> {
-    seen.iter().filter(|e| e.pid == pid).collect()
+/// The events of `child`'s socket: its pid and its cookie (pids are reused within seconds
+/// here, pid_max being 32768, while other tests fork hundreds of processes).
+fn of_child<'a>(seen: &'a [KernelEvent], child: &Child) -> Vec<&'a KernelEvent> {
+    seen.iter().filter(|e| e.pid == child.pid && e.cookie == child.cookie).collect()
 }
 
 /// Checks that `child` was reported with the right kinds, identity, netns, cookie and port.
@@ -164,7 +166,7 @@ fn assert_reported(
     family: Family,
     kinds: &[Kind],
 ) {
-    let mine = of_pid(seen, child.pid);
+    let mine = of_child(seen, child);
     for kind in kinds {
         let e = mine
             .iter()
@@ -179,6 +181,6 @@ fn assert_reported(
     }
 }
 
-fn done_for(children: &[(u32, usize)]) -> impl FnMut(&[KernelEvent]) -> bool + '_ {
-    move |seen| children.iter().all(|&(pid, n)| seen.iter().filter(|e| e.pid == pid).count() >= n)
+fn done_for<'a>(children: &'a [(&'a Child, usize)]) -> impl FnMut(&[KernelEvent]) -> bool + 'a {
+    move |seen| children.iter().all(|&(child, n)| of_child(seen, child).len() >= n)
 }

@@ -49,7 +49,7 @@ fn two_instances_both_see_events_and_drop_unloads_everything() {
     let child = run_child(&[], &python, ["tcp", "4", "127.0.0.1", "none", "0"]);
     for progs in [&mut a, &mut b] {
         let mut seen = Vec::new();
-        collect_until(progs, &mut seen, Duration::from_secs(5), done_for(&[(child.pid, 2)]));
+        collect_until(progs, &mut seen, Duration::from_secs(5), done_for(&[(&child, 2)]));
         assert_reported(
             &seen,
             &child,
@@ -88,7 +88,7 @@ fn sigkill_detaches_everything() {
     let exe = std::env::current_exe().expect("test binary");
     let mut helper = Command::new(exe)
         .args([
-            "ebpf::tests::lifecycle::hold_for_kill",
+            "source::ebpf::tests::lifecycle::hold_for_kill",
             "--exact",
             "--ignored",
             "--nocapture",
@@ -152,7 +152,7 @@ fn try_load_as_nobody_with(caps: &[&str]) -> Option<String> {
         .arg(format!("--bounding-set=-all{set}"))
         .arg("--")
         .arg(exe)
-        .args(["ebpf::tests::lifecycle::try_load", "--exact", "--ignored", "--nocapture"])
+        .args(["source::ebpf::tests::lifecycle::try_load", "--exact", "--ignored", "--nocapture"])
         .env(TRY_LOAD, "1")
         .output()
         .expect("setpriv");

@@ -4,7 +4,7 @@
 //! nothing else: no I/O, no aya. Decoding is a pure function over `&[u8]` that never panics, so
 //! it is tested on byte fixtures and can be fuzzed.
 //!
-//! Layout, 72 bytes, native byte order except `addr`:
+//! Layout, 80 bytes, native byte order except `addr`:
 //!
 //! | off | size | field                                                     |
 //! |----:|-----:|-----------------------------------------------------------|
@@ -21,7 +21,8 @@
 //! |  36 |    2 | local port, host byte order                               |
 //! |  38 |    2 | zero                                                      |
 //! |  40 |   16 | local address, network byte order (IPv4: first 4 bytes)   |
-//! |  56 |   16 | comm, NUL-padded                                          |
+//! |  56 |   16 | comm of the calling thread, NUL-padded                    |
+//! |  72 |    8 | socket inode (what `/proc/PID/fd/N` links to); 0: none    |
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use crate::socket::{Family, Protocol};
 
 /// Size of one record. Longer input is accepted (a newer object may append fields).
-pub(crate) const RECORD_SIZE: usize = 72;
+pub(crate) const RECORD_SIZE: usize = 80;
 
 /// What happened to the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +80,11 @@ pub(crate) struct KernelEvent {
     pub(crate) tid: u32,
     /// Caller's uid, in the initial user namespace.
     pub(crate) uid: u32,
-    /// Caller's `comm` (at most 15 bytes, no NUL). Attacker-controlled: escape before display.
+    /// Calling thread's `comm` (at most 16 bytes, no NUL): a thread's name, which may differ
+    /// from its process's. Attacker-controlled: escape before display.
     pub(crate) comm: Vec<u8>,
+    /// The socket's inode (0 if it has no file): how `/proc/*/fd` finds its holders.
+    pub(crate) ino: u64,
     /// Inode of the socket's network namespace, as `Socket::netns` and `Netns::inode` give it.
     pub(crate) netns: u64,
     /// TCP or UDP.
@@ -161,6 +165,7 @@ pub(crate) fn decode(b: &[u8]) -> Option<KernelEvent> {
         port: u16_at(b, 36)?,
         addr,
         comm: comm[..comm_len].to_vec(),
+        ino: u64_at(b, 72)?,
     })
 }
 
@@ -183,6 +188,7 @@ mod tests {
         b.extend_from_slice(&[0, 0]); // pad
         b.extend_from_slice(&[127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // addr
         b.extend_from_slice(b"python3\0\0\0\0\0\0\0\0\0"); // comm
+        b.extend_from_slice(&987_654u64.to_ne_bytes()); // socket inode
         b
     }
 
@@ -198,6 +204,7 @@ mod tests {
         assert_eq!(e.addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(e.port, 8080);
         assert_eq!(e.comm, b"python3");
+        assert_eq!(e.ino, 987_654);
     }
 
     #[test]
