@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Output, Stdio};
 
 use crate::hostile::{NOBODY, as_nobody};
@@ -119,4 +120,87 @@ fn owners_hidden_by_hidepid_say_so() {
     // Root sees through hidepid: the same listing as root names the owner.
     let list = json_list(&["-p", &port]);
     assert!(list[0]["pids"].as_array().is_some_and(|p| !p.is_empty()), "{}", list[0]);
+}
+
+/// Forks `N` processes, each in a new user and network namespace of its own (`unshare -Urn`,
+/// which any user may do) listening on `0.0.0.0:PORT` there; prints `ready` once all are.
+const NAMESPACES: &str = "import ctypes, os, socket, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+for _ in range(n):
+    if os.fork() == 0:
+        os.close(r)
+        if libc.unshare(0x10000000 | 0x40000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNET
+            os._exit(1)
+        s = socket.socket(); s.bind(('0.0.0.0', port)); s.listen()
+        os.write(w, b'.'); os.close(w)
+        sys.stdin.read(); os._exit(0)
+os.close(w)
+got = 0
+while got < n:
+    b = os.read(r, n)
+    if not b:
+        break
+    got += len(b)
+print('ready' if got == n else f'only {got}', flush=True)
+sys.stdin.read()";
+
+/// Namespaces of `port` in a `list --all-netns` JSON array.
+fn namespaces_on(list: &[serde_json::Value], port: u16) -> usize {
+    list.iter().filter(|s| s["port"] == port).count()
+}
+
+#[test]
+fn a_user_with_many_namespaces_gets_a_bounded_share() {
+    if !is_root() {
+        return skip("reading other users' namespaces needs root");
+    }
+    if system_tool("python3").is_none() {
+        return skip("python3 is not installed");
+    }
+    // 70 namespaces of nobody's: at most 64 are read, and stderr says which were not, and why.
+    let (child, line) = start_python_as_nobody(NAMESPACES, &["70", "7361"]);
+    assert_eq!(line.trim(), "ready");
+    let out = portwatch()
+        .args(["list", "--all-netns", "--format", "json", "-p", "7361", "--no-processes"])
+        .output()
+        .unwrap();
+    stop(child);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = namespaces_on(&list, 7361);
+    assert!((1..=64).contains(&seen), "{seen} of nobody's 70 namespaces read");
+    assert!(err.contains(&format!("owned by uid {NOBODY}")), "says whose: {err}");
+    assert!(err.contains("at most 64"), "says why: {err}");
+}
+
+#[test]
+fn running_out_of_fds_says_so_and_what_to_do() {
+    if !is_root() {
+        return skip("reading other users' namespaces needs root");
+    }
+    if system_tool("python3").is_none() {
+        return skip("python3 is not installed");
+    }
+    // 40 namespaces and a hard limit of 32 fds: EMFILE. It used to read as a netlink problem
+    // ("is sock_diag available in this kernel?") or a bare OS error.
+    let (child, line) = start_python_as_nobody(NAMESPACES, &["40", "7362"]);
+    assert_eq!(line.trim(), "ready");
+    let mut cmd = portwatch();
+    cmd.args(["list", "--all-netns", "--format", "json", "-p", "7362", "--no-processes"]);
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 32, 32)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd.output().unwrap();
+    stop(child);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too many open files; raise the open-file limit"), "{err}");
+    assert!(!err.contains("sock_diag available"), "not a netlink problem: {err}");
+    assert!(!err.to_lowercase().contains("permission denied"), "{err}");
 }
