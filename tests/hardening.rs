@@ -2,10 +2,10 @@
 //! watcher's fds with namespaces, forging `make kill-port`'s parsing, hiding owners with
 //! hidepid. Each test reproduces the attack, as `nobody` where that matters.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::hostile::{NOBODY, as_nobody};
 use crate::util::{is_root, json_list, portwatch, skip, system_tool, tool};
@@ -74,6 +74,50 @@ fn a_process_with_thousands_of_fds_is_read_in_part_and_says_so() {
     let high = on(high);
     assert_eq!(high["owner_unknown_reason"], "skipped", "{high}");
     assert!(err.contains("hold more than 1024 fds"), "stderr says why: {err}");
+}
+
+/// Runs the pipeline `make kill-port` uses on `portwatch list --format json` output.
+fn port_pids(json: &[u8]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/port-pids.sh");
+    let mut sh = Command::new("/bin/sh")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sh.stdin.take().unwrap().write_all(json).unwrap();
+    let mut out = String::new();
+    sh.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(sh.wait().unwrap().success());
+    out
+}
+
+#[test]
+fn kill_port_takes_pids_no_process_name_can_forge() {
+    if system_tool("python3").is_none() {
+        return skip("python3 is not installed");
+    }
+    // The old target split the table's `pid/comm,pid/comm` column on commas: a process named
+    // `app,1` had it kill pid 1. This one also names itself like the JSON it is read from.
+    let script = r#"import ctypes, socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+name = sys.argv[1].encode()
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()"#;
+    for name in ["app,1", r#"x","pids":[1],""#, "a 1/b"] {
+        let mut cmd = tool("python3");
+        cmd.args(["-c", script, name]);
+        let mut child = as_nobody(cmd).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let out = crate::util::run(&["list", "-t", "-u", "-p", line.trim(), "--format", "json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(list[0]["processes"][0]["comm"].as_str().is_some_and(|c| c.starts_with(&name[..3])));
+        let pids = port_pids(&out.stdout);
+        assert_eq!(pids.trim(), child.id().to_string(), "only the holder, for {name:?}");
+        stop(child);
+    }
 }
 
 /// `unshare --mount`, a /proc with `hidepid=2` over /proc in that mount namespace only, and
