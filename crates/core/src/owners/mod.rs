@@ -647,6 +647,55 @@ NSpid:\t1\n";
     }
 
     #[test]
+    fn a_process_handle_never_reads_its_successor() {
+        let proc_dir = open_proc(Path::new("/proc")).unwrap();
+        let spawn = || std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let mut first = spawn();
+        let pid = first.id();
+        let handle = open_pid(&proc_dir, pid).expect("a live process opens");
+        let (users, detail) = (HashMap::new(), Detail { cmdline: true });
+        let mut buf = Vec::new();
+        assert!(describe(&handle, pid, &users, detail, &mut buf).is_some());
+        first.kill().unwrap();
+        first.wait().unwrap();
+        // Hand the pid to a newcomer: as root, by setting the last pid handed out (what CRIU
+        // does); other processes forking meanwhile may take it first, so try a few times.
+        let mut successor = None;
+        for _ in 0..50 {
+            if std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).is_err() {
+                break;
+            }
+            let mut next = std::process::Command::new("/bin/sh")
+                .args(["-c", "exec sleep 30"])
+                .spawn()
+                .unwrap();
+            if next.id() == pid {
+                successor = Some(next);
+                break;
+            }
+            let _ = next.kill();
+            let _ = next.wait();
+        }
+        // Through the handle: nothing, not the newcomer's fds or status.
+        assert!(describe(&handle, pid, &users, detail, &mut buf).is_none());
+        let mut fds = Vec::new();
+        let mut found = false;
+        scan_pid(&handle, &HashSet::from([1]), &mut fds, |_| found = true);
+        assert!(fds.is_empty() && !found);
+        if let Some(mut next) = successor {
+            // By path, the same pid now names the newcomer: reads by pid would mix them.
+            let fresh = open_pid(&proc_dir, pid).unwrap();
+            assert!(describe(&fresh, pid, &users, detail, &mut buf).is_some());
+            let _ = next.kill();
+            let _ = next.wait();
+        } else {
+            eprintln!(
+                "pid {pid} was not reused (not root, or taken): checked the stale handle only"
+            );
+        }
+    }
+
+    #[test]
     fn passwd() {
         let users = parse_passwd(
             b"root:x:0:0:root:/root:/bin/bash\n# comment\nbroken\nwww-data:x:33:33::/var/www:\n\
