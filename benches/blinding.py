@@ -25,7 +25,7 @@ import time
 NOBODY = 65534
 
 
-def spawn_crowd(procs, fds):
+def spawn_crowd(procs, fds, close_fds):
     """Forks `procs` processes as nobody, each with `fds` fds and a listener past them (to
     show what the cap skips); returns (pids, crowd_port, release_fd)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -39,6 +39,8 @@ def spawn_crowd(procs, fds):
         if pid == 0:
             os.close(release_w)
             os.close(ready_r)
+            for fd in close_fds:
+                os.close(fd)
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -48,12 +50,13 @@ def spawn_crowd(procs, fds):
             s.bind(("127.0.0.1", 0))
             s.listen(8)
             os.write(ready_w, b"%d\n" % s.getsockname()[1])
+            os.close(ready_w)
             os.read(release_r, 1)  # EOF when the parent closes the write end
             os._exit(0)
         pids.append(pid)
     os.close(ready_w)
     with os.fdopen(ready_r) as f:
-        ports = [int(line) for line in f]
+        ports = [int(line) for line in f]  # EOF once every child has written and closed
     assert len(ports) == procs, f"only {len(ports)} of {procs} crowd processes started"
     os.close(release_r)
     return pids, ports[0], release_w
@@ -85,6 +88,7 @@ def measure(binaries, runs, label, ports):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser()
     ap.add_argument("--portwatch", action="append", required=True)
     ap.add_argument("--procs", type=int, default=40)
@@ -99,7 +103,7 @@ def main():
     print("| crowd | binary | median ms | min | max | owners said |")
     print("|---|---|---:|---:|---:|---|")
     measure(a.portwatch, a.runs, "none", [("root's", root.getsockname()[1])])
-    pids, crowd_port, release = spawn_crowd(a.procs, a.fds)
+    pids, crowd_port, release = spawn_crowd(a.procs, a.fds, [root.fileno()])
     try:
         label = f"{a.procs} × {a.fds} fds"
         measure(a.portwatch, a.runs, label, [("root's", root.getsockname()[1]), ("crowd's", crowd_port)])
