@@ -21,6 +21,20 @@ fn start_python_as_nobody(script: &str, args: &[&str]) -> (Child, String) {
     (child, line)
 }
 
+/// Whether this test can run: as root (`why` says what needs it), with python3. Otherwise it
+/// has said why it skips.
+fn root_with_python(why: &str) -> bool {
+    if !is_root() {
+        skip(why);
+        return false;
+    }
+    if system_tool("python3").is_none() {
+        skip("python3 is not installed");
+        return false;
+    }
+    true
+}
+
 fn stop(mut child: Child) {
     drop(child.stdin.take());
     let _ = child.wait();
@@ -47,11 +61,8 @@ sys.stdin.read()";
 
 #[test]
 fn a_process_with_thousands_of_fds_is_read_in_part_and_says_so() {
-    if !is_root() {
-        return skip("the crowd runs as nobody, to be read across users");
-    }
-    if system_tool("python3").is_none() {
-        return skip("python3 is not installed");
+    if !root_with_python("the crowd runs as nobody, to be read across users") {
+        return;
     }
     // Four processes of nobody holding 19 000 fds each (the audit's 40 × 20 000 made `list`
     // take 1.95 s; `make bench-blinding` measures that). A listener among the first fds is
@@ -106,14 +117,12 @@ ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
 print(s.getsockname()[1], flush=True)
 sys.stdin.read()"#;
     for name in ["app,1", r#"x","pids":[1],""#, "a 1/b"] {
-        let mut cmd = tool("python3");
-        cmd.args(["-c", script, name]);
-        let mut child = as_nobody(cmd).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let (child, line) = start_python_as_nobody(script, &[name]);
         let out = crate::util::run(&["list", "-t", "-u", "-p", line.trim(), "--format", "json"]);
         let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(list[0]["processes"][0]["comm"].as_str().is_some_and(|c| c.starts_with(&name[..3])));
+        assert!(
+            list[0]["processes"][0]["comm"].as_str().is_some_and(|c| c.starts_with(&name[..3]))
+        );
         let pids = port_pids(&out.stdout);
         assert_eq!(pids.trim(), child.id().to_string(), "only the holder, for {name:?}");
         stop(child);
@@ -197,11 +206,8 @@ fn namespaces_on(list: &[serde_json::Value], port: u16) -> usize {
 
 #[test]
 fn a_user_with_many_namespaces_gets_a_bounded_share() {
-    if !is_root() {
-        return skip("reading other users' namespaces needs root");
-    }
-    if system_tool("python3").is_none() {
-        return skip("python3 is not installed");
+    if !root_with_python("reading other users' namespaces needs root") {
+        return;
     }
     // 70 namespaces of nobody's: at most 64 are read, and stderr says which were not, and why.
     let (child, line) = start_python_as_nobody(NAMESPACES, &["70", "7361"]);
@@ -222,11 +228,8 @@ fn a_user_with_many_namespaces_gets_a_bounded_share() {
 
 #[test]
 fn running_out_of_fds_says_so_and_what_to_do() {
-    if !is_root() {
-        return skip("reading other users' namespaces needs root");
-    }
-    if system_tool("python3").is_none() {
-        return skip("python3 is not installed");
+    if !root_with_python("reading other users' namespaces needs root") {
+        return;
     }
     // 40 namespaces and a hard limit of 32 fds: EMFILE. It used to read as a netlink problem
     // ("is sock_diag available in this kernel?") or a bare OS error.
