@@ -199,9 +199,26 @@ while got < n:
 print('ready' if got == n else f'only {got}', flush=True)
 sys.stdin.read()";
 
-/// Namespaces of `port` in a `list --all-netns` JSON array.
-fn namespaces_on(list: &[serde_json::Value], port: u16) -> usize {
-    list.iter().filter(|s| s["port"] == port).count()
+/// Runs `portwatch list --all-netns` for `port` (as `cmd` is adjusted) while nobody holds
+/// `count` namespaces, each listening on `port`; returns its output.
+fn list_beside_namespaces(count: u32, port: u16, adjust: impl FnOnce(&mut Command)) -> Output {
+    let (child, line) =
+        start_python_as_nobody(NAMESPACES, &[&count.to_string(), &port.to_string()]);
+    assert_eq!(line.trim(), "ready");
+    let mut cmd = portwatch();
+    cmd.args([
+        "list",
+        "--all-netns",
+        "--format",
+        "json",
+        "-p",
+        &port.to_string(),
+        "--no-processes",
+    ]);
+    adjust(&mut cmd);
+    let out = cmd.output().unwrap();
+    stop(child);
+    out
 }
 
 #[test]
@@ -210,17 +227,11 @@ fn a_user_with_many_namespaces_gets_a_bounded_share() {
         return;
     }
     // 70 namespaces of nobody's: at most 64 are read, and stderr says which were not, and why.
-    let (child, line) = start_python_as_nobody(NAMESPACES, &["70", "7361"]);
-    assert_eq!(line.trim(), "ready");
-    let out = portwatch()
-        .args(["list", "--all-netns", "--format", "json", "-p", "7361", "--no-processes"])
-        .output()
-        .unwrap();
-    stop(child);
+    let out = list_beside_namespaces(70, 7361, |_| {});
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let seen = namespaces_on(&list, 7361);
+    let seen = list.iter().filter(|s| s["port"] == 7361).count();
     assert!((1..=64).contains(&seen), "{seen} of nobody's 70 namespaces read");
     assert!(err.contains(&format!("owned by uid {NOBODY}")), "says whose: {err}");
     assert!(err.contains("at most 64"), "says why: {err}");
@@ -233,19 +244,15 @@ fn running_out_of_fds_says_so_and_what_to_do() {
     }
     // 40 namespaces and a hard limit of 32 fds: EMFILE. It used to read as a netlink problem
     // ("is sock_diag available in this kernel?") or a bare OS error.
-    let (child, line) = start_python_as_nobody(NAMESPACES, &["40", "7362"]);
-    assert_eq!(line.trim(), "ready");
-    let mut cmd = portwatch();
-    cmd.args(["list", "--all-netns", "--format", "json", "-p", "7362", "--no-processes"]);
-    // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 32, 32)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let out = cmd.output().unwrap();
-    stop(child);
+    let out = list_beside_namespaces(40, 7362, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 32, 32)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("too many open files; raise the open-file limit"), "{err}");
     assert!(!err.contains("sock_diag available"), "not a netlink problem: {err}");
