@@ -8,6 +8,8 @@
 #   make bench-compare  whole-process timing against ss and lsof (run as root)
 #   make bench-fidelity what watch catches (by listener lifetime) and its idle CPU
 #   make bench-netns    watch --all-netns over many namespaces: idle CPU, pick-up time
+#   make bench-blinding list beside CROWD_PROCS processes of nobody with CROWD_FDS fds each
+#                       (run as root; BASELINE=PATH times another portwatch beside it)
 #   make soak           churn soak: DURATION s of RATE listeners/s under watch --hf
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
 #   make bpf            rebuild the committed eBPF object crates/core/bpf/portwatch.bpf.o
@@ -27,9 +29,12 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args
 NAMESPACES ?= 40
 LISTENERS ?= 5
+CROWD_PROCS ?= 40
+CROWD_FDS ?= 20000
+BLINDING_RUNS ?= 9
 
 .PHONY: all build test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean \
-	bpf bpf-check bpf-deps bench-ebpf
+	bpf bpf-check bpf-deps bench-ebpf bench-blinding
 
 all: build
 
@@ -91,6 +96,10 @@ bench-fidelity: build
 
 bench-netns: build
 	python3 benches/netns_idle.py --portwatch target/release/portwatch --namespaces $(NAMESPACES) --listeners $(LISTENERS) --idle-seconds $(IDLE_SECONDS)
+
+bench-blinding: build
+	python3 benches/blinding.py --portwatch target/release/portwatch $(if $(BASELINE),--portwatch $(BASELINE)) \
+	  --procs $(CROWD_PROCS) --fds $(CROWD_FDS) --runs $(BLINDING_RUNS)
 
 soak: build
 	python3 benches/soak.py --portwatch target/release/portwatch --duration $(DURATION) --rate $(RATE)

@@ -83,10 +83,13 @@ test-udp:
 test-3000:
 	docker exec -d $(CONTAINER) sh -c 'mkdir -p /tmp/www3000 && echo "Hello 3000" >/tmp/www3000/index.html && exec httpd -f -p 3000 -h /tmp/www3000'
 
-# The owners come from portwatch itself: the last column of `list` is pid/comm[,pid/comm…].
+# The owners come from portwatch itself, as JSON: the table's last column is `pid/comm,…`,
+# and a process named `app,1` made the old parsing of it kill pid 1. docker/port-pids.sh
+# (on this side) takes only the `pids` arrays, which no name can forge.
 kill-port:
-	@docker exec $(CONTAINER) sh -c 'pids=$$(portwatch list -t -u -p $(PORT) | awk "NR > 1 { n = split(\$$NF, o, \",\"); for (i = 1; i <= n; i++) { split(o[i], p, \"/\"); print p[1] } }"); \
-	  [ -n "$$pids" ] || { echo "nothing listens on port $(PORT)" >&2; exit 1; }; echo "killing $$pids"; kill $$pids'
+	@pids=$$(docker exec $(CONTAINER) portwatch list -t -u -p $(PORT) --format json | sh docker/port-pids.sh); \
+	  [ -n "$$pids" ] || { echo "nothing listens on port $(PORT)" >&2; exit 1; }; \
+	  echo "killing" $$pids; docker exec $(CONTAINER) kill $$pids
 
 test-tcp-transient:
 	docker exec $(CONTAINER) hold_port tcp $(TRANSIENT_PORT) $(TRANSIENT_MS)

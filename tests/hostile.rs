@@ -14,11 +14,11 @@ use crate::util::{PATIENCE, is_root, skip, system_tool, tool, wait_for};
 use crate::watch::expect;
 
 /// The uid and gid of `nobody`.
-const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 /// A command that runs as `nobody` when we are root (else as ourselves: the attacks work
 /// from any uid, root only makes them cross users).
-fn as_nobody(mut cmd: Command) -> Command {
+pub(crate) fn as_nobody(mut cmd: Command) -> Command {
     if is_root() {
         cmd.uid(NOBODY).gid(NOBODY);
     }

@@ -5,6 +5,7 @@ mod cli;
 mod differential;
 mod escaping;
 mod faults;
+mod hardening;
 mod hostile;
 mod list;
 mod netns;

@@ -42,11 +42,19 @@ impl From<io::Error> for Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Core(portwatch_core::Error::NetlinkUnavailable { source }) => write!(
-                f,
-                "cannot open a NETLINK_SOCK_DIAG socket: {source}; \
+            // Out of file descriptors, /proc/net would not help: the library's text says what does.
+            Error::Core(portwatch_core::Error::NetlinkUnavailable { source })
+                if !matches!(
+                    source.raw_os_error(),
+                    Some(nix::libc::EMFILE | nix::libc::ENFILE)
+                ) =>
+            {
+                write!(
+                    f,
+                    "cannot open a NETLINK_SOCK_DIAG socket: {source}; \
                  use --backend auto or --backend proc to read /proc/net instead"
-            ),
+                )
+            }
             Error::Core(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "writing output: {e}"),
         }

@@ -86,6 +86,8 @@ pub fn owners_text(owners: &Owners, style: &OwnerStyle) -> String {
             "unknown (permission denied)".to_owned()
         }
         Owners::Unknown(UnknownReason::NotFound) => "unknown (not found)".to_owned(),
+        Owners::Unknown(UnknownReason::Skipped { .. }) => "unknown (skipped)".to_owned(),
+        Owners::Unknown(UnknownReason::Hidden) => "unknown (hidden by hidepid)".to_owned(),
         Owners::Unknown(_) | _ => "unknown".to_owned(),
     }
 }

@@ -82,27 +82,54 @@ pub fn table(sockets: &[Socket], own_netns: Option<u64>, out: &mut impl Write) -
     Ok(())
 }
 
-/// Why some owners are missing and what would fix it (one line with its newline), if any
+/// Why some owners are missing and what would fix it (one line each, with its newline), if any
 /// are.
 pub fn unknown_owners_warning(sockets: &[Socket]) -> Option<String> {
     let mut denied = 0;
     let mut unreadable = 0;
+    let mut skipped = 0;
+    let mut hidden = 0;
+    let mut counts = (0, 0);
     for s in sockets {
-        if let Owners::Unknown(UnknownReason::PermissionDenied { unreadable: n }) = s.owners {
-            denied += 1;
-            unreadable = n;
+        match s.owners {
+            Owners::Unknown(UnknownReason::PermissionDenied { unreadable: n }) => {
+                denied += 1;
+                unreadable = n;
+            }
+            Owners::Unknown(UnknownReason::Skipped { crowded, unread }) => {
+                skipped += 1;
+                counts = (crowded, unread);
+            }
+            Owners::Unknown(UnknownReason::Hidden) => hidden += 1,
+            _ => {}
         }
     }
-    if denied == 0 {
-        return None;
+    let mut text = String::new();
+    if denied > 0 {
+        let fix = if nix::unistd::geteuid().is_root() {
+            "even root may not read them (a security module, or another user namespace)"
+        } else {
+            "run as root or grant CAP_SYS_PTRACE to see them"
+        };
+        text.push_str(&format!(
+            "portwatch: owners of {denied} socket(s) unknown: the fds of {unreadable} \
+             process(es) are unreadable; {fix}\n"
+        ));
     }
-    let fix = if nix::unistd::geteuid().is_root() {
-        "even root may not read them (a security module, or another user namespace)"
-    } else {
-        "run as root or grant CAP_SYS_PTRACE to see them"
-    };
-    Some(format!(
-        "portwatch: owners of {denied} socket(s) unknown: the fds of {unreadable} \
-         process(es) are unreadable; {fix}\n"
-    ))
+    if skipped > 0 {
+        let (crowded, unread) = counts;
+        text.push_str(&format!(
+            "portwatch: owners of {skipped} socket(s) unknown: {crowded} process(es) hold more \
+             than 1024 fds and were read in part, {unread} were not read in the owner walk's \
+             time; the owner may be among them\n"
+        ));
+    }
+    if hidden > 0 {
+        text.push_str(&format!(
+            "portwatch: owners of {hidden} socket(s) unknown: /proc is mounted with hidepid, \
+             which hides other users' processes; run as root, grant CAP_SYS_PTRACE, or join \
+             the group its gid= option names\n"
+        ));
+    }
+    (!text.is_empty()).then_some(text)
 }

@@ -7,8 +7,13 @@
 //! process that `unshare`s or `setns`es just after it starts (as container runtimes do). A
 //! long-lived process moving to another namespace later is not seen until a process is
 //! started there; `ip netns exec` targets are found through `/run/netns` anyway.
+//!
+//! Any user can create network namespaces (`unshare -Urn`), and each one watched costs three
+//! or four file descriptors: so at most [`NETNS_PER_OWNER`] namespaces of one owner other than
+//! root are handed on, whether to a `Query` or a `Watcher`, and the rest are named once in a
+//! warning.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -18,6 +23,13 @@ use crate::socket::ContainerRef;
 
 /// Where `ip netns add` binds named namespaces.
 pub(crate) const NAMED_NETNS_DIR: &str = "/run/netns";
+
+/// Most network namespaces watched per owner other than root (the owner of the user namespace
+/// that owns it: who created it). A rootless container runtime rarely runs more than a few
+/// dozen per user; a user making thousands (to exhaust portwatch's file descriptors, one
+/// `EMFILE` away from failing every new socket it needs) gets these, and the others are named
+/// in one warning. Root's, which container runtimes make, are not capped.
+pub(crate) const NETNS_PER_OWNER: usize = 64;
 
 /// A namespace found alive, and how to open it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +50,13 @@ pub(crate) struct Discovery {
     pids: HashMap<u32, u64>,
     /// Pids first seen on the last pass: read again on the next.
     young: Vec<u32>,
+    /// Owner uid of each namespace inode seen (asked once per namespace).
+    owners: HashMap<u64, u32>,
+    /// The capped owners' namespaces handed on by the last pass: they stay, so a namespace
+    /// being watched is not dropped when its owner makes more.
+    kept: HashSet<u64>,
+    /// Owners already warned about.
+    warned: HashSet<u32>,
 }
 
 /// Parses a namespace link: `net:[4026531840]`.
@@ -60,6 +79,9 @@ impl Discovery {
             named_dir: named_dir.to_owned(),
             pids: HashMap::new(),
             young: Vec::new(),
+            owners: HashMap::new(),
+            kept: HashSet::new(),
+            warned: HashSet::new(),
         }
     }
 
@@ -67,8 +89,13 @@ impl Discovery {
         ns_of(&self.proc_root, pid).unwrap_or(0)
     }
 
-    /// The namespaces alive now, by inode.
+    /// The namespaces alive now, by inode, at most [`NETNS_PER_OWNER`] of each owner but root.
     pub(crate) fn pass(&mut self) -> HashMap<u64, Found> {
+        let found = self.update();
+        self.capped(found)
+    }
+
+    fn update(&mut self) -> HashMap<u64, Found> {
         let Ok(live) = list_pids(&self.proc_root) else {
             // /proc unreadable this once: keep what was known rather than lose every namespace.
             return self.found();
@@ -94,6 +121,38 @@ impl Discovery {
             self.pids.insert(pid, ns);
         }
         self.found()
+    }
+
+    /// Drops the namespaces past [`NETNS_PER_OWNER`] of each owner but root, and says so once
+    /// per owner.
+    fn capped(&mut self, mut found: HashMap<u64, Found>) -> HashMap<u64, Found> {
+        self.owners.retain(|inode, _| found.contains_key(inode));
+        for f in found.values() {
+            if !self.owners.contains_key(&f.inode) {
+                let owner = owner_of(f, &self.proc_root);
+                self.owners.insert(f.inode, owner);
+            }
+        }
+        let (kept, skipped) = cap_per_owner(&self.owners, &self.kept, NETNS_PER_OWNER);
+        for (uid, inodes) in skipped {
+            for inode in &inodes {
+                found.remove(inode);
+            }
+            if self.warned.insert(uid) {
+                log::warn!(
+                    "skipping {} network namespace(s) owned by uid {uid} (inodes {}{}): at most \
+                     {NETNS_PER_OWNER} per user other than root are watched, as each costs file \
+                     descriptors",
+                    inodes.len(),
+                    inodes.iter().take(8).map(u64::to_string).collect::<Vec<_>>().join(", "),
+                    if inodes.len() > 8 { ", …" } else { "" },
+                );
+            } else {
+                log::debug!("still skipping {} namespace(s) of uid {uid}", inodes.len());
+            }
+        }
+        self.kept = kept;
+        found
     }
 
     fn found(&self) -> HashMap<u64, Found> {
@@ -126,6 +185,51 @@ impl Discovery {
         }
         out
     }
+}
+
+/// Who owns a namespace: the owner of its user namespace (`NS_GET_OWNER_UID`, Linux 4.11+),
+/// else the uid of the process found inside, else root (a `/run/netns` entry: binding one
+/// there takes root).
+fn owner_of(found: &Found, proc_root: &Path) -> u32 {
+    if let Ok(file) = std::fs::File::open(&found.path)
+        && let Ok(uid) = crate::sys::ns_owner_uid(&file)
+    {
+        return uid;
+    }
+    found
+        .pid
+        .and_then(|pid| std::fs::metadata(proc_root.join(pid.to_string())).ok())
+        .map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
+}
+
+/// Splits namespaces by owner (`owners`: inode → uid) into those handed on — every one of
+/// root's, and at most `limit` of any other owner's, those in `kept` first, then by inode — and,
+/// per owner, the inodes skipped (ascending).
+fn cap_per_owner(
+    owners: &HashMap<u64, u32>,
+    kept: &HashSet<u64>,
+    limit: usize,
+) -> (HashSet<u64>, Vec<(u32, Vec<u64>)>) {
+    let mut by_owner: HashMap<u32, Vec<u64>> = HashMap::new();
+    for (&inode, &uid) in owners {
+        if uid != 0 {
+            by_owner.entry(uid).or_default().push(inode);
+        }
+    }
+    let mut handed = HashSet::new();
+    let mut skipped = Vec::new();
+    for (uid, mut inodes) in by_owner {
+        inodes.sort_by_key(|i| (!kept.contains(i), *i));
+        let rest = inodes.split_off(inodes.len().min(limit));
+        handed.extend(inodes);
+        if !rest.is_empty() {
+            let mut rest = rest;
+            rest.sort_unstable();
+            skipped.push((uid, rest));
+        }
+    }
+    skipped.sort_unstable();
+    (handed, skipped)
 }
 
 /// Opens a namespace discovery found, labelled with its container.
@@ -290,6 +394,22 @@ mod tests {
         assert_eq!(container_id(b"0::/"), None);
         assert_eq!(container_id(b"garbage"), None);
         assert_eq!(container_id(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn a_user_gets_a_bounded_number_of_namespaces_and_keeps_them() {
+        // uid 1000 owns 5 namespaces, root 4; at most 2 per user.
+        let mut owners: HashMap<u64, u32> = (10..15).map(|i| (i, 1000)).collect();
+        owners.extend((20..24).map(|i| (i, 0)));
+        let (kept, skipped) = cap_per_owner(&owners, &HashSet::new(), 2);
+        assert_eq!(skipped, [(1000, vec![12, 13, 14])]);
+        assert!(kept.contains(&10) && kept.contains(&11) && !kept.contains(&20));
+        // Those handed on before stay, whatever the newcomers' inodes.
+        let (kept, skipped) = cap_per_owner(&owners, &HashSet::from([13, 14]), 2);
+        assert_eq!(skipped, [(1000, vec![10, 11, 12])]);
+        assert_eq!(kept, HashSet::from([13, 14]));
+        let (_, skipped) = cap_per_owner(&owners, &HashSet::new(), 64);
+        assert!(skipped.is_empty());
     }
 
     #[test]

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A NETLINK_SOCK_DIAG socket could not be opened or used.
-    #[error(
-        "cannot open a NETLINK_SOCK_DIAG socket: {source} (is sock_diag available in this kernel?)"
-    )]
+    /// A NETLINK_SOCK_DIAG socket could not be opened or used. (Out of file descriptors,
+    /// the message says so: that is no netlink problem.)
+    #[error("cannot open a NETLINK_SOCK_DIAG socket: {}", netlink_hint(source))]
     NetlinkUnavailable {
         /// The OS error.
         #[source]
@@ -49,6 +48,16 @@ pub enum Error {
     PermissionDenied {
         /// What could not be read.
         path: PathBuf,
+    },
+    /// A file could not be opened because this process (`EMFILE`) or the system (`ENFILE`)
+    /// has as many open files as its limit allows.
+    #[error("cannot open {}: {}", path.display(), too_many_hint(source))]
+    TooManyOpenFiles {
+        /// What could not be opened.
+        path: PathBuf,
+        /// The OS error: `EMFILE` or `ENFILE`.
+        #[source]
+        source: io::Error,
     },
     /// A file or directory could not be read.
     #[error("cannot read {}: {source}", path.display())]
@@ -170,9 +179,37 @@ impl Error {
         let path = path.into();
         if source.kind() == io::ErrorKind::PermissionDenied {
             Error::PermissionDenied { path }
+        } else if is_too_many_open_files(&source) {
+            Error::TooManyOpenFiles { path, source }
         } else {
             Error::Io { path, source }
         }
+    }
+}
+
+/// Whether `e` is `EMFILE` (this process's limit) or `ENFILE` (the system's).
+fn is_too_many_open_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE))
+}
+
+/// What to do about running out of file descriptors, after the OS error.
+fn too_many_hint(e: &io::Error) -> String {
+    if e.raw_os_error() == Some(nix::libc::ENFILE) {
+        format!("{e}: too many open files on the whole system; raise fs.file-max")
+    } else {
+        format!(
+            "{e}: too many open files; raise the open-file limit (ulimit -Hn, LimitNOFILE= in a \
+             systemd unit, --ulimit nofile= for a container): each watched namespace takes 3-4"
+        )
+    }
+}
+
+/// A netlink socket that could not be opened: out of file descriptors, or no sock_diag.
+fn netlink_hint(e: &io::Error) -> String {
+    if is_too_many_open_files(e) {
+        too_many_hint(e)
+    } else {
+        format!("{e} (is sock_diag available in this kernel?)")
     }
 }
 

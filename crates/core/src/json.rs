@@ -52,6 +52,8 @@ fn reason_code(r: UnknownReason) -> &'static str {
         UnknownReason::NotResolved => "not_resolved",
         UnknownReason::PermissionDenied { .. } => "permission_denied",
         UnknownReason::NotFound => "not_found",
+        UnknownReason::Skipped { .. } => "skipped",
+        UnknownReason::Hidden => "hidden",
     }
 }
 

@@ -428,6 +428,19 @@ pub enum UnknownReason {
     /// held only by the kernel, or its holder is not visible in this `/proc` (another pid
     /// namespace).
     NotFound,
+    /// The owner may be among processes the owner walk did not finish reading. The walk is
+    /// bounded, because any user can make it slow: each process is read for at most its first
+    /// 1024 fds (a server's listeners are among its lowest), and the walk stops after 200 ms.
+    Skipped {
+        /// Processes holding more than 1024 fds: only the first 1024 were read.
+        crowded: usize,
+        /// Processes not read at all: the walk ran out of time first.
+        unread: usize,
+    },
+    /// No visible process holds it, and `/proc` is mounted with `hidepid=`: other users'
+    /// processes are hidden from this one. Root or `CAP_SYS_PTRACE`, or membership of the
+    /// group the mount's `gid=` names, sees them.
+    Hidden,
 }
 
 impl fmt::Display for UnknownReason {
@@ -440,6 +453,16 @@ impl fmt::Display for UnknownReason {
             UnknownReason::NotFound => {
                 f.write_str("not found: no visible process holds it (closed, kernel-owned, or in another pid namespace)")
             }
+            UnknownReason::Skipped { crowded, unread } => write!(
+                f,
+                "skipped: {crowded} process(es) hold more than 1024 fds and were read in part, \
+                 {unread} were not read before the owner walk's time ran out; the owner may be \
+                 among them"
+            ),
+            UnknownReason::Hidden => f.write_str(
+                "hidden: /proc is mounted with hidepid, so other users' processes cannot be \
+                 seen; run as root, with CAP_SYS_PTRACE, or in the group its gid= option names",
+            ),
         }
     }
 }

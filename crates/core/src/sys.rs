@@ -1,8 +1,11 @@
-//! The one system call the safe wrappers we depend on make too expensive for the hot path.
+//! The system calls the safe wrappers we depend on lack, or make too expensive.
 //!
 //! nix's `readlinkat` first `fstatat`s the link to size its buffer: a second path lookup for
 //! every fd of every process, which doubled the cost of the owner walk. `/proc/PID/fd/N` links
 //! are short (`socket:[N]`), so one call into a caller's stack buffer does.
+//!
+//! nix has no wrapper for the namespace ioctl `NS_GET_OWNER_UID`, which says which user owns a
+//! namespace (to cap how many of one user's namespaces are watched).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -31,4 +34,26 @@ pub(crate) fn readlinkat<'b>(
     };
     let n = usize::try_from(Errno::result(n)?).map_err(|_| Errno::EINVAL)?;
     Ok(&buf[..n.min(buf.len())])
+}
+
+/// `NS_GET_OWNER_UID` from `<linux/nsfs.h>`: `_IO(0xb7, 0x4)`.
+const NS_GET_OWNER_UID: u32 = 0xb704;
+
+/// The uid (in the initial user namespace) of the owner of the user namespace that owns the
+/// namespace open at `ns`. Linux 4.11+; `EINVAL` for a file that is not a namespace, `ENOTTY`
+/// on older kernels.
+pub(crate) fn ns_owner_uid(ns: impl AsFd) -> Result<u32, Errno> {
+    let mut uid: nix::libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one `uid_t` through its argument, which points at
+    // `uid`, alive and writable for the whole call; the fd is borrowed from a live `AsFd`.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        nix::libc::ioctl(
+            ns.as_fd().as_raw_fd(),
+            NS_GET_OWNER_UID as _,
+            &mut uid as *mut nix::libc::uid_t,
+        )
+    };
+    Errno::result(r)?;
+    Ok(uid)
 }

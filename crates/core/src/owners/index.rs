@@ -4,8 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use super::{Detail, FdScan, describe, list_pids, open_proc, read_users, scan_pids};
+use super::{
+    Detail, FdScan, WALK_BUDGET, describe, hidepid, list_pids, open_pid, open_proc, read_users,
+    scan_pids,
+};
 use crate::socket::{Owners, Process, Socket, UnknownReason};
 
 /// Owner lookup for a watcher: remembers the processes it has seen so that finding the owners
@@ -55,6 +59,8 @@ impl OwnerIndex {
             }
             return;
         };
+        // One budget for every phase: the bound is on what a lookup costs the scan thread.
+        let deadline = Instant::now() + WALK_BUDGET;
         let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
         let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
         let mut missing = wanted.clone();
@@ -72,7 +78,8 @@ impl OwnerIndex {
             }
             let batch: Vec<u32> =
                 pids.iter().copied().filter(|p| !scanned.contains(p) && phase(*p)).collect();
-            let scan = scan_pids(&proc_dir, &batch, &wanted, users, self.detail, self.threads);
+            let scan =
+                scan_pids(&proc_dir, &batch, &wanted, users, self.detail, self.threads, deadline);
             scanned.extend(batch);
             missing.retain(|i| !scan.holders.contains_key(i));
             total.merge(scan);
@@ -82,10 +89,11 @@ impl OwnerIndex {
         let mut parents: Vec<u32> = total.processes.values().filter_map(|p| p.ppid).collect();
         while !parents.is_empty() {
             parents.retain(|p| *p > 1 && scanned.insert(*p));
-            let scan = scan_pids(&proc_dir, &parents, &wanted, users, self.detail, 1);
+            let scan = scan_pids(&proc_dir, &parents, &wanted, users, self.detail, 1, deadline);
             parents = scan.processes.values().filter_map(|p| p.ppid).collect();
             total.merge(scan);
         }
+        total.hidden = hidepid::explains_missing(&total, &wanted, &self.proc_root);
         self.seen_pids = pids.into_iter().collect();
         for s in sockets.iter_mut() {
             s.owners = total.owners_of(s.inode);
@@ -102,8 +110,9 @@ impl OwnerIndex {
             p.user = users.get(&p.uid).cloned();
         }
         let Ok(proc_dir) = open_proc(&self.proc_root) else { return };
+        let Some(pid_dir) = open_pid(&proc_dir, p.pid) else { return };
         let mut buf = Vec::new();
-        if let Some(now) = describe(&proc_dir, p.pid, users, self.detail, &mut buf)
+        if let Some(now) = describe(&pid_dir, p.pid, users, self.detail, &mut buf)
             && (now.comm == p.comm || has_thread_named(&self.proc_root, p.pid, &p.comm))
         {
             // The kernel names the calling thread; a process is named by its main thread, as
