@@ -15,7 +15,6 @@ use crate::util::{
     PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, skip, system_tool, tool,
     wait_for,
 };
-use crate::watch::expect;
 
 /// Messages the library logged, for tests that check a path was taken. Set up once for the
 /// test binary; other tests' messages are in it too, so checks look for specific text.
