@@ -69,6 +69,15 @@ fn table_shows_address_state_and_process() {
     let row = lines.find(|l| l.contains(&format!("127.0.0.1:{port}"))).expect("row for listener");
     assert!(row.starts_with("tcp") && row.contains("LISTEN"), "{row}");
     assert!(row.contains(&format!("{}/", std::process::id())), "pid/comm shown: {row}");
+    // Owners unknown, the User column still shows the socket's user by name, as it does when
+    // owners are known: never a bare 0 on one line and root on the next.
+    if is_root() {
+        let out = run(&["list", "--tcp", "--no-processes", "--port", &port.to_string()]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let row = text.lines().find(|l| l.contains(&format!("127.0.0.1:{port}"))).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[3], "root", "user by name without owners: {text}");
+    }
 }
 
 #[test]

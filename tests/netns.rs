@@ -124,6 +124,11 @@ fn named_namespace_by_path_and_by_pid() {
     assert_sandbox_listed(&by_path, &sb, inode);
     let by_pid = json_list(&["--netns", &sb.host_pid.to_string()]);
     assert_sandbox_listed(&by_pid, &sb, inode);
+    // Either way the namespace carries its /run/netns name.
+    let name = sb.netns_name.as_deref().unwrap();
+    for s in by_path.iter().chain(&by_pid) {
+        assert_eq!(s["netns_name"], name, "{s}");
+    }
     // Nothing of the host leaks in: the sandbox holds exactly its two sockets.
     assert_eq!(ports(&by_path).len(), 2, "{by_path:?}");
     // And nothing of the sandbox leaks out.
@@ -144,6 +149,7 @@ fn unshared_sandbox_shows_ns_pid_1() {
     let p = &list[0]["processes"][0];
     assert_eq!(p["pid"], sb.host_pid);
     assert_eq!(p["ns_pid"], 1, "pid inside the sandbox");
+    assert!(list[0]["netns_name"].is_null(), "not bound under /run/netns: no name");
 }
 
 #[test]
@@ -165,6 +171,7 @@ fn watch_sees_a_namespace_from_outside() {
     opened.sort_unstable();
     assert_eq!(opened, [7101, 7102]);
     assert!(a["initial"] == true && a["pids"] == serde_json::json!([sb.host_pid]));
+    assert_eq!(a["netns_name"], sb.netns_name.as_deref().unwrap(), "{a}");
     let host_pid = sb.host_pid;
     drop(sb); // the listener exits: both close, seen from the host
     let (c, d) = (next(), next());
@@ -327,6 +334,12 @@ fn all_netns_lists_every_namespace_tagged() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("Namespace"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("host ")), "{table}");
+    // A namespace bound under /run/netns goes by its name, in JSON and in the table.
+    let name = named.netns_name.as_deref().unwrap();
+    let inode = std::fs::metadata(named.path()).unwrap().ino();
+    assert!(in_netns(&list, inode).iter().all(|s| s["netns_name"] == name), "{list:?}");
+    let row = format!("netns {name} ");
+    assert!(table.lines().any(|l| l.starts_with(&row) && l.contains(":7101")), "{table}");
 }
 
 #[test]

@@ -4,15 +4,23 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use portwatch_core::{Owners, Socket, State, UnknownReason};
+use portwatch_core::{Owners, Socket, State, UnknownReason, Users};
 
 use super::{TABLE_OWNERS, escape, namespace_text, owners_text};
 
-/// The user column: the owning process's user, else the socket's uid.
-fn user_text(s: &Socket) -> Cow<'_, str> {
-    match s.processes().first() {
-        Some(p) => p.user.as_deref().map_or_else(|| Cow::Owned(p.uid.to_string()), escape),
-        None => s.uid.map_or(Cow::Borrowed("-"), |u| Cow::Owned(u.to_string())),
+/// The user column: the owning process's user, else the socket's uid; by name whenever
+/// `/etc/passwd` has one, so root is `root` on every line, owners known or not.
+fn user_text<'a>(s: &'a Socket, users: &'a Users) -> Cow<'a, str> {
+    let (uid, name) = match s.processes().first() {
+        Some(p) => (p.uid, p.user.as_deref()),
+        None => match s.uid {
+            Some(uid) => (uid, None),
+            None => return Cow::Borrowed("-"),
+        },
+    };
+    match name.or_else(|| users.name(uid)) {
+        Some(name) => escape(name),
+        None => Cow::Owned(uid.to_string()),
     }
 }
 
@@ -46,7 +54,12 @@ fn peer_text(s: &Socket) -> String {
 /// column follows the local address when any socket listed has a peer (connected sockets,
 /// as `--state established` lists): listeners have none, so their table stays as narrow as
 /// `ss -l`'s.
-pub fn table(sockets: &[Socket], own_netns: Option<u64>, out: &mut impl Write) -> io::Result<()> {
+pub fn table(
+    sockets: &[Socket],
+    users: &Users,
+    own_netns: Option<u64>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     // Only the namespace, address, peer and user columns need text built per row. The
     // address is a unix path for unix sockets: escaped like every name.
     let rows: Vec<(Cow<'_, str>, String, String, Cow<'_, str>)> = sockets
@@ -60,7 +73,7 @@ pub fn table(sockets: &[Socket], own_netns: Option<u64>, out: &mut impl Write) -
                 Cow::Borrowed(_) => local,
                 Cow::Owned(escaped) => escaped,
             };
-            (ns, local, peer_text(s), user_text(s))
+            (ns, local, peer_text(s), user_text(s, users))
         })
         .collect();
     let header = [

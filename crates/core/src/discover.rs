@@ -9,15 +9,16 @@
 //! started there; `ip netns exec` targets are found through `/run/netns` anyway.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 use crate::owners::list_pids;
 use crate::socket::ContainerRef;
 
-/// Where `ip netns add` binds named namespaces.
-pub(crate) const NAMED_NETNS_DIR: &str = "/run/netns";
+pub(crate) use crate::netns::NAMED_NETNS_DIR;
 
 /// A namespace found alive, and how to open it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub(crate) struct Found {
     pub(crate) path: PathBuf,
     /// The lowest pid inside, when a process is (a container's init, usually).
     pub(crate) pid: Option<u32>,
+    /// Its name under `/run/netns`, when it is bound there.
+    pub(crate) name: Option<Arc<str>>,
 }
 
 /// The pid → namespace map discovery keeps between passes.
@@ -110,7 +113,7 @@ impl Discovery {
                 }
                 None => {
                     let path = self.proc_root.join(pid.to_string()).join("ns/net");
-                    out.insert(inode, Found { inode, path, pid: Some(pid) });
+                    out.insert(inode, Found { inode, path, pid: Some(pid), name: None });
                 }
             }
         }
@@ -118,10 +121,13 @@ impl Discovery {
             for entry in dir.flatten() {
                 let path = entry.path();
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+                let inode = meta.ino();
+                let name = entry.file_name().to_str().map(Arc::from);
                 // An unmounted leftover file is on the parent filesystem, not nsfs: entering it
                 // fails, and the caller skips it.
-                out.entry(inode).or_insert(Found { inode, path, pid: None });
+                let found =
+                    out.entry(inode).or_insert(Found { inode, path, pid: None, name: None });
+                found.name = name;
             }
         }
         out
@@ -131,7 +137,7 @@ impl Discovery {
 /// Opens a namespace discovery found, labelled with its container.
 pub(crate) fn open(found: &Found, namer: &mut Namer, proc_root: &Path) -> Result<Netns> {
     let container = found.pid.and_then(|pid| namer.container_of(proc_root, pid, found.inode));
-    Netns::found(&found.path, found.inode, found.pid, container)
+    Ok(Netns::found(&found.path, found.inode, found.pid, container)?.named(found.name.clone()))
 }
 
 /// What to do when a namespace discovery found cannot be read: a missing privilege is an

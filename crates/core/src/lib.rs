@@ -93,6 +93,7 @@ mod socket;
 mod source;
 mod sys;
 mod tracker;
+mod users;
 mod watch;
 
 pub use crate::{
@@ -106,5 +107,6 @@ pub use crate::{
         UnknownName, UnknownReason,
     },
     source::Backend,
+    users::Users,
     watch::{EVENT_QUEUE, StopHandle, Watcher, WatcherBuilder},
 };
