@@ -9,7 +9,7 @@
 //! started there; `ip netns exec` targets are found through `/run/netns` anyway.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -121,6 +121,13 @@ impl Discovery {
             for entry in dir.flatten() {
                 let path = entry.path();
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
+                // `ip netns add` creates the file with mode 0, then mounts the namespace over
+                // it (nsfs files are 0444): caught in between, it is no namespace yet, and one
+                // that cannot open it must not take it for a missing privilege. The next pass
+                // sees it mounted.
+                if meta.permissions().mode() & 0o444 == 0 {
+                    continue;
+                }
                 let inode = meta.ino();
                 let name = entry.file_name().to_str().map(Arc::from);
                 // An unmounted leftover file is on the parent filesystem, not nsfs: entering it
