@@ -8,5 +8,6 @@ mod faults;
 mod hostile;
 mod list;
 mod netns;
+mod packaging;
 mod util;
 mod watch;

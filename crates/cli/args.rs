@@ -19,6 +19,31 @@ pub enum Command {
     List(ListArgs),
     /// Report sockets opening and closing, with their processes, as they happen.
     Watch(WatchArgs),
+    /// Print a shell completion script: `portwatch completions bash > /etc/bash_completion.d/portwatch`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Write the man pages (portwatch.1, portwatch-list.1, portwatch-watch.1) into DIR;
+    /// `make man` writes them to target/man.
+    #[command(hide = true)]
+    Man {
+        /// Where to write the pages (created if missing).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// A shell `completions` writes for. Our own enum, not clap_complete's, so this file stays
+/// plain clap (the fuzz targets compile it as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    #[value(name = "powershell")]
+    PowerShell,
 }
 
 /// Which sockets to show; shared by the commands that read sockets.

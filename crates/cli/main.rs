@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, ShellArg};
 
 /// Why a command failed at run time (exit status 1).
 #[derive(Debug)]
@@ -82,6 +82,44 @@ fn init_logger() {
             )
         })
         .init();
+}
+
+/// Writes the completion script for `shell`, generated from the flags themselves.
+fn completions(shell: ShellArg, out: &mut impl Write) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        ShellArg::Bash => Shell::Bash,
+        ShellArg::Zsh => Shell::Zsh,
+        ShellArg::Fish => Shell::Fish,
+        ShellArg::Elvish => Shell::Elvish,
+        ShellArg::PowerShell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "portwatch", out);
+    Ok(out.flush()?)
+}
+
+/// Writes the man pages into `dir`, generated from the flags themselves: `portwatch.1`, and
+/// one per command (`portwatch-list.1`, …) as git does, since one page cannot hold every
+/// command's options.
+fn man(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    let write = |name: &str, cmd: clap::Command| -> Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).map_err(|e| portwatch_core::Error::Io { path, source: e })?;
+        Ok(())
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| portwatch_core::Error::Io { path: dir.to_owned(), source: e })?;
+    let mut cli = Cli::command();
+    cli.build();
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+        let name = format!("portwatch-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("portwatch", cli)
 }
 
 /// The environment variable `flag` (`--interval`) took its value from, if it did: the flag
@@ -152,6 +190,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::List(args) => list::run(args, &mut out),
         Command::Watch(args) => watch::run(args, &mut out),
+        Command::Completions { shell } => completions(*shell, &mut out),
+        Command::Man { dir } => man(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
