@@ -9,5 +9,6 @@ mod hostile;
 mod list;
 mod netns;
 mod packaging;
+mod schema;
 mod util;
 mod watch;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use portwatch_core::{Event, EventKind, Filter, Protocol, Watcher};
 
+use crate::schema::assert_event_line;
 use crate::util::{Holder, PATIENCE, WatchCmd, json, portwatch, private_dir, run, wait_for};
 
 fn me() -> u32 {
@@ -466,6 +467,8 @@ fn json_lines_keep_their_key_order_for_every_kind_of_event() {
     let socket_keys = ["proto", "family", "addr", "port", "path", "state", "pids", "processes"];
     let open = w.expect("the open", |l| l.contains("\"event\":\"open\""));
     order(&open, &[&["ts", "event", "initial"][..], &socket_keys].concat());
+    // Each kind of line also matches schema/event.schema.json.
+    assert_event_line(&open);
     assert!(!open.contains("previous_pids"), "{open}");
     // Restarted within the close grace by another process: the owners change, naming who
     // held it before.
@@ -476,8 +479,10 @@ fn json_lines_keep_their_key_order_for_every_kind_of_event() {
     let owners = w.expect("the owner change", |l| l.contains("\"event\":\"owners\""));
     order(&owners, &[&["ts", "event", "initial", "previous_pids"][..], &socket_keys].concat());
     assert!(owners.contains(&format!("\"previous_pids\":[{}", me())), "{owners}");
+    assert_event_line(&owners);
     drop(child);
     let close = w.expect("the close", |l| l.contains("\"event\":\"close\""));
     order(&close, &[&["ts", "event", "initial"][..], &socket_keys].concat());
+    assert_event_line(&close);
     assert!(w.terminate().success());
 }
