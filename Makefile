@@ -2,6 +2,7 @@
 #
 #   make build          release binary at target/release/portwatch
 #   make test           the test suite (installs ss if this machine lacks it)
+#   make man            man pages (portwatch.1, portwatch-list.1, portwatch-watch.1) in target/man
 #   make lint           rustfmt, clippy (also core without features) and rustdoc, warnings
 #                       denied; the fuzz targets compile
 #   make bench          criterion benches of the hot paths
@@ -33,7 +34,7 @@ CROWD_PROCS ?= 40
 CROWD_FDS ?= 20000
 BLINDING_RUNS ?= 9
 
-.PHONY: all build test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean \
+.PHONY: all build man test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean \
 	bpf bpf-check bpf-deps bench-ebpf bench-blinding
 
 all: build
@@ -41,8 +42,14 @@ all: build
 build:
 	$(CARGO) build --release --locked
 
+# Generated from the same clap definitions as --help (a hidden `portwatch man DIR`).
+man:
+	$(CARGO) run --locked --quiet -- man target/man
+	@echo "man pages in target/man: man -l target/man/portwatch.1"
+
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
-# (util-linux) and python3 for the namespace sandboxes. The tests run as root and call them by
+# and setpriv (util-linux) and python3 for the namespace sandboxes and runs with chosen
+# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service. The tests run as root and call them by
 # absolute path in the system directories (never through PATH), so that is where they must be.
 # Tests skip, saying why, without them.
 SYSTEM_BIN := /usr/sbin /usr/bin /sbin /bin
@@ -50,7 +57,8 @@ have = $(firstword $(wildcard $(addsuffix /$(1),$(SYSTEM_BIN))))
 deps:
 	@missing=""; \
 	[ -n "$(call have,ss)" ] && [ -n "$(call have,ip)" ] || missing="$$missing iproute2"; \
-	[ -n "$(call have,unshare)" ] || missing="$$missing util-linux"; \
+	[ -n "$(call have,unshare)" ] && [ -n "$(call have,setpriv)" ] || missing="$$missing util-linux"; \
+	[ -n "$(call have,systemd-analyze)" ] || missing="$$missing systemd"; \
 	[ -n "$(call have,python3)" ] || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

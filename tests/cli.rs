@@ -4,7 +4,9 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
-use crate::util::{is_root, json_list, pids_of, portwatch, run, skip, system_tool, tool};
+use crate::util::{
+    Holder, WatchCmd, is_root, json, json_list, pids_of, portwatch, run, skip, system_tool, tool,
+};
 
 #[test]
 fn json_objects_carry_every_documented_field() {
@@ -67,6 +69,15 @@ fn table_shows_address_state_and_process() {
     let row = lines.find(|l| l.contains(&format!("127.0.0.1:{port}"))).expect("row for listener");
     assert!(row.starts_with("tcp") && row.contains("LISTEN"), "{row}");
     assert!(row.contains(&format!("{}/", std::process::id())), "pid/comm shown: {row}");
+    // Owners unknown, the User column still shows the socket's user by name, as it does when
+    // owners are known: never a bare 0 on one line and root on the next.
+    if is_root() {
+        let out = run(&["list", "--tcp", "--no-processes", "--port", &port.to_string()]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let row = text.lines().find(|l| l.contains(&format!("127.0.0.1:{port}"))).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[3], "root", "user by name without owners: {text}");
+    }
 }
 
 #[test]
@@ -94,6 +105,13 @@ fn usage_errors_exit_2_and_name_the_flag() {
         (&["list", "--state", "bogus"][..], "--state"),
         (&["list", "--backend", "ebpf"][..], "--backend"),
         (&["list", "-4", "-6"][..], "--ipv4"),
+        // Unix sockets have no inet family: -4/-6 with -x would be silently ignored.
+        (&["list", "-x", "-4"][..], "--unix"),
+        (&["watch", "-x", "-6"][..], "--unix"),
+        (&["list", "--user", "no-such-user-here"][..], "--user"),
+        (&["list", "--no-processes", "--comm", "sh"][..], "--comm"),
+        // The library's floor for the interval, named as the flag.
+        (&["watch", "--interval", "0.0001"][..], "--interval"),
         (&["watch", "--exec-timeout", "1"][..], "--exec"),
         (&["watch", "--exec", "true", "--exec-timeout", "0"][..], "--exec-timeout"),
         (&["frobnicate"][..], "frobnicate"),
@@ -173,4 +191,107 @@ fn runtime_error_exits_1_with_one_actionable_line() {
     assert!(err.starts_with("portwatch: ") && err.contains("/proc"), "{err}");
     assert!(err.contains("is procfs mounted at /proc?"), "says what to check: {err}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn settings_from_the_environment_are_named_when_bad() {
+    for (value, says) in [("abc", "not a number"), ("0.0001", "1ms")] {
+        let out = portwatch().arg("watch").env("SCAN_INTERVAL", value).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "SCAN_INTERVAL={value}: {err}");
+        for name in ["SCAN_INTERVAL", "--interval", says] {
+            assert!(err.contains(name), "SCAN_INTERVAL={value} names {name}: {err}");
+        }
+    }
+    // Given on the command line, the flag is what is named.
+    let out =
+        portwatch().args(["watch", "--burst-scans", "0"]).env("BURST_SCANS", "2").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--burst-scans") && !err.contains("BURST_SCANS"), "{err}");
+}
+
+/// The command name of process `pid`, as owners report it.
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim().to_owned()
+}
+
+fn ports(list: &[serde_json::Value]) -> Vec<u64> {
+    list.iter().filter_map(|s| s["port"].as_u64()).collect()
+}
+
+#[test]
+fn list_and_watch_select_by_pid_user_and_comm() {
+    let mine = TcpListener::bind("127.0.0.1:0").unwrap();
+    let theirs = TcpListener::bind("127.0.0.1:0").unwrap();
+    let child_port = u64::from(theirs.local_addr().unwrap().port());
+    let child = Holder::spawn(&[&theirs]);
+    drop(theirs);
+    let my_port = u64::from(mine.local_addr().unwrap().port());
+
+    let by_pid = json_list(&["--pid", &child.pid.to_string()]);
+    assert_eq!(ports(&by_pid), [child_port], "only the child's socket: {by_pid:?}");
+
+    let comm = comm_of(std::process::id());
+    let by_comm = json_list(&["--comm", &comm]);
+    assert!(ports(&by_comm).contains(&my_port), "{comm}: {by_comm:?}");
+    for s in &by_comm {
+        let procs = s["processes"].as_array().unwrap();
+        assert!(procs.iter().any(|p| p["comm"] == comm.as_str()), "{comm}: {s}");
+    }
+    assert!(json_list(&["--comm", "no-such-comm"]).is_empty());
+
+    let uid = nix::unistd::geteuid().as_raw();
+    let by_uid = json_list(&["--user", &uid.to_string()]);
+    assert!(ports(&by_uid).contains(&my_port), "uid {uid}: {by_uid:?}");
+    assert!(by_uid.iter().all(|s| s["uid"] == uid), "{by_uid:?}");
+    assert!(!ports(&json_list(&["--user", &(uid + 1).to_string()])).contains(&my_port));
+    if is_root() {
+        assert!(ports(&json_list(&["--user", "root"])).contains(&my_port));
+        assert!(!ports(&json_list(&["--user", "nobody"])).contains(&my_port));
+    }
+
+    // The same flags on watch: the child's port is reported, ours never is. (A forked child
+    // carries the name of the thread that forked it, not the process's.)
+    let w = WatchCmd::start(&[
+        "--format",
+        "json",
+        "--pid",
+        &child.pid.to_string(),
+        "--comm",
+        &comm_of(child.pid),
+        "--user",
+        &uid.to_string(),
+    ]);
+    w.expect("the child's port", |l| json(l)["port"] == child_port);
+    let later = w.collect(std::time::Duration::from_millis(500));
+    assert!(later.iter().all(|l| json(l)["port"] != my_port), "{later:?}");
+    let w = WatchCmd::start(&[
+        "--format",
+        "json",
+        "--comm",
+        "no-such-comm",
+        "--port",
+        &my_port.to_string(),
+    ]);
+    assert!(w.collect(std::time::Duration::from_millis(500)).is_empty());
+    assert!(w.terminate().success());
+}
+
+#[test]
+fn established_sockets_show_their_peer() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _server = l.accept().unwrap();
+    let peer = client.local_addr().unwrap();
+    let out = run(&["list", "--tcp", "--state", "established", "--port", &port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("Peer Address:Port"), "{text}");
+    let row = text.lines().find(|l| l.contains(&format!("127.0.0.1:{port}"))).expect("a row");
+    assert!(row.contains(&peer.to_string()), "the peer {peer} is shown: {text}");
+    // Listening sockets have no peer: the column is left out, as before.
+    let out = run(&["list", "--tcp", "--port", &port.to_string()]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Peer"));
 }

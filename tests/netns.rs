@@ -124,6 +124,11 @@ fn named_namespace_by_path_and_by_pid() {
     assert_sandbox_listed(&by_path, &sb, inode);
     let by_pid = json_list(&["--netns", &sb.host_pid.to_string()]);
     assert_sandbox_listed(&by_pid, &sb, inode);
+    // Either way the namespace carries its /run/netns name.
+    let name = sb.netns_name.as_deref().unwrap();
+    for s in by_path.iter().chain(&by_pid) {
+        assert_eq!(s["netns_name"], name, "{s}");
+    }
     // Nothing of the host leaks in: the sandbox holds exactly its two sockets.
     assert_eq!(ports(&by_path).len(), 2, "{by_path:?}");
     // And nothing of the sandbox leaks out.
@@ -144,6 +149,7 @@ fn unshared_sandbox_shows_ns_pid_1() {
     let p = &list[0]["processes"][0];
     assert_eq!(p["pid"], sb.host_pid);
     assert_eq!(p["ns_pid"], 1, "pid inside the sandbox");
+    assert!(list[0]["netns_name"].is_null(), "not bound under /run/netns: no name");
 }
 
 #[test]
@@ -165,6 +171,7 @@ fn watch_sees_a_namespace_from_outside() {
     opened.sort_unstable();
     assert_eq!(opened, [7101, 7102]);
     assert!(a["initial"] == true && a["pids"] == serde_json::json!([sb.host_pid]));
+    assert_eq!(a["netns_name"], sb.netns_name.as_deref().unwrap(), "{a}");
     let host_pid = sb.host_pid;
     drop(sb); // the listener exits: both close, seen from the host
     let (c, d) = (next(), next());
@@ -327,6 +334,12 @@ fn all_netns_lists_every_namespace_tagged() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("Namespace"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("host ")), "{table}");
+    // A namespace bound under /run/netns goes by its name, in JSON and in the table.
+    let name = named.netns_name.as_deref().unwrap();
+    let inode = std::fs::metadata(named.path()).unwrap().ino();
+    assert!(in_netns(&list, inode).iter().all(|s| s["netns_name"] == name), "{list:?}");
+    let row = format!("netns {name} ");
+    assert!(table.lines().any(|l| l.starts_with(&row) && l.contains(":7101")), "{table}");
 }
 
 #[test]
@@ -369,14 +382,34 @@ fn all_netns_watch_follows_namespaces_coming_and_going() {
 
 #[test]
 fn all_netns_needs_privilege_and_says_which() {
-    if !is_root() {
-        skip("dropping to another uid needs root");
+    if !can_run(&["unshare", "setpriv", "mount", "mkdir", "chmod"]) {
         return;
     }
-    let out = {
-        use std::os::unix::process::CommandExt;
-        portwatch().args(["list", "--all-netns"]).uid(65534).gid(65534).output().unwrap()
-    };
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
+    // Run as nobody, in a private mount namespace whose /run is a fresh tmpfs: the namespaces
+    // other tests create meanwhile are out of sight, and /run/netns holds what `ip netns add`
+    // leaves there for a moment — a mode-0 file not yet mounted over. Caught in that moment it
+    // made the error say CAP_SYS_PTRACE (the file could not be opened), one run in twelve.
+    let script = format!(
+        "{mount} -t tmpfs none /run && {mkdir} /run/netns && : > /run/netns/placeholder && \
+         {chmod} 0 /run/netns/placeholder && \
+         exec {setpriv} --reuid 65534 --regid 65534 --clear-groups {portwatch} list --all-netns",
+        mount = system_tool("mount").unwrap().display(),
+        mkdir = system_tool("mkdir").unwrap().display(),
+        chmod = system_tool("chmod").unwrap().display(),
+        setpriv = system_tool("setpriv").unwrap().display(),
+        portwatch = env!("CARGO_BIN_EXE_portwatch"),
+    );
+    let out = tool("unshare")
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c", &script])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let saw = format!(
+        "status {:?}, stdout {:?}, stderr {err:?}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "exit 1 for a missing privilege: {saw}");
+    assert!(err.contains("CAP_SYS_ADMIN"), "names the capability that is missing: {saw}");
 }

@@ -9,5 +9,7 @@ mod hardening;
 mod hostile;
 mod list;
 mod netns;
+mod packaging;
+mod schema;
 mod util;
 mod watch;

@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -177,10 +178,13 @@ pub fn pids_of(list: &[serde_json::Value], proto: &str, addr: &str, port: u16) -
         .map(|s| s["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u32).collect())
 }
 
-/// A running `portwatch watch`, its stdout lines delivered over a channel.
+/// A running `portwatch watch`, its stdout lines delivered over a channel. Its stderr is
+/// kept, not passed through: tests make hooks fail on purpose, and a hundred expected
+/// warnings would bury the output of the test that fails. A failing test prints it.
 pub struct WatchCmd {
     child: Child,
     lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl WatchCmd {
@@ -195,9 +199,18 @@ impl WatchCmd {
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (err, kept) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let out = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -207,7 +220,12 @@ impl WatchCmd {
                 }
             }
         });
-        WatchCmd { child, lines }
+        WatchCmd { child, lines, stderr }
+    }
+
+    /// What the watcher wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits until a line matching `want` arrives.
@@ -220,7 +238,7 @@ impl WatchCmd {
                 Err(_) => break,
             }
         }
-        panic!("no line with {what} within {PATIENCE:?}");
+        panic!("no line with {what} within {PATIENCE:?}; stderr: {:?}", self.stderr());
     }
 
     /// Returns once the watcher is scanning: opens short-lived sentinel listeners until one
@@ -243,7 +261,10 @@ impl WatchCmd {
             }
             drop(sentinel);
         }
-        panic!("portwatch watch did not start reporting within {PATIENCE:?}");
+        panic!(
+            "portwatch watch did not start reporting within {PATIENCE:?}; stderr: {:?}",
+            self.stderr()
+        );
     }
 
     /// Every line until `quiet` passes without one.
@@ -278,6 +299,11 @@ impl Drop for WatchCmd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The harness shows a test's output only when it fails: then the watcher's warnings
+        // are what one needs to see.
+        if std::thread::panicking() {
+            eprintln!("portwatch watch stderr:\n{}", self.stderr());
+        }
     }
 }
 

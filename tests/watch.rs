@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use portwatch_core::{Event, EventKind, Filter, Protocol, Watcher};
 
+use crate::schema::assert_event_line;
 use crate::util::{Holder, PATIENCE, WatchCmd, json, portwatch, private_dir, run, wait_for};
 
 fn me() -> u32 {
@@ -172,6 +173,10 @@ fn bad_settings_name_the_setting() {
             "burst_delay",
         ),
         (Watcher::builder().close_grace(Duration::from_secs(7200)), "close_grace"),
+        // Below the floor a watcher only spins a core.
+        (Watcher::builder().interval(Duration::from_micros(999)), "interval"),
+        (Watcher::builder().filter(Filter::new().port_range(9000, 8000)), "port_range"),
+        (Watcher::builder().filter(Filter::new().user("no-such-user-here")), "user"),
     ] {
         match b.build() {
             Err(portwatch_core::Error::InvalidSetting { setting: s, .. }) => assert_eq!(s, setting),
@@ -179,6 +184,36 @@ fn bad_settings_name_the_setting() {
             Ok(_) => panic!("{setting}: accepted"),
         }
     }
+    match Watcher::builder().interval(Duration::from_micros(999)).build() {
+        Err(e) => assert!(e.to_string().contains("1ms"), "the floor is named: {e}"),
+        Ok(_) => panic!("999 µs accepted"),
+    }
+    // The one-shot query checks its filter the same way.
+    let backwards = portwatch_core::Query::new().filter(Filter::new().port_range(9000, 8000));
+    match backwards.run() {
+        Err(portwatch_core::Error::InvalidSetting { setting, reason }) => {
+            assert_eq!(setting, "port_range");
+            assert!(reason.contains("9000-8000"), "{reason}");
+        }
+        other => panic!("a backwards range: {other:?}"),
+    }
+}
+
+#[test]
+fn a_pid_that_is_no_process_is_refused() {
+    // Pids stop at pid_max (at most 2^22), so this one never exists.
+    let filter = Filter::new().pid(99_999_999, false);
+    match Watcher::builder().filter(filter.clone()).build() {
+        Err(portwatch_core::Error::NoSuchProcess { pid }) => assert_eq!(pid, 99_999_999),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a watcher for no process was built"),
+    }
+    let out = portwatch().args(["watch", "--pid", "99999999"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no process 99999999"), "{stderr}");
+    let out = portwatch().args(["list", "--pid", "99999999"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -438,6 +473,8 @@ fn json_lines_keep_their_key_order_for_every_kind_of_event() {
     let socket_keys = ["proto", "family", "addr", "port", "path", "state", "pids", "processes"];
     let open = w.expect("the open", |l| l.contains("\"event\":\"open\""));
     order(&open, &[&["ts", "event", "initial"][..], &socket_keys].concat());
+    // Each kind of line also matches schema/event.schema.json.
+    assert_event_line(&open);
     assert!(!open.contains("previous_pids"), "{open}");
     // Restarted within the close grace by another process: the owners change, naming who
     // held it before.
@@ -448,8 +485,10 @@ fn json_lines_keep_their_key_order_for_every_kind_of_event() {
     let owners = w.expect("the owner change", |l| l.contains("\"event\":\"owners\""));
     order(&owners, &[&["ts", "event", "initial", "previous_pids"][..], &socket_keys].concat());
     assert!(owners.contains(&format!("\"previous_pids\":[{}", me())), "{owners}");
+    assert_event_line(&owners);
     drop(child);
     let close = w.expect("the close", |l| l.contains("\"event\":\"close\""));
     order(&close, &[&["ts", "event", "initial"][..], &socket_keys].concat());
+    assert_event_line(&close);
     assert!(w.terminate().success());
 }

@@ -19,6 +19,31 @@ pub enum Command {
     List(ListArgs),
     /// Report sockets opening and closing, with their processes, as they happen.
     Watch(WatchArgs),
+    /// Print a shell completion script: `portwatch completions bash > /etc/bash_completion.d/portwatch`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Write the man pages (portwatch.1, portwatch-list.1, portwatch-watch.1) into DIR;
+    /// `make man` writes them to target/man.
+    #[command(hide = true)]
+    Man {
+        /// Where to write the pages (created if missing).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// A shell `completions` writes for. Our own enum, not clap_complete's, so this file stays
+/// plain clap (the fuzz targets compile it as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    #[value(name = "powershell")]
+    PowerShell,
 }
 
 /// Which sockets to show; shared by the commands that read sockets.
@@ -30,8 +55,9 @@ pub struct SocketFilter {
     /// UDP sockets.
     #[arg(short = 'u', long)]
     pub udp: bool,
-    /// Unix domain stream and seqpacket sockets.
-    #[arg(short = 'x', long)]
+    /// Unix domain stream and seqpacket sockets (not with -4/-6, which select inet
+    /// families).
+    #[arg(short = 'x', long, conflicts_with_all = ["ipv4", "ipv6"])]
     pub unix: bool,
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -46,6 +72,19 @@ pub struct SocketFilter {
     /// syn-sent, time-wait, … or all.
     #[arg(long = "state", value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
     pub states: Vec<StateArg>,
+    /// Only sockets held by this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// With --pid, also sockets held by its descendants.
+    #[arg(long, requires = "pid")]
+    pub children: bool,
+    /// Only sockets of this user (a name from /etc/passwd, or a uid): the uid the kernel
+    /// recorded for the socket, its creator.
+    #[arg(long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+    /// Only sockets held by a process with this command name (as `ps -o comm` shows it).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
     /// Where to read sockets from.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -125,7 +164,7 @@ pub struct ListArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Do not look up owning processes (faster; every owner shows as not resolved).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["pid", "comm"])]
     pub no_processes: bool,
 }
 
@@ -194,12 +233,6 @@ pub struct WatchArgs {
     /// grace; flags given alongside override it.
     #[arg(long)]
     pub hf: bool,
-    /// Only ports held by this process.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
-    /// With --pid, also ports held by its descendants.
-    #[arg(long, requires = "pid")]
-    pub children: bool,
     /// Drop sockets bound to loopback addresses.
     #[arg(long)]
     pub ignore_loopback: bool,

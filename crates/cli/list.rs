@@ -3,6 +3,8 @@
 
 use std::io::{self, Write};
 
+use portwatch_core::Users;
+
 use crate::Result;
 use crate::args::{Format, ListArgs};
 use crate::render::{table, unknown_owners_warning};
@@ -17,7 +19,11 @@ pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
             serde_json::to_writer(&mut *out, &sockets).map_err(io::Error::from)?;
             writeln!(out)?;
         }
-        Format::Table => table(&sockets, args.filter.all_netns.then(own_netns), out)?,
+        Format::Table => {
+            // Names for sockets whose owners are unknown, from the same table owners use.
+            let users = Users::load();
+            table(&sockets, &users, args.filter.all_netns.then(own_netns), out)?
+        }
     }
     out.flush()?;
     if let Some(warning) = unknown_owners_warning(&sockets) {

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, ShellArg};
 
 /// Why a command failed at run time (exit status 1).
 #[derive(Debug)]
@@ -99,6 +99,83 @@ fn init_logger() {
         .init();
 }
 
+/// Writes the completion script for `shell`, generated from the flags themselves.
+fn completions(shell: ShellArg, out: &mut impl Write) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        ShellArg::Bash => Shell::Bash,
+        ShellArg::Zsh => Shell::Zsh,
+        ShellArg::Fish => Shell::Fish,
+        ShellArg::Elvish => Shell::Elvish,
+        ShellArg::PowerShell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "portwatch", out);
+    Ok(out.flush()?)
+}
+
+/// Writes the man pages into `dir`, generated from the flags themselves: `portwatch.1`, and
+/// one per command (`portwatch-list.1`, …) as git does, since one page cannot hold every
+/// command's options.
+fn man(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    let write = |name: &str, cmd: clap::Command| -> Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).map_err(|e| portwatch_core::Error::Io { path, source: e })?;
+        Ok(())
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| portwatch_core::Error::Io { path: dir.to_owned(), source: e })?;
+    let mut cli = Cli::command();
+    cli.build();
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+        let name = format!("portwatch-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("portwatch", cli)
+}
+
+/// The environment variable `flag` (`--interval`) took its value from, if it did: the flag
+/// reads one, the variable is set, and the command line does not give the flag.
+fn from_env(flag: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let long = flag.strip_prefix("--")?;
+    let cli = Cli::command();
+    let var = cli
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    let on_command_line = std::env::args_os().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='))
+    });
+    (std::env::var_os(&var).is_some() && !on_command_line).then_some(var)
+}
+
+/// clap's message for a bad value that came from an environment variable names only the
+/// flag (`invalid value 'abc' for '--interval <SECONDS>'`), which leaves a user who never
+/// typed `--interval` looking for it. This says which variable held it.
+fn env_value_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    let flag = arg.split_whitespace().next()?;
+    let var = from_env(flag)?;
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => std::env::var(&var).unwrap_or_default(),
+    };
+    let why = std::error::Error::source(e).map_or_else(String::new, |s| format!(": {s}"));
+    Some(format!("invalid value {value:?} in {var} (the environment variable for {flag}){why}"))
+}
+
 fn main() -> ExitCode {
     // `SCAN_INTERVAL=` (set but empty, as `make` and compose pass an unset variable through)
     // means "not set": the default, not an invalid value. The same for RUST_LOG, which set
@@ -113,6 +190,10 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if let Some(message) = env_value_error(&e) {
+                eprintln!("portwatch: {}", render::escape(&message));
+                return ExitCode::from(2);
+            }
             let _ = e.print();
             // --help and --version are not errors.
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
@@ -124,6 +205,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::List(args) => list::run(args, &mut out),
         Command::Watch(args) => watch::run(args, &mut out),
+        Command::Completions { shell } => completions(*shell, &mut out),
+        Command::Man { dir } => man(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,7 +214,12 @@ fn main() -> ExitCode {
         Err(Error::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         // A setting the library refused is a usage error, like a bad flag.
         Err(Error::Core(portwatch_core::Error::InvalidSetting { setting, reason })) => {
-            eprintln!("portwatch: invalid --{}: {reason}", setting.replace('_', "-"));
+            let flag = format!("--{}", setting.replace('_', "-"));
+            let named = match from_env(&flag) {
+                Some(var) => format!("{var} (the environment variable for {flag})"),
+                None => flag,
+            };
+            eprintln!("portwatch: invalid {named}: {}", render::escape(&reason));
             ExitCode::from(2)
         }
         Err(e) => {

@@ -30,10 +30,7 @@ pub fn query(filter: &SocketFilter) -> Result<Query> {
 /// Builds the watcher the `watch` flags describe; the caller adds what only it knows (hooks
 /// decide whether command lines are read).
 pub fn watcher(args: &WatchArgs) -> Result<WatcherBuilder> {
-    let mut filter = selection(&args.filter).ignore_loopback(args.ignore_loopback);
-    if let Some(pid) = args.pid {
-        filter = filter.pid(pid, args.children);
-    }
+    let filter = selection(&args.filter).ignore_loopback(args.ignore_loopback);
     let mut builder = Watcher::builder();
     if args.hf {
         builder = builder.high_fidelity();
@@ -154,6 +151,15 @@ fn selection(filter: &SocketFilter) -> Filter {
     let mut f = Filter::new().protocols(&protocols).families(families).states(states);
     for (first, last) in &filter.ports {
         f = f.port_range(*first, *last);
+    }
+    if let Some(pid) = filter.pid {
+        f = f.pid(pid, filter.children);
+    }
+    if let Some(user) = &filter.user {
+        f = f.user(user.as_str());
+    }
+    if let Some(comm) = &filter.comm {
+        f = f.comm(comm.as_str());
     }
     f
 }

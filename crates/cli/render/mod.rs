@@ -102,13 +102,15 @@ pub fn processes_text(procs: &[Process], style: &OwnerStyle) -> String {
     text
 }
 
-/// What names a socket's namespace in output: its container (escaped), else its inode when
-/// it is not this process's own namespace, else nothing.
+/// What names a socket's namespace in output: its container (escaped), else, when it is not
+/// this process's own namespace, `netns NAME` for one bound under `/run/netns` (escaped) or
+/// `netns INODE`; else nothing.
 pub fn namespace_text(s: &Socket, own_netns: u64) -> Option<Cow<'_, str>> {
-    match &s.container {
-        Some(c) => Some(escape(&c.name)),
-        None if s.netns != own_netns => Some(Cow::Owned(format!("netns {}", s.netns))),
-        None => None,
+    match (&s.container, &s.netns_name) {
+        (Some(c), _) => Some(escape(&c.name)),
+        _ if s.netns == own_netns => None,
+        (None, Some(name)) => Some(Cow::Owned(format!("netns {}", escape(name)))),
+        (None, None) => Some(Cow::Owned(format!("netns {}", s.netns))),
     }
 }
 

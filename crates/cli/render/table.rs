@@ -4,15 +4,23 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use portwatch_core::{Owners, Socket, State, UnknownReason};
+use portwatch_core::{Owners, Socket, State, UnknownReason, Users};
 
 use super::{TABLE_OWNERS, escape, namespace_text, owners_text};
 
-/// The user column: the owning process's user, else the socket's uid.
-fn user_text(s: &Socket) -> Cow<'_, str> {
-    match s.processes().first() {
-        Some(p) => p.user.as_deref().map_or_else(|| Cow::Owned(p.uid.to_string()), escape),
-        None => s.uid.map_or(Cow::Borrowed("-"), |u| Cow::Owned(u.to_string())),
+/// The user column: the owning process's user, else the socket's uid; by name whenever
+/// `/etc/passwd` has one, so root is `root` on every line, owners known or not.
+fn user_text<'a>(s: &'a Socket, users: &'a Users) -> Cow<'a, str> {
+    let (uid, name) = match s.processes().first() {
+        Some(p) => (p.uid, p.user.as_deref()),
+        None => match s.uid {
+            Some(uid) => (uid, None),
+            None => return Cow::Borrowed("-"),
+        },
+    };
+    match name.or_else(|| users.name(uid)) {
+        Some(name) => escape(name),
+        None => Cow::Owned(uid.to_string()),
     }
 }
 
@@ -37,11 +45,24 @@ fn cell(out: &mut impl Write, cell: &str, width: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The table; with `own_netns` (several namespaces listed), a Namespace column first.
-pub fn table(sockets: &[Socket], own_netns: Option<u64>, out: &mut impl Write) -> io::Result<()> {
-    // Only the namespace, address and user columns need text built per row. The address is
-    // a unix path for unix sockets: escaped like every name.
-    let rows: Vec<(Cow<'_, str>, String, Cow<'_, str>)> = sockets
+/// The peer column: `addr:port` of a connected inet socket, `*` for any other.
+fn peer_text(s: &Socket) -> String {
+    s.remote.map_or_else(|| "*".to_owned(), |r| r.to_string())
+}
+
+/// The table; with `own_netns` (several namespaces listed), a Namespace column first. A Peer
+/// column follows the local address when any socket listed has a peer (connected sockets,
+/// as `--state established` lists): listeners have none, so their table stays as narrow as
+/// `ss -l`'s.
+pub fn table(
+    sockets: &[Socket],
+    users: &Users,
+    own_netns: Option<u64>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    // Only the namespace, address, peer and user columns need text built per row. The
+    // address is a unix path for unix sockets: escaped like every name.
+    let rows: Vec<(Cow<'_, str>, String, String, Cow<'_, str>)> = sockets
         .iter()
         .map(|s| {
             let ns = own_netns.map_or(Cow::Borrowed(""), |own| {
@@ -52,31 +73,43 @@ pub fn table(sockets: &[Socket], own_netns: Option<u64>, out: &mut impl Write) -
                 Cow::Borrowed(_) => local,
                 Cow::Owned(escaped) => escaped,
             };
-            (ns, local, user_text(s))
+            (ns, local, peer_text(s), user_text(s, users))
         })
         .collect();
-    let header = ["Namespace", "Proto", "State", "Local Address:Port", "User", "Process"];
+    let header = [
+        "Namespace",
+        "Proto",
+        "State",
+        "Local Address:Port",
+        "Peer Address:Port",
+        "User",
+        "Process",
+    ];
     let mut widths = header.map(str::len);
-    for (s, (ns, local, user)) in sockets.iter().zip(&rows) {
+    for (s, (ns, local, peer, user)) in sockets.iter().zip(&rows) {
         widths[0] = widths[0].max(ns.chars().count());
         widths[1] = widths[1].max(s.protocol.as_str().len());
         widths[2] = widths[2].max(state_text(s).len());
         widths[3] = widths[3].max(local.chars().count());
-        widths[4] = widths[4].max(user.chars().count());
+        widths[4] = widths[4].max(peer.len());
+        widths[5] = widths[5].max(user.chars().count());
     }
-    let first = if own_netns.is_some() { 0 } else { 1 };
-    for (text, width) in header.iter().zip(widths).take(5).skip(first) {
-        cell(out, text, width)?;
-    }
-    writeln!(out, "{}", header[5])?;
-    for (s, (ns, local, user)) in sockets.iter().zip(&rows) {
-        if own_netns.is_some() {
-            cell(out, ns, widths[0])?;
+    let shown = [own_netns.is_some(), true, true, true, sockets.iter().any(|s| s.remote.is_some())];
+    let shown = |column: usize| shown.get(column).copied().unwrap_or(true);
+    for (column, (text, width)) in header.iter().zip(widths).take(6).enumerate() {
+        if shown(column) {
+            cell(out, text, width)?;
         }
-        cell(out, s.protocol.as_str(), widths[1])?;
-        cell(out, &state_text(s), widths[2])?;
-        cell(out, local, widths[3])?;
-        cell(out, user, widths[4])?;
+    }
+    writeln!(out, "{}", header[6])?;
+    for (s, (ns, local, peer, user)) in sockets.iter().zip(&rows) {
+        let state = state_text(s);
+        let cells = [&**ns, s.protocol.as_str(), &state, local, peer, user];
+        for (column, (text, width)) in cells.iter().zip(widths).enumerate() {
+            if shown(column) {
+                cell(out, text, width)?;
+            }
+        }
         writeln!(out, "{}", owners_text(&s.owners, &TABLE_OWNERS))?;
     }
     Ok(())

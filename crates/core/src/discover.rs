@@ -14,15 +14,16 @@
 //! warning.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 use crate::owners::list_pids;
 use crate::socket::ContainerRef;
 
-/// Where `ip netns add` binds named namespaces.
-pub(crate) const NAMED_NETNS_DIR: &str = "/run/netns";
+pub(crate) use crate::netns::NAMED_NETNS_DIR;
 
 /// Most network namespaces watched per owner other than root (the owner of the user namespace
 /// that owns it: who created it). A rootless container runtime rarely runs more than a few
@@ -39,6 +40,8 @@ pub(crate) struct Found {
     pub(crate) path: PathBuf,
     /// The lowest pid inside, when a process is (a container's init, usually).
     pub(crate) pid: Option<u32>,
+    /// Its name under `/run/netns`, when it is bound there.
+    pub(crate) name: Option<Arc<str>>,
 }
 
 /// The pid → namespace map discovery keeps between passes.
@@ -169,7 +172,7 @@ impl Discovery {
                 }
                 None => {
                     let path = self.proc_root.join(pid.to_string()).join("ns/net");
-                    out.insert(inode, Found { inode, path, pid: Some(pid) });
+                    out.insert(inode, Found { inode, path, pid: Some(pid), name: None });
                 }
             }
         }
@@ -177,10 +180,20 @@ impl Discovery {
             for entry in dir.flatten() {
                 let path = entry.path();
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+                // `ip netns add` creates the file with mode 0, then mounts the namespace over
+                // it (nsfs files are 0444): caught in between, it is no namespace yet, and one
+                // that cannot open it must not take it for a missing privilege. The next pass
+                // sees it mounted.
+                if meta.permissions().mode() & 0o444 == 0 {
+                    continue;
+                }
+                let inode = meta.ino();
+                let name = entry.file_name().to_str().map(Arc::from);
                 // An unmounted leftover file is on the parent filesystem, not nsfs: entering it
                 // fails, and the caller skips it.
-                out.entry(inode).or_insert(Found { inode, path, pid: None });
+                let found =
+                    out.entry(inode).or_insert(Found { inode, path, pid: None, name: None });
+                found.name = name;
             }
         }
         out
@@ -235,7 +248,7 @@ fn cap_per_owner(
 /// Opens a namespace discovery found, labelled with its container.
 pub(crate) fn open(found: &Found, namer: &mut Namer, proc_root: &Path) -> Result<Netns> {
     let container = found.pid.and_then(|pid| namer.container_of(proc_root, pid, found.inode));
-    Netns::found(&found.path, found.inode, found.pid, container)
+    Ok(Netns::found(&found.path, found.inode, found.pid, container)?.named(found.name.clone()))
 }
 
 /// What to do when a namespace discovery found cannot be read: a missing privilege is an

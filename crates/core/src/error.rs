@@ -74,6 +74,12 @@ pub enum Error {
         /// The path looked for.
         path: PathBuf,
     },
+    /// No process has this pid (a [`Filter::pid`](crate::Filter::pid) asked for it).
+    #[error("no process {pid}: check the pid, or that the process still runs")]
+    NoSuchProcess {
+        /// The pid asked for.
+        pid: u32,
+    },
     /// The path exists but is not a network namespace.
     #[error("{} is not a network namespace (expected /run/netns/NAME, /proc/PID/ns/net or /var/run/docker/netns/ID)", path.display())]
     NotNetworkNamespace {

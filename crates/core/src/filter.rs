@@ -1,12 +1,15 @@
 //! Which sockets a query or a watcher reports: the one place selection is decided.
 //!
 //! Protocols, families and states become the kernel's dump requests (`dumps`); ports,
-//! addresses and uid are checked on each socket read (`matches`); the owner pid needs owners
-//! and is checked last (`owner_matches`). Queries and watchers ask these three, nothing else.
+//! addresses and uid are checked on each socket read (`matches`); the owner pid and command
+//! name need owners and are checked last (`owner_matches`). Queries and watchers ask these
+//! three, nothing else, after `resolved` has checked the selection and looked up what it names
+//! (a user name, a pid) once.
 
 use std::net::IpAddr;
 use std::path::Path;
 
+use crate::error::{Error, Result};
 use crate::owners;
 use crate::socket::{Family, Protocol, Socket, State, StateSet};
 use crate::source::Dump;
@@ -29,7 +32,10 @@ pub struct Filter {
     addresses: Vec<IpAddr>,
     ignore_loopback: bool,
     uid: Option<u32>,
+    /// A user name or uid to resolve into `uid` (see `resolved`).
+    user: Option<String>,
     pid: Option<(u32, bool)>,
+    comm: Option<String>,
 }
 
 impl Default for Filter {
@@ -49,7 +55,9 @@ impl Filter {
             addresses: Vec::new(),
             ignore_loopback: false,
             uid: None,
+            user: None,
             pid: None,
+            comm: None,
         }
     }
 
@@ -79,9 +87,12 @@ impl Filter {
         self.port_range(port, port)
     }
 
-    /// Also accept local ports `first..=last`.
+    /// Also accept local ports `first..=last`. A range that runs backwards (`first > last`)
+    /// is refused when the query runs or the watcher is built, with
+    /// [`Error::InvalidSetting`] naming `port_range`: it is a mistake, and guessing what was
+    /// meant would hide it.
     pub fn port_range(mut self, first: u16, last: u16) -> Filter {
-        self.ports.push((first.min(last), first.max(last)));
+        self.ports.push((first, last));
         self
     }
 
@@ -101,6 +112,24 @@ impl Filter {
     /// Only sockets the kernel records as created by this uid.
     pub fn uid(mut self, uid: u32) -> Filter {
         self.uid = Some(uid);
+        self.user = None;
+        self
+    }
+
+    /// Only sockets of this user: a name, looked up in `/etc/passwd` (no NSS: a user known
+    /// only to LDAP or systemd-homed is not found), or a uid in decimal. Like
+    /// [`uid`](Self::uid) it matches the uid the kernel recorded for the socket — its
+    /// creator, which is the owning process's user except for a socket created before its
+    /// process changed user (a server that binds as root, then drops privileges). So it
+    /// needs no owner lookup and matches sockets whose owner is unknown. A name missing
+    /// from `/etc/passwd` is refused when the query runs or the watcher is built, with
+    /// [`Error::InvalidSetting`] naming `user`.
+    pub fn user(mut self, name_or_uid: impl Into<String>) -> Filter {
+        let name = name_or_uid.into();
+        match name.parse() {
+            Ok(uid) => return self.uid(uid),
+            Err(_) => self.user = Some(name),
+        }
         self
     }
 
@@ -111,9 +140,57 @@ impl Filter {
         self
     }
 
+    /// Only sockets held by a process with this command name (`/proc/PID/comm`, as `ps -o
+    /// comm` shows it). The kernel keeps the first 15 bytes of a name: a longer `comm`
+    /// matches a process whose name is its first 15 bytes. Needs owner lookup; a socket whose
+    /// owner is unknown does not match.
+    pub fn comm(mut self, comm: impl Into<String>) -> Filter {
+        self.comm = Some(comm.into());
+        self
+    }
+
+    /// This filter checked, with what it names looked up: a user name becomes its uid (from
+    /// `passwd`), and the pid must be a process (in `proc_root`). The error names the
+    /// setting as the builder method does.
+    pub(crate) fn resolved(mut self, proc_root: &Path, passwd: &Path) -> Result<Filter> {
+        if let Some(&(first, last)) = self.ports.iter().find(|(first, last)| first > last) {
+            return Err(Error::InvalidSetting {
+                setting: "port_range",
+                reason: format!("{first}-{last} runs backwards: write {last}-{first}"),
+            });
+        }
+        if let Some((pid, _)) = self.pid
+            && !proc_root.join(pid.to_string()).exists()
+        {
+            return Err(Error::NoSuchProcess { pid });
+        }
+        if let Some(name) = self.user.take() {
+            let users = owners::read_users(passwd);
+            // Two entries with one name: the lowest uid, whatever the line order.
+            let uid = users.iter().filter(|(_, n)| **n == name).map(|(uid, _)| *uid).min();
+            let Some(uid) = uid else {
+                return Err(Error::InvalidSetting {
+                    setting: "user",
+                    reason: format!(
+                        "no user {name:?} in {} (give a uid to match one it does not list)",
+                        passwd.display()
+                    ),
+                });
+            };
+            self.uid = Some(uid);
+        }
+        Ok(self)
+    }
+
     /// Whether a socket whose owners are known passes the owner checks: held by the pid
-    /// asked for (or, with `children`, a descendant). Reads parents from `proc_root`.
+    /// asked for (or, with `children`, a descendant) and by a process with the command name
+    /// asked for. Reads parents from `proc_root`.
     pub(crate) fn owner_matches(&self, s: &Socket, proc_root: &Path) -> bool {
+        if let Some(comm) = &self.comm
+            && !s.processes().iter().any(|p| comm_matches(&p.comm, comm))
+        {
+            return false;
+        }
         match self.pid {
             Some((pid, children)) => owners::held_by(s, pid, children, proc_root),
             None => true,
@@ -190,6 +267,15 @@ impl Filter {
     }
 }
 
+/// Whether a process named `comm` matches `wanted`: equal, or `wanted` cut where the kernel
+/// cuts names (15 bytes).
+fn comm_matches(comm: &str, wanted: &str) -> bool {
+    const TASK_COMM_LEN: usize = 15;
+    comm == wanted
+        || (wanted.len() > TASK_COMM_LEN
+            && wanted.as_bytes().get(..TASK_COMM_LEN) == Some(comm.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,8 +300,62 @@ mod tests {
         assert!(f.matches(&tcp("0.0.0.0", 1)) && !f.matches(&tcp("10.0.0.1", 1)));
         assert!(Filter::new().uid(1000).matches(&tcp("0.0.0.0", 1)));
         assert!(!Filter::new().uid(0).matches(&tcp("0.0.0.0", 1)));
-        // Reversed ranges are normalised.
-        assert!(Filter::new().port_range(90, 80).matches(&tcp("0.0.0.0", 85)));
+    }
+
+    #[test]
+    fn backwards_range_is_refused_naming_it() {
+        let none = Path::new("/nonexistent");
+        let err = Filter::new().port(1).port_range(9000, 8000).resolved(none, none).unwrap_err();
+        match err {
+            Error::InvalidSetting { setting: "port_range", reason } => {
+                assert!(reason.contains("9000-8000") && reason.contains("8000-9000"), "{reason}")
+            }
+            e => panic!("expected InvalidSetting for port_range, got {e:?}"),
+        }
+        assert!(Filter::new().port_range(80, 80).resolved(none, none).is_ok());
+    }
+
+    #[test]
+    fn users_resolve_through_passwd() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\ndev:x:1000:1000::/home/dev:/bin/sh\n")
+            .unwrap();
+        let f = Filter::new().user("dev").resolved(dir.path(), &passwd).unwrap();
+        assert!(f.matches(&tcp("0.0.0.0", 1)));
+        let f = Filter::new().user("root").resolved(dir.path(), &passwd).unwrap();
+        assert!(!f.matches(&tcp("0.0.0.0", 1)));
+        // A number is a uid, listed or not.
+        let f = Filter::new().user("1000").resolved(dir.path(), &passwd).unwrap();
+        assert!(f.matches(&tcp("0.0.0.0", 1)));
+        match Filter::new().user("nobody-here").resolved(dir.path(), &passwd) {
+            Err(Error::InvalidSetting { setting: "user", reason }) => {
+                assert!(reason.contains("nobody-here"), "{reason}")
+            }
+            other => panic!("expected InvalidSetting for user, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_pid_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Filter::new().pid(4242, false).resolved(dir.path(), dir.path()).unwrap_err();
+        assert!(matches!(err, Error::NoSuchProcess { pid: 4242 }), "{err:?}");
+        std::fs::create_dir(dir.path().join("4242")).unwrap();
+        assert!(Filter::new().pid(4242, false).resolved(dir.path(), dir.path()).is_ok());
+    }
+
+    #[test]
+    fn comm_matches_owners_and_the_kernels_cut() {
+        let mut s = tcp("0.0.0.0", 1);
+        s.owners = crate::socket::Owners::Known(vec![crate::socket::fixtures::process(10)]);
+        let proc_root = Path::new("/nonexistent");
+        assert!(Filter::new().comm("srv").owner_matches(&s, proc_root));
+        assert!(!Filter::new().comm("sr").owner_matches(&s, proc_root));
+        assert!(comm_matches("python3.11-serv", "python3.11-server"));
+        assert!(!comm_matches("python3", "python3.11-server"));
+        let unknown = tcp("0.0.0.0", 1);
+        assert!(!Filter::new().comm("srv").owner_matches(&unknown, proc_root));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::socket::{Owners, Process, Socket, UnknownReason};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Socket", 18)?;
+        let mut s = serializer.serialize_struct("Socket", 19)?;
         s.serialize_field("proto", self.protocol.as_str())?;
         s.serialize_field("family", self.family.as_str())?;
         s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
@@ -21,6 +21,7 @@ impl Serialize for Socket {
         s.serialize_field("uid", &self.uid)?;
         s.serialize_field("cookie", &self.cookie)?;
         s.serialize_field("netns", &self.netns)?;
+        s.serialize_field("netns_name", &self.netns_name.as_deref())?;
         s.serialize_field("v6only", &self.v6only)?;
         s.serialize_field("interface", &self.interface)?;
         s.serialize_field("unix_type", &self.unix_type.map(|t| t.as_str()))?;

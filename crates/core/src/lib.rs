@@ -65,7 +65,8 @@
 //!
 //! - `serde`: `Serialize` for [`Socket`] and [`Process`], as the JSON objects the `portwatch`
 //!   CLI prints (`proto`, `family`, `addr`, `port`, `path`, `state`, `inode`, `uid`, `cookie`,
-//!   `netns`, `pids`, `processes`, `owner_unknown_reason`, …).
+//!   `netns`, `netns_name`, `container`, `pids`, `processes`, `owner_unknown_reason`, …),
+//!   described by the JSON Schema files in the repository's `schema/` folder.
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -91,6 +92,7 @@ mod socket;
 mod source;
 mod sys;
 mod tracker;
+mod users;
 mod watch;
 
 pub use crate::{
@@ -104,5 +106,6 @@ pub use crate::{
         UnknownName, UnknownReason,
     },
     source::{Backend, Source},
+    users::Users,
     watch::{EVENT_QUEUE, StopHandle, Watcher, WatcherBuilder},
 };

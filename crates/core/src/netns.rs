@@ -37,6 +37,23 @@ pub struct Netns {
     proc_net: Option<PathBuf>,
     /// The container this is the namespace of, stamped on every socket read here.
     container: Option<Arc<ContainerRef>>,
+    /// Its name under `/run/netns`, when it is bound there; stamped like the container.
+    name: Option<Arc<str>>,
+}
+
+/// Where `ip netns add` binds named namespaces.
+pub(crate) const NAMED_NETNS_DIR: &str = "/run/netns";
+
+/// The name under `dir` (`/run/netns`) that namespace `inode` is bound to, if any. Only
+/// mount points of nsfs count: a regular file left behind (or not yet mounted over) by `ip
+/// netns` names nothing.
+pub(crate) fn name_in(dir: &Path, inode: u64) -> Option<Arc<str>> {
+    let nsfs = std::fs::metadata("/proc/self/ns/net").ok()?.dev();
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let meta = std::fs::metadata(entry.path()).ok()?;
+        let name = entry.file_name();
+        (meta.ino() == inode && meta.dev() == nsfs).then(|| name.to_str().map(Arc::from))?
+    })
 }
 
 /// Opens a namespace file and reads its inode, naming what is wrong when it cannot.
@@ -66,6 +83,7 @@ impl Netns {
             inode,
             proc_net: Some(PathBuf::from("/proc/net")),
             container: None,
+            name: None,
         })
     }
 
@@ -74,7 +92,15 @@ impl Netns {
     pub fn from_path(path: impl AsRef<Path>) -> Result<Netns> {
         let path = path.as_ref().to_owned();
         let (file, inode) = open_file(&path)?;
-        let ns = Netns { inode, file: Some(Arc::new(file)), path, proc_net: None, container: None };
+        let name = name_in(Path::new(NAMED_NETNS_DIR), inode);
+        let ns = Netns {
+            inode,
+            file: Some(Arc::new(file)),
+            path,
+            proc_net: None,
+            container: None,
+            name,
+        };
         // Only entering it proves what it is: a regular file, or another kind of namespace,
         // is refused with EINVAL.
         ns.enter(|| ())?;
@@ -112,6 +138,7 @@ impl Netns {
             inode,
             proc_net: pid.map(|pid| PathBuf::from(format!("/proc/{pid}/net"))),
             container: container.map(Arc::new),
+            name: None,
         })
     }
 
@@ -138,6 +165,21 @@ impl Netns {
 
     pub(crate) fn container_label(&self) -> Option<Arc<ContainerRef>> {
         self.container.clone()
+    }
+
+    /// Its name under `/run/netns` (`ip netns add NAME`), when it is bound there.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// This namespace, known by `name` (discovery found it under `/run/netns`).
+    pub(crate) fn named(mut self, name: Option<Arc<str>>) -> Netns {
+        self.name = name;
+        self
+    }
+
+    pub(crate) fn name_label(&self) -> Option<Arc<str>> {
+        self.name.clone()
     }
 
     /// Where the /proc fallback can read this namespace's sockets, if anywhere.

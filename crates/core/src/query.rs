@@ -136,17 +136,20 @@ impl Query {
         self
     }
 
-    /// Runs the query: dumps every requested protocol and family, filters, resolves owners and
-    /// returns the sockets sorted by namespace, protocol, family, address, port and path.
+    /// Runs the query: checks the filter (a backwards port range, a user name missing from
+    /// `/etc/passwd` and a pid that is no process are errors), dumps every requested protocol
+    /// and family, filters, resolves owners and returns the sockets sorted by namespace,
+    /// protocol, family, address, port and path.
     pub fn run(&self) -> Result<Vec<Socket>> {
         let started = Instant::now();
+        let filter = self.filter.clone().resolved(&self.proc_root, &self.passwd)?;
         let namespaces = match &self.scope {
             Scope::Current => vec![Netns::current()?],
             Scope::One(ns) => vec![ns.clone()],
             Scope::All => discover::all(&self.proc_root, &mut Namer::new(self.docker.clone()))?,
         };
         let all = matches!(self.scope, Scope::All);
-        let dumps = self.filter.dumps();
+        let dumps = filter.dumps();
         let mut sockets = Vec::new();
         for ns in &namespaces {
             match Scanner::new(self.backend, ns).and_then(|mut s| s.scan(&dumps)) {
@@ -156,7 +159,7 @@ impl Query {
             }
         }
         log::trace!("read {} namespaces in {:?}", namespaces.len(), started.elapsed());
-        sockets.retain(|s| self.filter.matches(s));
+        sockets.retain(|s| filter.matches(s));
         let dumped = Instant::now();
         log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
         if self.owners {
@@ -164,7 +167,7 @@ impl Query {
             let threads = owners::worker_threads();
             owners::resolve(&mut sockets, &self.proc_root, &self.passwd, detail, threads);
             log::debug!("resolved owners in {:?}", dumped.elapsed());
-            sockets.retain(|s| self.filter.owner_matches(s, &self.proc_root));
+            sockets.retain(|s| filter.owner_matches(s, &self.proc_root));
         }
         // The inode makes the order total, so an unstable sort gives the same result.
         sockets.sort_unstable_by(|a, b| {

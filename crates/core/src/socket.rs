@@ -308,6 +308,8 @@ pub struct Socket {
     pub cookie: Option<u64>,
     /// Inode of the network namespace the socket was read from (`/proc/PID/ns/net`).
     pub netns: u64,
+    /// The namespace's name when it is bound under `/run/netns` (`ip netns add NAME`).
+    pub netns_name: Option<Arc<str>>,
     /// For IPv6 sockets, whether `IPV6_V6ONLY` is set (`None` where unknown or not IPv6).
     pub v6only: Option<bool>,
     /// Index of the network interface the socket is bound to (`SO_BINDTODEVICE`), if any.
@@ -519,6 +521,7 @@ pub(crate) mod fixtures {
             interface: None,
             unix_type: None,
             container: None,
+            netns_name: None,
             owners: if pids.is_empty() {
                 Owners::Unknown(UnknownReason::NotFound)
             } else {

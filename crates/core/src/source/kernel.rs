@@ -69,6 +69,8 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
         uid: Some(e.uid),
         cookie: Some(e.cookie),
         netns: e.netns,
+        // The scheduler stamps the namespace's name and container, as a dump would.
+        netns_name: None,
         // Only a dump knows whether an IPv6 socket is v6-only: the next one fills it in.
         v6only: None,
         interface: None,

@@ -37,6 +37,8 @@ pub(crate) struct Scanner {
     netns: u64,
     /// Stamped on every socket read.
     container: Option<Arc<ContainerRef>>,
+    /// The namespace's `/run/netns` name, stamped on every socket like the container.
+    netns_name: Option<Arc<str>>,
     /// Dumps that sock_diag cannot do here and that are read from /proc instead.
     fallbacks: Vec<Dump>,
 }
@@ -70,6 +72,7 @@ impl Scanner {
             proc_net,
             netns,
             container: ns.container_label(),
+            netns_name: ns.name_label(),
             fallbacks: Vec::new(),
         })
     }
@@ -110,6 +113,11 @@ impl Scanner {
         if let Some(c) = &self.container {
             for s in &mut out {
                 s.container = Some(Arc::clone(c));
+            }
+        }
+        if let Some(name) = &self.netns_name {
+            for s in &mut out {
+                s.netns_name = Some(Arc::clone(name));
             }
         }
         Ok(out)

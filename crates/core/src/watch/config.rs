@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::source::{Backend, Scope, Source};
 
+/// Shortest interval accepted: below it a cycle's own work (a dump, an owner lookup) takes
+/// longer than the interval, so the watcher would only spin a core.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// Longest interval accepted: a day.
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Longest close grace accepted: an hour.
@@ -75,8 +78,11 @@ impl Config {
     pub(super) fn validated(self) -> Result<Config> {
         let bad =
             |setting: &'static str, reason: String| Err(Error::InvalidSetting { setting, reason });
-        if self.interval.is_zero() || self.interval > MAX_INTERVAL {
-            return bad("interval", format!("{:?} is not between 1 ns and 24 h", self.interval));
+        if self.interval < MIN_INTERVAL || self.interval > MAX_INTERVAL {
+            return bad(
+                "interval",
+                format!("{:?} is not between {MIN_INTERVAL:?} (the floor) and 24 h", self.interval),
+            );
         }
         if self.burst_scans == 0 || self.burst_scans > MAX_BURST {
             return bad(

@@ -273,8 +273,9 @@ impl WatcherBuilder {
 
     fn start(self, sink: Sink, events: Option<Receiver<Event>>) -> Result<Watcher> {
         let mut cfg = self.config.validated()?;
-        let follow = follow::resolve(&mut cfg)?;
         let proc_root = PathBuf::from("/proc");
+        cfg.filter = cfg.filter.resolved(&proc_root, Path::new("/etc/passwd"))?;
+        let follow = follow::resolve(&mut cfg)?;
         let restored = match &cfg.snapshot {
             Some(path) => restore::restore(path, &cfg.scope, &cfg.filter)?,
             None => Default::default(),

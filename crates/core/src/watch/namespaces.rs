@@ -151,7 +151,7 @@ impl Loop {
     pub(super) fn open_found(&mut self, inode: u64, pid: Option<u32>) -> Option<Target> {
         let pid = pid?;
         let path = self.proc_root.join(pid.to_string()).join("ns/net");
-        let found = Found { inode, path, pid: Some(pid) };
+        let found = Found { inode, path, pid: Some(pid), name: None };
         let mut fallback = Namer::new(None);
         let namer = match self.discovery.as_mut() {
             Some((_, namer)) => namer,

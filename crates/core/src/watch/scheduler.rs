@@ -421,6 +421,7 @@ impl Loop {
         }
         let t = &mut self.targets[i];
         socket.container = t.container.clone();
+        socket.netns_name = t.netns_name.clone();
         if !self.cfg.filter.owner_matches(&socket, &self.proc_root) {
             t.ignored.insert(Key::of(&socket));
             return;

@@ -26,6 +26,8 @@ pub(super) struct Target {
     scanner: Option<Scanner>,
     /// The container it belongs to, stamped on sockets kernel events report here.
     pub(super) container: Option<Arc<ContainerRef>>,
+    /// Its name under /run/netns, stamped likewise.
+    pub(super) netns_name: Option<Arc<str>>,
     pub(super) feed: Option<DestroyFeed>,
     /// Skips dumps while no inet socket appeared or went away (see `probe`); `None` where it
     /// cannot be trusted: no destroy feed, unix sockets or non-listening states watched.
@@ -77,6 +79,7 @@ impl Target {
             inode: ns.inode(),
             scanner: Some(scanner),
             container: ns.container_label(),
+            netns_name: ns.name_label(),
             feed,
             probe,
             tracker: Tracker::new(cfg.close_grace, cfg.report_initial),
@@ -95,6 +98,7 @@ impl Target {
             inode,
             scanner: None,
             container: None,
+            netns_name: None,
             feed: None,
             probe: None,
             tracker,
@@ -114,6 +118,7 @@ impl Target {
     pub(super) fn attach(&mut self, opened: Target) {
         self.scanner = opened.scanner;
         self.container = opened.container;
+        self.netns_name = opened.netns_name;
         self.feed = opened.feed;
         self.probe = opened.probe;
     }
