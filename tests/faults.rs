@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use portwatch_core::{EventKind, Filter, Query, Watcher};
 
 use crate::util::{
-    PATIENCE, WatchCmd, is_root, json, portwatch, private_dir, sigterm, skip, system_tool, tool,
-    wait_for,
+    Gate, PATIENCE, Release, WatchCmd, is_root, json, portwatch, private_dir, sigterm, skip,
+    system_tool, tool, wait_for,
 };
 
 /// Messages the library logged, for tests that check a path was taken. Set up once for the
@@ -221,41 +221,6 @@ fn destroy_feed_overrun_rescans_and_loses_no_close() {
         log.lock().unwrap().iter().any(|m| m.contains("overran")).then_some(())
     });
     drop(w);
-}
-
-/// Holds a watcher's scan thread in its event callback while `held` is set.
-#[derive(Default)]
-struct Gate {
-    held: Mutex<bool>,
-    cv: std::sync::Condvar,
-    /// A callback is waiting at the gate.
-    blocked: AtomicBool,
-}
-
-impl Gate {
-    fn hold(&self, on: bool) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = on;
-        self.cv.notify_all();
-    }
-
-    /// Called by the callback: waits while held.
-    fn pass(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        while *held {
-            self.blocked.store(true, Ordering::SeqCst);
-            held = self.cv.wait(held).unwrap_or_else(|e| e.into_inner());
-        }
-        self.blocked.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Opens the gate when dropped.
-struct Release(Arc<Gate>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.hold(false);
-    }
 }
 
 #[test]

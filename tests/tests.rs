@@ -3,6 +3,7 @@
 
 mod cli;
 mod differential;
+mod ebpf;
 mod escaping;
 mod faults;
 mod hardening;

@@ -310,3 +310,38 @@ impl Drop for WatchCmd {
 pub fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
 }
+
+/// Holds a watcher's scan thread in its event callback while `held` is set.
+#[derive(Default)]
+pub struct Gate {
+    held: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    /// A callback is waiting at the gate.
+    pub blocked: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    pub fn hold(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.cv.notify_all();
+    }
+
+    /// Called by the callback: waits while held.
+    pub fn pass(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held {
+            self.blocked.store(true, std::sync::atomic::Ordering::SeqCst);
+            held = self.cv.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        self.blocked.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Opens the gate when dropped.
+pub struct Release(pub std::sync::Arc<Gate>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
+}

@@ -46,12 +46,16 @@ pub(crate) use self::index::OwnerIndex;
 /// slow the walk down) is read in part and counted, and a socket whose owner is not found then
 /// says [`UnknownReason::Skipped`]. At ~3 µs a link this bounds a process's cost to ~3 ms.
 pub(crate) const FDS_PER_PROCESS: usize = 1024;
-/// Longest one owner walk may take (over all its phases). The default scan interval: while
-/// the walk runs the scan thread does not scan, so a walk never costs the watcher more than one
-/// cycle. The 10 000-listener, 2 000-process benchmark walks in ~70 ms on 2 vCPUs; processes
-/// not reached in time are counted, and sockets whose owner may be among them say
-/// [`UnknownReason::Skipped`].
-pub(crate) const WALK_BUDGET: Duration = Duration::from_millis(200);
+/// Longest one owner walk of a watcher may take (over all its phases): while the walk runs
+/// the scan thread does not scan. The 10 000-listener, 2 000-process benchmark walks in ~70 ms
+/// on 2 vCPUs, and the per-process fd cap bounds a crowd of 40 × 20 000 fds to ~200 ms; the
+/// budget is the backstop, with room for a machine whose cores are busy (a tight one named
+/// busy hosts' owners "skipped"). Processes not reached in time are counted, and sockets
+/// whose owner may be among them say [`UnknownReason::Skipped`].
+pub(crate) const WALK_BUDGET: Duration = Duration::from_secs(1);
+/// The same for a one-shot listing, which blinds nothing while it runs: only a pathological
+/// host reaches it.
+pub(crate) const LIST_WALK_BUDGET: Duration = Duration::from_secs(5);
 
 /// Pids handed to a worker thread at a time: small enough to balance, large enough that the
 /// shared counter is not contended.
@@ -313,7 +317,7 @@ pub(crate) fn open_proc(proc_root: &Path) -> nix::Result<OwnedFd> {
 }
 
 /// Finds and describes every process under `proc_root` holding one of `wanted`, over up to
-/// `threads` threads, within [`WALK_BUDGET`].
+/// `threads` threads, within [`LIST_WALK_BUDGET`].
 pub(crate) fn scan_fds(
     proc_root: &Path,
     wanted: &HashSet<u64>,
@@ -328,7 +332,7 @@ pub(crate) fn scan_fds(
         log::warn!("cannot read {}: process owners unknown", proc_root.display());
         return FdScan { unreadable: 1, ..FdScan::default() };
     };
-    let deadline = Instant::now() + WALK_BUDGET;
+    let deadline = Instant::now() + LIST_WALK_BUDGET;
     scan_pids(&proc_dir, &pids, wanted, users, detail, threads, deadline)
 }
 
