@@ -28,12 +28,13 @@
 //!
 //! # Watching
 //!
-//! [`Watcher`] reports sockets opening and closing as [`Event`]s, with their owners. It scans
-//! every 200 ms by default (so a listener that lives 250 ms is always seen), or every 8 ms with
-//! [`WatcherBuilder::high_fidelity`]. Closes come within a millisecond from the sock_diag
-//! destroy multicast groups. New sockets' owners are looked up right after the scan that
-//! found them. An idle watcher skips its dumps while the kernel's socket counters and the
-//! destroy feed are quiet.
+//! [`Watcher`] reports sockets opening and closing as [`Event`]s, with their owners, from one
+//! of two [`Source`]s. With kernel events ([`Source::Ebpf`], feature `ebpf`) every TCP listen
+//! and UDP bind is seen at the call, with the calling process, however short-lived; dumps
+//! only reconcile. Scanning ([`Source::Scan`]) dumps every 200 ms by default (so a listener
+//! that lives 250 ms is always seen), or every 8 ms with [`WatcherBuilder::high_fidelity`],
+//! and looks new sockets' owners up right after the scan that found them. Either way closes
+//! come within a millisecond (kernel events, or the sock_diag destroy multicast groups).
 //!
 //! ```no_run
 //! use portwatch_core::{Event, Filter, Watcher};
@@ -67,6 +68,12 @@
 //!   CLI prints (`proto`, `family`, `addr`, `port`, `path`, `state`, `inode`, `uid`, `cookie`,
 //!   `netns`, `netns_name`, `container`, `pids`, `processes`, `owner_unknown_reason`, …),
 //!   described by the JSON Schema files in the repository's `schema/` folder.
+//! - `docker`: [`docker`] names containers and resolves them to their namespaces through the
+//!   Docker Engine API on its unix socket (no async runtime, no HTTP library).
+//! - `ebpf`: the kernel event source, [`Source::Ebpf`] (and what [`Source::Auto`] prefers).
+//!   Its eBPF programs are compiled in (committed as an object: no clang needed to build)
+//!   and loaded with [aya](https://docs.rs/aya). Loading needs root, or `CAP_BPF`,
+//!   `CAP_PERFMON` and `CAP_NET_ADMIN`; a kernel with BTF; a cgroup2 mount.
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
