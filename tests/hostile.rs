@@ -330,3 +330,26 @@ fn a_cgroup_named_after_a_container_does_not_borrow_its_name() {
     assert!(on(7212)["container"].is_null(), "the impostor is not: {}", on(7212));
     assert!(err.contains("not naming"), "says why: {err}");
 }
+
+#[test]
+fn sigterm_ends_a_watch_stuck_on_a_silent_docker_daemon() {
+    // A daemon that takes the connection and never answers: the watcher is blocked in its
+    // first Docker call when SIGTERM comes, and must end then, not at the call's deadline.
+    let dir = crate::util::private_dir();
+    let sock = dir.path().join("docker.sock");
+    let daemon = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut child = crate::util::portwatch()
+        .args(["watch", "--container", "silent"])
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_held, _) = daemon.accept().unwrap();
+    crate::util::sigterm(child.id());
+    let status = wait_for("watch to end on SIGTERM", PATIENCE, || child.try_wait().unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "ended by the signal, not by the call's deadline: {status:?} {err}");
+    assert!(!err.contains("did not answer"), "{err}");
+}

@@ -3,8 +3,10 @@
 //! lines in `render`, the hooks in `hooks`.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{SigSet, Signal};
+use portwatch_core::StopHandle;
 
 use crate::Result;
 use crate::args::{WatchArgs, WatchFormat};
@@ -14,24 +16,35 @@ use crate::select::{own_netns, watcher};
 
 pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
     // SIGINT and SIGTERM are blocked in every thread (the watcher's inherits the mask) and
-    // taken by one thread with sigwait, which stops the watcher: it finishes its cycle,
+    // taken by one thread with sigwait. It is there before anything can block (a Docker
+    // daemon that does not answer, a namespace to open): a signal before the watcher runs
+    // ends the process at once; after, it stops the watcher, which finishes its cycle,
     // reports pending closes and writes the snapshot, and the event loop below ends.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     signals.thread_block().map_err(io::Error::from)?;
+    let stop_slot: Arc<Mutex<Option<StopHandle>>> = Arc::default();
+    let slot = Arc::clone(&stop_slot);
+    std::thread::Builder::new().name("portwatch-signals".into()).spawn(move || {
+        let sig = signals.wait();
+        let stop = slot.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*stop, sig) {
+            (Some(stop), sig) => {
+                if let Ok(sig) = sig {
+                    log::info!("{sig}: stopping after this cycle");
+                }
+                stop.stop();
+            }
+            // Nothing watched, written or saved yet: nothing to finish.
+            (None, _) => std::process::exit(0),
+        }
+    })?;
 
     let own = own_netns();
     let watcher =
         watcher(args)?.cmdlines(args.format == WatchFormat::Json || args.exec.is_some()).build()?;
-
-    let stop = watcher.stop_handle();
-    std::thread::Builder::new().name("portwatch-signals".into()).spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            log::info!("{sig}: stopping after this cycle");
-        }
-        stop.stop();
-    })?;
+    *stop_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher.stop_handle());
 
     let timeout = args.exec_timeout.unwrap_or(HOOK_TIMEOUT);
     let hooks = args.exec.as_deref().map(|cmd| Hooks::start(cmd, timeout)).transpose()?;
