@@ -6,7 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 
 use crate::util::{
-    WatchCmd, is_root, json, json_list, portwatch, private_dir, run, skip, system_tool, tool,
+    PATIENCE, WatchCmd, is_root, json, json_list, portwatch, private_dir, run, skip, system_tool,
+    tool, wait_for,
 };
 
 /// Binds TCP 7101 and UDP 7102 on 0.0.0.0, prints its pid (as it sees it), then waits for
@@ -412,4 +413,73 @@ fn all_netns_needs_privilege_and_says_which() {
     );
     assert_eq!(out.status.code(), Some(1), "exit 1 for a missing privilege: {saw}");
     assert!(err.contains("CAP_SYS_ADMIN"), "names the capability that is missing: {saw}");
+}
+
+/// A Docker daemon whose one container, `later`, runs once `pid` is set (404 before).
+fn daemon_of_a_container_started_later(
+    sock: &std::path::Path,
+) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let theirs = std::sync::Arc::clone(&pid);
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let asks_for_later = head.starts_with(b"GET /containers/later/json ");
+            let answer = match theirs.load(Ordering::SeqCst) {
+                pid if pid == 0 || !asks_for_later => {
+                    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}".to_owned()
+                }
+                pid => format!(
+                    "HTTP/1.0 200 OK\r\n\r\n{{\"Id\":\"0123456789abcdef\",\"Name\":\"/later\",\
+                     \"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
+                ),
+            };
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    pid
+}
+
+#[test]
+fn watch_container_waits_for_a_container_not_running_yet() {
+    if !can_run(&["ip", "python3"]) {
+        return;
+    }
+    // Started beside the container, as compose does: the container is not there yet.
+    let dir = private_dir();
+    let sock = dir.path().join("docker.sock");
+    let pid = daemon_of_a_container_started_later(&sock);
+    let host = format!("unix://{}", sock.display());
+    let w = WatchCmd::start_with_env(
+        &["--format", "json", "--container", "later"],
+        &[("DOCKER_HOST", host.as_str())],
+    );
+    wait_for("the watcher to say it waits", PATIENCE, || {
+        w.stderr().contains("waiting for it").then_some(())
+    });
+    // Then it starts: its listeners are reported, with its name.
+    let sb = Sandbox::named("later");
+    pid.store(sb.host_pid, std::sync::atomic::Ordering::SeqCst);
+    let open = w.expect("the container's listener", |l| json(l)["port"] == 7101);
+    assert_eq!(json(&open)["container"]["name"], "later", "{open}");
+    assert_eq!(w.stderr().matches("waiting for it").count(), 1, "said once: {}", w.stderr());
+    // `list` keeps its error: a listing of what is not there fails.
+    let out = portwatch()
+        .args(["list", "--container", "ghost-of-later"])
+        .env("DOCKER_HOST", &host)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    drop(sb);
+    assert!(w.terminate().success());
 }

@@ -33,20 +33,40 @@ pub(super) struct Follow {
     asking: Option<std::thread::JoinHandle<Result<(u32, crate::netns::Netns)>>>,
 }
 
-/// The container to follow, resolved now: its namespace becomes the one watched.
+/// The container to follow, resolved now: its namespace becomes the one watched. One that
+/// does not exist or run yet (started beside the watcher, as compose does) is waited for,
+/// said once: the watch starts when it does. A daemon that cannot be asked is an error.
 #[cfg(feature = "docker")]
 pub(super) fn resolve(cfg: &mut Config) -> Result<Option<Follow>> {
+    use crate::docker::DockerError;
     let (Some(name), Some(socket)) = (&cfg.follow, &cfg.docker) else { return Ok(None) };
-    let c = crate::docker::inspect(socket, name)?;
-    let follow = Follow {
-        socket: socket.clone(),
-        name: name.clone(),
-        pid: Some(c.pid),
-        said: None,
-        asking: None,
-    };
-    cfg.scope = Scope::One(c.netns()?);
+    let mut follow =
+        Follow { socket: socket.clone(), name: name.clone(), pid: None, said: None, asking: None };
+    match crate::docker::inspect(socket, name) {
+        Ok(c) => {
+            follow.pid = Some(c.pid);
+            cfg.scope = Scope::One(c.netns()?);
+        }
+        Err(crate::error::Error::Docker(
+            e @ (DockerError::NotRunning { .. } | DockerError::NoSuchContainer { .. }),
+        )) => {
+            log::warn!("{e}: waiting for it; its ports are watched once it runs");
+            follow.said = Some(e.to_string());
+        }
+        Err(e) => return Err(e),
+    }
     Ok(Some(follow))
+}
+
+/// Whether `follow` waits for its container: nothing is watched until it runs.
+pub(super) fn waiting(follow: Option<&Follow>) -> bool {
+    #[cfg(feature = "docker")]
+    return follow.is_some_and(|f| f.pid.is_none());
+    #[cfg(not(feature = "docker"))]
+    {
+        let _ = follow;
+        false
+    }
 }
 
 #[cfg(not(feature = "docker"))]

@@ -163,8 +163,9 @@ impl WatcherBuilder {
     /// Watch a Docker container, by name or id, through the daemon listening on `socket`,
     /// and follow it: when it stops, its ports are reported closed; when it runs again (a
     /// restart gives it a new network namespace), the new namespace is watched within about
-    /// a second and its ports are reported open. `build` fails if the daemon cannot be
-    /// reached or the container is not running. Needs `CAP_SYS_ADMIN`. Feature `docker`.
+    /// two seconds and its ports are reported open. A container that does not exist or run
+    /// yet is waited for (with a warning); `build` fails if the daemon cannot be reached.
+    /// Needs `CAP_SYS_ADMIN`. Feature `docker`.
     #[cfg(feature = "docker")]
     pub fn container(mut self, socket: impl AsRef<Path>, name_or_id: impl Into<String>) -> Self {
         self.config.docker = Some(socket.as_ref().to_owned());
@@ -281,7 +282,8 @@ impl WatcherBuilder {
             None => Default::default(),
         };
         let kernel = kernel_events(&cfg)?;
-        let initial = namespaces::initial(&cfg, &proc_root, restored)?;
+        let waiting = follow::waiting(follow.as_ref());
+        let initial = namespaces::initial(&cfg, &proc_root, restored, waiting)?;
         // Close-on-exec: a hook the caller runs must not inherit it.
         let (wake_rx, wake_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::Os { op: "create the watcher's wake pipe", source: e.into() })?;

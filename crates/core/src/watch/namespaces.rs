@@ -27,17 +27,20 @@ pub(super) struct Initial {
     pub(super) vanished: Vec<Socket>,
 }
 
-/// Opens the namespaces `cfg` names, each tracker starting from what `restored` (the
-/// snapshot, by namespace) had open there.
+/// Opens the namespaces `cfg` names (none while `waiting` for a followed container), each
+/// tracker starting from what `restored` (the snapshot, by namespace) had open there.
 pub(super) fn initial(
     cfg: &Config,
     proc_root: &Path,
     mut restored: HashMap<u64, Vec<Socket>>,
+    waiting: bool,
 ) -> Result<Initial> {
     let mut targets = Vec::new();
     let mut discovery = None;
     let mut unwatchable = HashSet::new();
     match &cfg.scope {
+        // A followed container not running yet: nothing to open until it does.
+        _ if waiting => {}
         Scope::All => {
             let mut d = Discovery::new(proc_root, Path::new(NAMED_NETNS_DIR));
             let mut namer = Namer::new(cfg.docker.clone());

@@ -163,6 +163,10 @@ impl Loop {
             }
             if dump {
                 last_dump = Some(cycle);
+            } else if self.targets.iter().any(Target::never_dumped) {
+                // A namespace opened since (a followed container that started, one found by
+                // discovery): its first dump now, not at the next reconcile.
+                self.scan_some(&mut events, Target::never_dumped);
             }
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
@@ -201,9 +205,15 @@ impl Loop {
     /// up new ones (one walk of /proc for all namespaces), filter, hand each census to its
     /// tracker.
     fn scan(&mut self, events: &mut Vec<Event>) {
+        self.scan_some(events, |_| true);
+    }
+
+    /// A scan of the namespaces `which` picks.
+    fn scan_some(&mut self, events: &mut Vec<Event>, which: impl Fn(&Target) -> bool) {
         let mut dumped = Vec::new();
         for (i, t) in self.targets.iter_mut().enumerate() {
-            if !t.quiet()
+            if which(t)
+                && !t.quiet()
                 && let Some(d) = t.dump(&self.dumps, &self.cfg.filter)
             {
                 dumped.push((i, d));

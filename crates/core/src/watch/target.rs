@@ -123,6 +123,11 @@ impl Target {
         self.probe = opened.probe;
     }
 
+    /// Whether it has never been dumped (opened since the last dump).
+    pub(super) fn never_dumped(&self) -> bool {
+        self.scanner.is_some() && self.last_full_scan.is_none()
+    }
+
     /// The next dump must run, whatever the change probe says.
     pub(super) fn force_dump(&mut self) {
         self.destroyed_since_scan = true;
