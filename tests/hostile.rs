@@ -102,24 +102,51 @@ fn a_forged_destroy_message_does_not_close_a_live_port() {
 fn a_reader_that_stops_reading_costs_bounded_memory() {
     // Nobody reads the events while listeners churn: past the queue, events are dropped and
     // counted, and the open set stays exact.
+    let Some(python) = system_tool("python3") else {
+        return skip("python3 is not installed");
+    };
     let w = Watcher::builder()
         .filter(Filter::new().address("127.0.0.1".parse().unwrap()))
         .interval(Duration::from_millis(5))
         .build()
         .unwrap();
+    // The listeners live in a child: a thousand fds more in this test process would push
+    // other tests' sockets past the owner walk's per-process fd cap.
+    let churn = "import socket, sys
+while sys.stdin.readline():
+    ls = []
+    for _ in range(1000):
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); ls.append(s)
+    print(' '.join(str(s.getsockname()[1]) for s in ls), flush=True)
+    sys.stdin.readline()
+    for s in ls: s.close()
+    print('closed', flush=True)";
+    let mut child = Command::new(python)
+        .args(["-c", churn])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut rounds = 0;
     wait_for("events to be dropped", PATIENCE * 3, || {
-        let batch: Vec<TcpListener> =
-            (0..1000).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let ports: Vec<u16> = batch.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        writeln!(stdin).unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let ports: Vec<u16> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
         wait_for("the batch to be seen", PATIENCE, || {
             let open = w.current();
             ports.iter().all(|p| open.iter().any(|s| s.port == *p)).then_some(())
         });
-        drop(batch);
+        writeln!(stdin).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
         rounds += 1;
         (w.dropped_events() > 0).then_some(())
     });
+    drop(stdin);
+    let _ = child.wait();
     assert!(rounds as usize * 2000 > EVENT_QUEUE, "more events than the queue holds");
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();

@@ -103,13 +103,19 @@ fn the_schemas_refuse_what_the_output_never_holds() {
     missing.as_object_mut().unwrap().remove("netns_name");
     assert!(validate("socket.schema.json", &missing).is_err());
 
-    // An event line: the socket plus ts, event, initial; the coming `source` field is allowed
-    // with its two values, nothing else is.
+    // An event line: the socket plus ts, reported, event, initial and source (two values).
     let mut event = socket.clone();
     event["ts"] = "2026-11-22T04:09:51.076Z".into();
+    event["reported"] = "2026-11-22T04:09:51.276Z".into();
     event["event"] = "open".into();
     event["initial"] = false.into();
+    event["source"] = "ebpf".into();
     validate("event.schema.json", &event).unwrap();
+    for key in ["reported", "source"] {
+        let mut e = event.clone();
+        e.as_object_mut().unwrap().remove(key);
+        assert!(validate("event.schema.json", &e).is_err(), "{key} is required");
+    }
     for (key, value, ok) in [
         ("source", serde_json::json!("ebpf"), true),
         ("source", serde_json::json!("scan"), true),

@@ -492,3 +492,40 @@ fn json_lines_keep_their_key_order_for_every_kind_of_event() {
     assert_event_line(&close);
     assert!(w.terminate().success());
 }
+
+#[test]
+fn lines_never_go_back_in_time_and_json_says_when_it_happened() {
+    // A close waits out its grace while later opens are reported: in text, the time is when
+    // the line was written; in JSON, `ts` is when it happened and `reported` when written.
+    for format in ["json", "text"] {
+        let w = WatchCmd::start(&["--format", format, "--no-initial", "--close-grace", "300"]);
+        w.ready();
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a_port = a.local_addr().unwrap().port();
+        w.expect("a's open", |l| l.contains(&a_port.to_string()));
+        drop(a);
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b_port = b.local_addr().unwrap().port();
+        let mut lines = vec![w.expect("b's open", |l| l.contains(&b_port.to_string()))];
+        lines.push(w.expect("a's close", |l| {
+            l.contains(&a_port.to_string()) && (l.contains("\"close\"") || l.contains("closed"))
+        }));
+        let times: Vec<String> = lines
+            .iter()
+            .map(|l| match format {
+                "json" => json(l)["reported"].as_str().unwrap().to_owned(),
+                _ => l[1..l.find(']').unwrap()].to_owned(),
+            })
+            .collect();
+        assert!(times[0] <= times[1], "{format}: {lines:?}");
+        if format == "json" {
+            let close = json(&lines[1]);
+            let (ts, reported) =
+                (close["ts"].as_str().unwrap(), close["reported"].as_str().unwrap());
+            assert!(ts < reported, "the close happened before it was reported: {close}");
+            assert!(ts <= json(&lines[0])["ts"].as_str().unwrap(), "a went before b opened");
+        }
+        drop(b);
+        assert!(w.terminate().success());
+    }
+}

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -37,7 +37,7 @@ const HOOK_LOCALE: [&str; 2] = ["LANG", "LC_ALL"];
 /// The hook runner: one worker thread running `sh -c CMD` per event, in order, so a slow or
 /// failing hook never delays scanning or output.
 pub struct Hooks {
-    tx: SyncSender<Event>,
+    tx: SyncSender<(Event, SystemTime)>,
     dropped: Arc<AtomicUsize>,
     /// Set at shutdown: queued hooks are skipped and a running one gets `HOOK_STOP_GRACE`.
     stopping: Arc<AtomicBool>,
@@ -46,18 +46,18 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn start(cmd: &str, timeout: Duration) -> Result<Hooks> {
-        let (tx, rx) = sync_channel::<Event>(HOOK_QUEUE);
+        let (tx, rx) = sync_channel::<(Event, SystemTime)>(HOOK_QUEUE);
         let cmd = cmd.to_owned();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&stopping);
         let worker =
             std::thread::Builder::new().name("portwatch-exec".into()).spawn(move || {
                 let mut skipped = 0;
-                for event in rx {
+                for (event, reported) in rx {
                     if stop.load(Ordering::Relaxed) {
                         skipped += 1;
                     } else {
-                        run_hook(&cmd, &event, timeout, &stop);
+                        run_hook(&cmd, &event, reported, timeout, &stop);
                     }
                 }
                 if skipped > 0 {
@@ -67,8 +67,9 @@ impl Hooks {
         Ok(Hooks { tx, dropped: Arc::new(AtomicUsize::new(0)), stopping, worker })
     }
 
-    pub fn submit(&self, event: &Event) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(event.clone()) {
+    /// Queues `event`'s hook; `reported` is when its line was written.
+    pub fn submit(&self, event: &Event, reported: SystemTime) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send((event.clone(), reported)) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 log::warn!(
@@ -113,7 +114,13 @@ fn hook_env(event: &Event) -> Vec<(&'static str, String)> {
     env
 }
 
-fn run_hook(cmd: &str, event: &Event, timeout: Duration, stopping: &AtomicBool) {
+fn run_hook(
+    cmd: &str,
+    event: &Event,
+    reported: SystemTime,
+    timeout: Duration,
+    stopping: &AtomicBool,
+) {
     // The hook's stdout goes to our stderr, so it never mixes into the event stream.
     let stdout =
         io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or(Stdio::null());
@@ -135,7 +142,7 @@ fn run_hook(cmd: &str, event: &Event, timeout: Duration, stopping: &AtomicBool) 
             return;
         }
     };
-    let mut input = match JsonLine::new(event).to_line() {
+    let mut input = match JsonLine::new(event, reported).to_line() {
         Ok(line) => StdinFeed::new(child.stdin.take(), line),
         Err(e) => {
             log::warn!("--exec: the event as JSON: {e}; the hook's stdin is empty");

@@ -48,10 +48,14 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
 
     let timeout = args.exec_timeout.unwrap_or(HOOK_TIMEOUT);
     let hooks = args.exec.as_deref().map(|cmd| Hooks::start(cmd, timeout)).transpose()?;
+    // Report time never goes backwards, even if the wall clock is stepped back.
+    let mut last = std::time::UNIX_EPOCH;
     for event in watcher.events() {
+        let reported = last.max(std::time::SystemTime::now());
+        last = reported;
         let line = match args.format {
-            WatchFormat::Text => Ok(text_line(&event, own)),
-            WatchFormat::Json => JsonLine::new(&event).to_line().map_err(io::Error::from),
+            WatchFormat::Text => Ok(text_line(&event, own, reported)),
+            WatchFormat::Json => JsonLine::new(&event, reported).to_line().map_err(io::Error::from),
         };
         let written = line.and_then(|l| writeln!(out, "{l}")).and_then(|()| out.flush());
         if let Err(e) = written {
@@ -60,7 +64,7 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
             return Err(e.into());
         }
         if let Some(h) = &hooks {
-            h.submit(&event);
+            h.submit(&event, reported);
         }
     }
     if let Some(h) = hooks {

@@ -1,6 +1,7 @@
 //! One `watch` event as a text line or a JSON Lines object.
 
 use std::borrow::Cow;
+use std::time::SystemTime;
 
 use portwatch_core::{Event, Socket};
 use serde::Serialize;
@@ -34,9 +35,13 @@ fn where_text(s: &Socket, own_netns: u64) -> String {
 /// One line, keeping the reference monitor's wording (`New port opened: PORT`,
 /// `Port closed: PORT`, `pids:`, `last pids:`) so existing greps work. Every name in it is
 /// escaped, so the line is exactly one line whatever the names hold.
-pub fn text_line(event: &Event, own_netns: u64) -> String {
+///
+/// The timestamp is `reported`, when the line is written, so the lines' times never go
+/// backwards (a close is reported once the close grace has passed, with its `ts` — when the
+/// socket went — in JSON).
+pub fn text_line(event: &Event, own_netns: u64, reported: SystemTime) -> String {
     let s = event.socket();
-    let ts = timestamp(event.at());
+    let ts = timestamp(reported);
     let (port, at) = (port_text(s), where_text(s, own_netns));
     let pids = || owners_text(&s.owners, &LINE_OWNERS);
     match event {
@@ -55,12 +60,13 @@ pub fn text_line(event: &Event, own_netns: u64) -> String {
     }
 }
 
-/// One JSON Lines object: `ts`, `event`, `initial`, `source` (and, for owner changes,
+/// One JSON Lines object: `ts`, `reported`, `event`, `initial`, `source` (and, for owner changes,
 /// `previous_pids`), then the fields of the socket object `list --format json` prints, in
 /// that order. Field names are an interface: add, never rename.
 #[derive(Serialize)]
 pub struct JsonLine<'a> {
     ts: String,
+    reported: String,
     event: &'static str,
     initial: bool,
     /// `ebpf` or `scan`: which source saw it.
@@ -72,13 +78,15 @@ pub struct JsonLine<'a> {
 }
 
 impl<'a> JsonLine<'a> {
-    pub fn new(event: &'a Event) -> JsonLine<'a> {
+    /// `reported`: when the line is written (`ts` is when it happened).
+    pub fn new(event: &'a Event, reported: SystemTime) -> JsonLine<'a> {
         let previous_pids = match event {
             Event::OwnersChanged { previous, .. } => Some(previous.iter().map(|p| p.pid).collect()),
             _ => None,
         };
         JsonLine {
             ts: timestamp(event.at()),
+            reported: timestamp(reported),
             event: event_name(event),
             initial: event_initial(event),
             source: event.source().as_str(),
