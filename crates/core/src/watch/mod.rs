@@ -12,7 +12,7 @@ mod restore;
 mod scheduler;
 mod target;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -56,10 +56,16 @@ pub const EVENT_QUEUE: usize = 8192;
 /// Dropping the watcher stops its thread and waits for it.
 pub struct Watcher {
     thread: Option<JoinHandle<()>>,
-    events: Option<Receiver<Event>>,
+    events: Option<Events>,
     stop: StopHandle,
     current: Published,
     dropped: Arc<AtomicU64>,
+}
+
+/// The receiving end of a watcher's events, and a pipe readable when some may be waiting.
+struct Events {
+    rx: Receiver<Event>,
+    ready: OwnedFd,
 }
 
 /// Ends a [`Watcher`]'s scan thread from anywhere (another thread, a signal-handling loop).
@@ -263,7 +269,10 @@ impl WatcherBuilder {
     /// are read with [`Watcher::events`].
     pub fn build(self) -> Result<Watcher> {
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
-        self.start(Sink::Channel(tx), Some(rx))
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (ready_rx, ready_tx) = nix::unistd::pipe2(flags)
+            .map_err(|e| Error::Os { op: "create the event pipe", source: e.into() })?;
+        self.start(Sink::Channel(tx, ready_tx), Some(Events { rx, ready: ready_rx }))
     }
 
     /// Like [`build`](Self::build), but calls `f` with each event on the scan thread instead
@@ -272,7 +281,7 @@ impl WatcherBuilder {
         self.start(Sink::Callback(Box::new(f)), None)
     }
 
-    fn start(self, sink: Sink, events: Option<Receiver<Event>>) -> Result<Watcher> {
+    fn start(self, sink: Sink, events: Option<Events>) -> Result<Watcher> {
         let mut cfg = self.config.validated()?;
         let proc_root = PathBuf::from("/proc");
         cfg.filter = cfg.filter.resolved(&proc_root, Path::new("/etc/passwd"))?;
@@ -300,13 +309,15 @@ impl WatcherBuilder {
             None => None,
         };
         let detail = Detail { cmdline: cfg.cmdlines };
-        let owners =
-            OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads());
+        let index =
+            || OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads());
+        let (owners, checker) = (index(), index());
         let parts = Parts {
             kernel,
             initial,
             follow,
             owners,
+            checker,
             sink,
             wake: wake_rx,
             stop: stop.clone(),
@@ -362,12 +373,34 @@ impl Watcher {
 
     /// Blocks for each event until the watcher stops. Empty for a callback watcher.
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
-        self.events.iter().flat_map(|rx| rx.iter())
+        self.events.iter().flat_map(|e| e.rx.iter())
     }
 
     /// The next event, waiting at most `timeout`; `None` on timeout or once stopped.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        self.events.as_ref()?.recv_timeout(timeout).ok()
+        self.events.as_ref()?.rx.recv_timeout(timeout).ok()
+    }
+
+    /// The next event if one is waiting, without blocking. When none is, the
+    /// [`event_fd`](Self::event_fd) is drained (it becomes readable again with the next).
+    pub fn try_recv(&self) -> Option<Event> {
+        let events = self.events.as_ref()?;
+        match events.rx.try_recv() {
+            Ok(e) => Some(e),
+            Err(_) => {
+                let mut buf = [0u8; 64];
+                while matches!(nix::unistd::read(&events.ready, &mut buf), Ok(n) if n > 0) {}
+                None
+            }
+        }
+    }
+
+    /// A descriptor that polls readable (`poll`, `epoll`, an async runtime's reactor) when
+    /// events may be waiting: then call [`try_recv`](Self::try_recv) until it returns `None`.
+    /// A wakeup may find nothing (the events were taken meanwhile). `None` for a callback
+    /// watcher.
+    pub fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.events.as_ref().map(|e| e.ready.as_fd())
     }
 
     /// Events dropped because the reader of [`events`](Self::events) fell more than

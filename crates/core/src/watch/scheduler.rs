@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -36,12 +37,21 @@ const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// How often, with `all_netns`, new and vanished namespaces are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 
+/// What an owner check found: each socket checked with the owners found now, and the owner
+/// index it used, to be used again.
+struct Checked {
+    found: Vec<(Socket, crate::socket::Owners)>,
+    checker: OwnerIndex,
+}
+
 /// The open set as `Watcher::current` reads it, kept up to date change by change.
 pub(super) type Published = Arc<Mutex<HashMap<Key, Socket>>>;
 
 /// Where events go.
 pub(super) enum Sink {
-    Channel(SyncSender<Event>),
+    /// The channel `Watcher::events` reads, and the write end of a pipe made readable after
+    /// each batch, for callers that poll (`Watcher::event_fd`).
+    Channel(SyncSender<Event>, OwnedFd),
     Callback(Box<dyn FnMut(Event) + Send>),
 }
 
@@ -53,6 +63,11 @@ pub(super) struct Loop {
     kernel: Option<Box<dyn Feed + Send>>,
     dumps: Vec<Dump>,
     owners: OwnerIndex,
+    /// The owner index of the owner checks; away on their thread while one runs.
+    checker: Option<OwnerIndex>,
+    /// Owner checks in flight: they walk /proc, which takes long on a busy host, on a thread
+    /// of their own while this one keeps reading events.
+    checking: Option<JoinHandle<Checked>>,
     /// The namespaces watched: one, or (with discovery) every one alive.
     pub(super) targets: Vec<Target>,
     /// Finds namespaces appearing and disappearing, with `all_netns`.
@@ -89,6 +104,7 @@ pub(super) struct Parts {
     pub(super) initial: Initial,
     pub(super) follow: Option<Follow>,
     pub(super) owners: OwnerIndex,
+    pub(super) checker: OwnerIndex,
     pub(super) sink: Sink,
     pub(super) wake: OwnedFd,
     pub(super) stop: StopHandle,
@@ -105,6 +121,7 @@ impl Loop {
             initial,
             follow,
             owners,
+            checker,
             sink,
             wake,
             stop,
@@ -118,6 +135,8 @@ impl Loop {
             cfg,
             kernel,
             owners,
+            checker: Some(checker),
+            checking: None,
             targets: initial.targets,
             discovery: initial.discovery,
             follow,
@@ -250,6 +269,17 @@ impl Loop {
     /// `stat` per distinct owner pid).
     fn check_owners(&mut self, events: &mut Vec<Event>) {
         self.last_liveness = Instant::now();
+        match self.checking.take() {
+            Some(t) if !t.is_finished() => {
+                self.checking = Some(t);
+                return;
+            }
+            Some(t) => match t.join() {
+                Ok(checked) => self.apply_checked(checked, events),
+                Err(_) => log::warn!("an owner check failed; the next one starts afresh"),
+            },
+            None => {}
+        }
         let settled: HashSet<Key> = {
             let due = |since: &Instant| since.elapsed() >= SETTLE_AFTER;
             let keys = self.settling.iter().filter(|(_, t)| due(t)).map(|(k, _)| k.clone());
@@ -281,17 +311,42 @@ impl Loop {
         if stale.is_empty() {
             return;
         }
-        let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
-        self.owners.resolve(&mut fresh);
-        for ((i, old), new) in stale.iter().zip(fresh) {
-            // Owners a kernel event named are not replaced by none: /proc may hide them
-            // (another pid namespace, no permission) while they still hold the socket.
-            let exited = old.processes().iter().any(|p| dead.contains(&p.pid));
-            if !exited && !matches!(new.owners, crate::socket::Owners::Known(_)) {
+        let mut checker = self.checker.take().unwrap_or_else(|| self.new_checker());
+        let spawned =
+            std::thread::Builder::new().name("portwatch-owners".into()).spawn(move || {
+                let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
+                checker.resolve(&mut fresh);
+                let found = stale.into_iter().zip(fresh).map(|((_, old), new)| (old, new.owners));
+                Checked { found: found.collect(), checker }
+            });
+        match spawned {
+            Ok(t) => self.checking = Some(t),
+            // No thread to be had (a pids limit): the next round tries again.
+            Err(e) => log::debug!("owner checks postponed: {e}"),
+        }
+    }
+
+    /// An owner index for the owner checks (the one they had went with a refused thread).
+    fn new_checker(&self) -> OwnerIndex {
+        let detail = crate::owners::Detail { cmdline: self.cfg.cmdlines };
+        let passwd = std::path::Path::new("/etc/passwd");
+        OwnerIndex::new(&self.proc_root, passwd, detail, crate::owners::worker_threads())
+    }
+
+    /// Applies what a finished owner check found (and takes its owner index back).
+    fn apply_checked(&mut self, checked: Checked, events: &mut Vec<Event>) {
+        self.checker = Some(checked.checker);
+        for (old, owners) in checked.found {
+            // Known owners are never replaced by none: /proc may hide them (another pid
+            // namespace, no permission), and an owner that exited with the socket found
+            // nobody because the socket is closing — its close, maybe already queued, must
+            // still name who held it.
+            if !matches!(owners, crate::socket::Owners::Known(_)) {
                 continue;
             }
-            let at = At::now(Source::Scan);
-            self.targets[*i].tracker.update_owners(old, new.owners, at, events);
+            if let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) {
+                t.tracker.update_owners(&old, owners, At::now(Source::Scan), events);
+            }
         }
         self.emit(events);
     }
@@ -461,9 +516,10 @@ impl Loop {
     /// Hands `events` to the sink and the tracker's changes to `Watcher::current`.
     pub(super) fn emit(&mut self, events: &mut Vec<Event>) {
         self.publish();
+        let sent = !events.is_empty();
         for e in events.drain(..) {
             match &mut self.sink {
-                Sink::Channel(tx) => match tx.try_send(e) {
+                Sink::Channel(tx, _) => match tx.try_send(e) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
                         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -479,6 +535,10 @@ impl Loop {
                 },
                 Sink::Callback(f) => f(e),
             }
+        }
+        if let (true, Sink::Channel(_, ready)) = (sent, &self.sink) {
+            // Non-blocking: a full pipe is readable already.
+            let _ = nix::unistd::write(ready, &[1]);
         }
     }
 
