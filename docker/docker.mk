@@ -26,7 +26,10 @@ CONTEXT := target/docker/context
 	shell stop docker-clean verify-suite
 
 # Static binaries (glibc, crt-static; --target keeps build scripts dynamic).
-$(STATIC_DIR)/portwatch $(STATIC_DIR)/examples/hold_port: $(wildcard crates/*/src/*.rs crates/cli/*.rs examples/*.rs) Cargo.lock
+# Every source file, the eBPF object included: a shallower list let `make image` ship a binary
+# older than crates/core/src/source/ebpf/.
+$(STATIC_DIR)/portwatch $(STATIC_DIR)/examples/hold_port: $(shell find crates examples -name '*.rs') \
+  crates/core/bpf/portwatch.bpf.o Cargo.toml crates/core/Cargo.toml Cargo.lock
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
 	  --target $(HOST_TRIPLE) --bin portwatch --example hold_port
 
