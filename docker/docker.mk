@@ -14,8 +14,12 @@ BASE_PORT ?= 5800
 HOLD_MS ?= 120
 INTERVAL_S ?= 0.03
 # Watcher settings, passed through compose when set.
-export SCAN_INTERVAL BURST_SCANS BURST_DELAY CLOSE_GRACE_MS SNAPSHOT_PATH RUST_LOG
+export SCAN_INTERVAL BURST_SCANS BURST_DELAY CLOSE_GRACE_MS SNAPSHOT_PATH RUST_LOG PORTWATCH_RECONCILE
 export PORTWATCH_IMAGE := $(IMAGE)
+# The host's cgroup2 mount, which the host-side watcher's eBPF programs attach to: the first
+# in mountinfo (/sys/fs/cgroup on cgroup v2 hosts, /sys/fs/cgroup/unified on hybrid ones).
+PORTWATCH_CGROUP2 ?= $(shell awk '/ - cgroup2 /{print $$5; exit}' /proc/self/mountinfo 2>/dev/null)
+export PORTWATCH_CGROUP2
 
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 STATIC_DIR := target/$(HOST_TRIPLE)/release
