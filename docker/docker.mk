@@ -14,8 +14,12 @@ BASE_PORT ?= 5800
 HOLD_MS ?= 120
 INTERVAL_S ?= 0.03
 # Watcher settings, passed through compose when set.
-export SCAN_INTERVAL BURST_SCANS BURST_DELAY CLOSE_GRACE_MS SNAPSHOT_PATH RUST_LOG
+export SCAN_INTERVAL BURST_SCANS BURST_DELAY CLOSE_GRACE_MS SNAPSHOT_PATH RUST_LOG PORTWATCH_RECONCILE
 export PORTWATCH_IMAGE := $(IMAGE)
+# The host's cgroup2 mount, which the host-side watcher's eBPF programs attach to: the first
+# in mountinfo (/sys/fs/cgroup on cgroup v2 hosts, /sys/fs/cgroup/unified on hybrid ones).
+PORTWATCH_CGROUP2 ?= $(shell awk '/ - cgroup2 /{print $$5; exit}' /proc/self/mountinfo 2>/dev/null)
+export PORTWATCH_CGROUP2
 
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 STATIC_DIR := target/$(HOST_TRIPLE)/release
@@ -26,7 +30,10 @@ CONTEXT := target/docker/context
 	shell stop docker-clean verify-suite
 
 # Static binaries (glibc, crt-static; --target keeps build scripts dynamic).
-$(STATIC_DIR)/portwatch $(STATIC_DIR)/examples/hold_port: $(wildcard crates/*/src/*.rs crates/cli/*.rs examples/*.rs) Cargo.lock
+# Every source file, the eBPF object included: a shallower list let `make image` ship a binary
+# older than crates/core/src/source/ebpf/.
+$(STATIC_DIR)/portwatch $(STATIC_DIR)/examples/hold_port: $(shell find crates examples -name '*.rs') \
+  crates/core/bpf/portwatch.bpf.o Cargo.toml crates/core/Cargo.toml Cargo.lock
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
 	  --target $(HOST_TRIPLE) --bin portwatch --example hold_port
 

@@ -1,8 +1,9 @@
 #!/bin/sh
 # `make verify-suite`: the reference monitor's verification, as assertions. Starts the
-# high-fidelity container and the host-side watcher, drives ports with the make targets, and
-# checks the logs for every expected line; then restarts the supervised container to check
-# the snapshot. Prints PASS/FAIL per check and exits 1 if any check failed.
+# high-fidelity container (scanning) and the host-side watcher (kernel events, JSON Lines),
+# drives ports with the make targets, and checks the logs for every expected line; then
+# restarts the supervised container to check the snapshot. Prints PASS/FAIL per check and
+# exits 1 if any check failed.
 set -u
 cd "$(dirname "$0")/.."
 MAKE=${MAKE:-make}
@@ -27,12 +28,27 @@ check() { # NAME CONTAINER REGEX
 }
 opened() { echo "New port opened: $1 \($2, [^)]*pids: [0-9]+ $3"; }
 closed() { echo "Port closed: $1 \($2, [^)]*last pids: [0-9]+ $3"; }
-# A fresh sentinel port, opened until the watcher in $1 reports it: the watcher is scanning.
+# The host-side watcher's JSON Lines (field order is fixed: ts, event, initial, source, proto,
+# ..., port, ..., container, pids, processes). EVENT PROTO PORT [PID [COMM [SOURCE]]]: a PORT
+# event in container portwatcher, owned by PID (default any one pid) named COMM (default any)
+# (ppid is null when the process was gone before /proc could be read);
+# with SOURCE, a live event (not one open at start) of that source.
+host_event() {
+    _src=${6:+,\"initial\":false,\"source\":\"$6\"}
+    echo "\"event\":\"$1\"$_src,.*\"proto\":\"$2\",.*\"port\":$3,.*\"container\":\{\"id\":\"[0-9a-f]+\",\"name\":\"portwatcher\"\},\"pids\":\[${4:-[0-9]+}\],\"processes\":\[\{\"pid\":${4:-[0-9]+},\"ppid\":(null|[0-9]+),\"comm\":\"${5:-[^\"]*}\""
+}
+# A sentinel port ($2, default 5999; after a restart, one not used before, since the log
+# outlives the restart), opened until the watcher in $1 reports it: the watcher is watching.
 ready() {
+    _port=${2:-5999}
+    case $1 in
+    portwatch-host) _sentinel=$(host_event open tcp "$_port") ;;
+    *) _sentinel="New port opened: $_port " ;;
+    esac
     _sentinels=0
     while [ "$_sentinels" -lt 20 ]; do
-        docker exec -d portwatcher hold_port tcp 5999 300 2>/dev/null
-        wait_log "$1" "New port opened: 5999 " 1 && return 0
+        docker exec -d portwatcher hold_port tcp "$_port" 300 2>/dev/null
+        wait_log "$1" "$_sentinel" 1 && return 0
         _sentinels=$((_sentinels + 1))
     done
     fail "$1 never reported its sentinel port"
@@ -60,8 +76,8 @@ else
 fi
 for p in "5000 tcp httpd" "5361 udp hold_port" "3000 tcp httpd"; do
     set -- $p
-    check "host-side watcher sees $2 $1 in the container" portwatch-host \
-        "New port opened: $1 \($2, [^)]*container portwatcher, pids: [0-9]+ $3"
+    check "host-side watcher sees $2 $1 in the container, from kernel events" portwatch-host \
+        "$(host_event open "$2" "$1" '[0-9]+' "$3" ebpf)"
 done
 
 # Every namespace from the host, the container named through the Docker API.
@@ -77,7 +93,7 @@ m kill-port PORT=5000
 m kill-port PORT=5361
 check "TCP 5000 closed after kill-port" portwatcher "$(closed 5000 tcp httpd)"
 check "UDP 5361 closed after kill-port" portwatcher "$(closed 5361 udp hold_port)"
-check "host-side watcher sees TCP 5000 close" portwatch-host "Port closed: 5000 \(tcp, [^)]*container portwatcher"
+check "host-side watcher sees TCP 5000 close" portwatch-host "$(host_event close tcp 5000)"
 
 m test-tcp-transient TRANSIENT_PORT=5701 TRANSIENT_MS=120
 m test-udp-transient TRANSIENT_PORT=5702 TRANSIENT_MS=120
@@ -111,14 +127,75 @@ for spec in "tcp 6000" "udp 6100"; do
     fi
 done
 
+echo "== listeners of 0 ms in the container, seen from the host through kernel events"
+# Each one binds, listens (TCP), closes and exits at once: no scan can see it. Started stopped
+# (SIGSTOP before the exec) so its host pid is known first, then all continued at once.
+cpid=$(docker inspect -f '{{.State.Pid}}' portwatcher)
+pidns=$(readlink "/proc/$cpid/ns/pid")
+zero_specs="tcp 6200 tcp 6201 tcp 6202 udp 6300 udp 6301 udp 6302"
+zero_pids=""
+set -- $zero_specs
+while [ $# -ge 2 ]; do
+    docker exec -d portwatcher sh -c "echo \$\$ >/tmp/zero.$2; kill -STOP \$\$; exec hold_port $1 $2 0"
+    shift 2
+done
+set -- $zero_specs
+while [ $# -ge 2 ]; do
+    # The pid inside the container, then the host pid whose NSpid ends with it in its pid ns.
+    ns=""; host=""; _tries=0
+    while [ -z "$host" ] && [ "$_tries" -lt 50 ]; do
+        ns=$(docker exec portwatcher cat "/tmp/zero.$2" 2>/dev/null)
+        if [ -n "$ns" ]; then
+            for st in $(grep -l "^NSpid:.*[[:space:]]$ns\$" /proc/[0-9]*/status 2>/dev/null); do
+                d=${st%/status}
+                [ "$(readlink "$d/ns/pid" 2>/dev/null)" = "$pidns" ] &&
+                    grep -q '^State:[[:space:]]*T' "$st" 2>/dev/null && host=${d#/proc/}
+            done
+        fi
+        [ -n "$host" ] || sleep 0.1
+        _tries=$((_tries + 1))
+    done
+    zero_pids="$zero_pids $1:$2:${host:-none}:${ns:-none}"
+    shift 2
+done
+for z in $zero_pids; do kill -CONT "$(echo "$z" | cut -d: -f3)" 2>/dev/null; done
+for z in $zero_pids; do
+    IFS=: read -r proto port host ns <<EOF_Z
+$z
+EOF_Z
+    if [ "$host" = none ]; then
+        fail "0 ms $proto $port: its stopped process never appeared on the host"
+        continue
+    fi
+    # The pid and name come from the kernel; the rest from /proc, if the process is still
+    # there when the event is read (else ppid and ns_pid are null): when known, ns_pid is right.
+    check "0 ms $proto $port: opened, from kernel events, host pid $host (ns pid $ns), container portwatcher" \
+        portwatch-host "$(host_event open "$proto" "$port" "$host" hold_port ebpf).*\"ns_pid\":($ns|null)\}"
+    check "0 ms $proto $port: closed, last pid $host" \
+        portwatch-host "$(host_event close "$proto" "$port" "$host" hold_port ebpf)"
+done
+if docker logs portwatch-host 2>&1 | grep -q "scanning instead of kernel events"; then
+    fail "the host-side watcher fell back to scanning"
+else
+    pass "the host-side watcher never fell back to scanning"
+fi
+if docker logs portwatcher 2>&1 | grep -q "kernel events"; then
+    fail "the in-container watcher (--source scan) says something about kernel events"
+else
+    pass "the in-container watcher (--source scan) prints no eBPF fallback warning"
+fi
+
 echo "== the host-side watcher follows the container across a restart"
 docker restart -t 5 portwatcher >/dev/null
-ready portwatcher
+ready portwatcher 5998
 check "host-side watcher reports TCP 3000 closed when the container stops" portwatch-host \
-    "Port closed: 3000 \(tcp, [^)]*container portwatcher"
+    "$(host_event close tcp 3000)"
+# Once the host-side watcher follows the new namespace (its sentinel): with kernel events, a
+# port opened before that is only found by the next reconciling dump, up to 30 s later.
+ready portwatch-host 5997
 docker exec -d portwatcher hold_port tcp 5500
 check "host-side watcher sees TCP 5500 in the restarted container's new namespace" portwatch-host \
-    "New port opened: 5500 \(tcp, [^)]*container portwatcher, pids: [0-9]+ hold_port"
+    "$(host_event open tcp 5500 '[0-9]+' hold_port)"
 
 echo "== snapshot across a container restart (supervised)"
 m stop
@@ -128,7 +205,7 @@ check "the supervised app's port 8080 opened" portwatcher "New port opened: 8080
 docker exec -d portwatcher hold_port tcp 5400
 check "TCP 5400 opened before the restart" portwatcher "$(opened 5400 tcp hold_port)"
 docker restart -t 10 portwatcher >/dev/null
-ready portwatcher
+ready portwatcher 5996
 check "TCP 5400, gone with the restart, reported closed after it" portwatcher "$(closed 5400 tcp hold_port)"
 opens=$(docker logs portwatcher 2>&1 | grep -c "New port opened: 8080 ")
 if [ "$opens" = 1 ]; then
