@@ -7,11 +7,13 @@
 #                       denied; the fuzz targets compile
 #   make bench          criterion benches of the hot paths
 #   make bench-compare  whole-process timing against ss and lsof (run as root)
-#   make bench-fidelity what watch catches (by listener lifetime) and its idle CPU
+#   make bench-fidelity what watch catches (by listener lifetime), how fast, and its idle CPU,
+#                       for SOURCES (scan,ebpf), idle and beside BUSY busy loops (run as root)
 #   make bench-netns    watch --all-netns over many namespaces: idle CPU, pick-up time
 #   make bench-blinding list beside CROWD_PROCS processes of nobody with CROWD_FDS fds each
 #                       (run as root; BASELINE=PATH times another portwatch beside it)
-#   make soak           churn soak: DURATION s of RATE listeners/s under watch --hf
+#   make soak           churn soak: DURATION s of RATE listeners/s under watch --source SOURCE
+#                       (scan: with --hf), PER_PROCESS listeners per forked process
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
 #   make bpf            rebuild the committed eBPF object crates/core/bpf/portwatch.bpf.o
 #   make bpf-check      fail if that object is not what its source builds to
@@ -24,8 +26,13 @@ RUNS ?= 15
 SIZES ?= 10x1,1000x200,10000x2000
 COUNT ?= 100
 IDLE_SECONDS ?= 20
+FIDELITY_IDLE_SECONDS ?= 60
+SOURCES ?= scan,ebpf
+BUSY ?= $(shell echo $$((2 * $$(nproc))))
 DURATION ?= 60
 RATE ?= 200
+SOURCE ?= scan
+PER_PROCESS ?= 1
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args
 NAMESPACES ?= 40
@@ -100,7 +107,8 @@ bench-compare: deps-bench build
 	python3 benches/compare.py --runs $(RUNS) --sizes $(SIZES) --portwatch target/release/portwatch
 
 bench-fidelity: build
-	python3 benches/fidelity.py --portwatch target/release/portwatch --count $(COUNT) --idle-seconds $(IDLE_SECONDS)
+	python3 benches/fidelity.py --portwatch target/release/portwatch --count $(COUNT) \
+	  --idle-seconds $(FIDELITY_IDLE_SECONDS) --source $(SOURCES) --busy $(BUSY)
 
 bench-netns: build
 	python3 benches/netns_idle.py --portwatch target/release/portwatch --namespaces $(NAMESPACES) --listeners $(LISTENERS) --idle-seconds $(IDLE_SECONDS)
@@ -110,7 +118,8 @@ bench-blinding: build
 	  --procs $(CROWD_PROCS) --fds $(CROWD_FDS) --runs $(BLINDING_RUNS)
 
 soak: build
-	python3 benches/soak.py --portwatch target/release/portwatch --duration $(DURATION) --rate $(RATE)
+	python3 benches/soak.py --portwatch target/release/portwatch --duration $(DURATION) --rate $(RATE) \
+	  --source $(SOURCE) --per-process $(PER_PROCESS)
 
 # Each target starts from its seeds (fuzz/seeds/TARGET: datagrams captured from this kernel,
 # real /proc files, a snapshot a container wrote) and grows fuzz/corpus/TARGET.

@@ -44,6 +44,16 @@ def udp_cycle(n):
     return (time.perf_counter_ns() - t) / n
 
 
+def foreign_programs():
+    """ids of portwatch programs (pw_*) loaded now, e.g. by another watcher on the host: they
+    run on every socket call too, in both phases. Empty without bpftool."""
+    if not shutil.which("bpftool"):
+        return set()
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                      text=True, check=True).stdout)
+    return {p["id"] for p in progs if p.get("name", "").startswith("pw_")}
+
+
 def hold(binary):
     """Starts the holder and waits until its programs are attached."""
     p = subprocess.Popen(
@@ -70,6 +80,7 @@ def kernel_stats(binary, batch):
     path = "/proc/sys/kernel/bpf_stats_enabled"
     with open(path) as f:
         before = f.read().strip()
+    others = foreign_programs()
     holder = hold(binary)
     try:
         with open(path, "w") as f:
@@ -85,7 +96,9 @@ def kernel_stats(binary, batch):
     print(f"kernel run time per program run ({batch} TCP + {batch} UDP cycles):")
     for p in progs:
         if p.get("name", "").startswith("pw_") and p.get("run_cnt"):
-            print(f"  {p['name']:16} {p['run_time_ns'] / p['run_cnt']:6.0f} ns x {p['run_cnt']}")
+            whose = "another loader's" if p["id"] in others else "the holder's"
+            print(f"  {p['name']:16} {p['run_time_ns'] / p['run_cnt']:6.0f} ns x {p['run_cnt']}"
+                  f"  (id {p['id']}, {whose})")
 
 
 def main():
@@ -94,6 +107,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--batch", type=int, default=2000)
     a = ap.parse_args()
+    before = foreign_programs()
     res = {("tcp", False): [], ("tcp", True): [], ("udp", False): [], ("udp", True): []}
     tcp_cycle(a.batch), udp_cycle(a.batch)  # warm up
     for r in range(a.rounds):
@@ -109,6 +123,10 @@ def main():
         on = statistics.median(res[(proto, True)])
         print(f"{proto} {what:26} without {off / 1000:6.2f} us  with {on / 1000:6.2f} us"
               f"  (+{(on - off) / 1000:.2f} us, {100 * (on - off) / off:+.0f}%)")
+    after = foreign_programs()
+    if before or after:
+        print(f"WARNING: other portwatch programs were attached (ids {sorted(before | after)}"
+              f" at the start/end): they ran in both phases, so 'without' is not without")
     kernel_stats(a.holder, a.batch)
 
 

@@ -21,25 +21,50 @@ def cpu_seconds(pid):
     return total / 1e9
 
 
+def cpu_ticks(pid):
+    """utime + stime of `pid` (all its threads) in clock ticks (/proc/PID/stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def status_kib(pid, field):
+    """A `kB` line of /proc/PID/status (VmRSS, VmHWM, ...)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 class Watch:
     """A running `portwatch watch --format json`, its lines collected with arrival times."""
 
     def __init__(self, binary, args):
         self.p = subprocess.Popen([binary, "watch", "--format", "json", *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # Each line with time.monotonic() at its read (self.events) and time.time() (wall,
+        # comparable with a time.time() taken in another process: self.wall).
         self.events = []
+        self.wall = []
         self.lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
         for line in self.p.stdout:
-            t = time.monotonic()
+            t, wall = time.monotonic(), time.time()
             with self.lock:
                 self.events.append((t, json.loads(line)))
+                self.wall.append(wall)
 
     def snapshot(self):
         with self.lock:
             return list(self.events)
+
+    def snapshot_wall(self):
+        """(wall-clock read time, event) of every line so far."""
+        with self.lock:
+            return [(w, e) for w, (_, e) in zip(self.wall, self.events)]
 
     def wait_for(self, pred, timeout=10.0):
         deadline = time.monotonic() + timeout
@@ -65,6 +90,9 @@ class Watch:
 
     def cpu_seconds(self):
         return cpu_seconds(self.p.pid)
+
+    def cpu_ticks(self):
+        return cpu_ticks(self.p.pid)
 
     def threads(self):
         return len(os.listdir(f"/proc/{self.p.pid}/task"))
