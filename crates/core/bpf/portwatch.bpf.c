@@ -38,6 +38,17 @@ struct {
 	__type(value, __u64);
 } PW_LOST SEC(".maps");
 
+// Cookies of the UDP sockets reported bound: only their connect or release is a listener's
+// end. A client's socket (bound implicitly by its first send or connect: every DNS query) is
+// not reported, so an idle watcher is not woken by every resolver on the host. LRU: a socket
+// whose release was never seen (the map was full) cannot keep its slot for good.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} PW_UDP_BOUND SEC(".maps");
+
 static __always_inline void count_lost(void)
 {
 	__u32 key = 0;
@@ -173,10 +184,14 @@ static __always_inline int udp_bind(struct bpf_sock *ctx)
 
 	if (!is_udp(ctx))
 		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u8 one = 1;
+
+	bpf_map_update_elem(&PW_UDP_BOUND, &cookie, &one, BPF_ANY);
 	e = reserve(PW_KIND_UDP_BIND);
 	if (!e)
 		return 1;
-	e->cookie = bpf_get_socket_cookie(ctx);
+	e->cookie = cookie;
 	fill_from_sock(e, kernel_sock(ctx));
 	bpf_ringbuf_submit(e, 0);
 	return 1;
@@ -214,10 +229,13 @@ static __always_inline int udp_connect(struct bpf_sock_addr *ctx)
 	ksk = kernel_sock(sk);
 	if (BPF_CORE_READ(ksk, __sk_common.skc_num) == 0)
 		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (!bpf_map_lookup_elem(&PW_UDP_BOUND, &cookie))
+		return 1;
 	e = reserve(PW_KIND_UDP_CONNECT);
 	if (!e)
 		return 1;
-	e->cookie = bpf_get_socket_cookie(ctx);
+	e->cookie = cookie;
 	fill_from_sock(e, ksk);
 	bpf_ringbuf_submit(e, 0);
 	return 1;
@@ -235,8 +253,8 @@ int pw_udp_conn6(struct bpf_sock_addr *ctx)
 	return udp_connect(ctx);
 }
 
-// (d) UDP: the socket is released (last close). Only sockets that had a local port (bound
-// explicitly or implicitly) are reported; unbound ones were never listeners.
+// (d) UDP: the socket is released (last close). Only sockets reported bound are reported
+// (PW_UDP_BOUND); the others were never listeners.
 SEC("cgroup/sock_release")
 int pw_udp_release(struct bpf_sock *ctx)
 {
@@ -248,10 +266,14 @@ int pw_udp_release(struct bpf_sock *ctx)
 	sk = kernel_sock(ctx);
 	if (BPF_CORE_READ(sk, __sk_common.skc_num) == 0)
 		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (!bpf_map_lookup_elem(&PW_UDP_BOUND, &cookie))
+		return 1;
+	bpf_map_delete_elem(&PW_UDP_BOUND, &cookie);
 	e = reserve(PW_KIND_UDP_RELEASE);
 	if (!e)
 		return 1;
-	e->cookie = bpf_get_socket_cookie(ctx);
+	e->cookie = cookie;
 	fill_from_sock(e, sk);
 	bpf_ringbuf_submit(e, 0);
 	return 1;

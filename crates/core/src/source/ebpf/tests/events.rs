@@ -145,25 +145,20 @@ fn udp_autobind_is_no_bind_and_connect_keeps_the_cookie() {
     let sink = UdpSocket::bind("127.0.0.1:0").expect("loopback sink");
     let port = sink.local_addr().expect("addr").port().to_string();
 
-    // sendto without bind: the kernel picks a port (autobind); no bind event, a release event.
+    // sendto without bind: the kernel picks a port (autobind); never a listener, no event at
+    // all (not even its release: the programs only report sockets they saw bound).
     let sender = run_child(&[], &python, ["udp", "4", "127.0.0.1", "sendto", &port]);
     // bind then connect: a bind event, then a connect event, for the same socket.
     let connector = run_child(&[], &python, ["udp", "4", "127.0.0.1", "connect", &port]);
-    // connect without bind (what a resolver does): never a listener, only its release shows.
+    // connect without bind (what a resolver does): never a listener, no event either.
     let client = run_child(&[], &python, ["udp", "4", "127.0.0.1", "autoconnect", &port]);
     let mut seen = Vec::new();
-    collect_until(
-        &mut progs,
-        &mut seen,
-        Duration::from_secs(5),
-        done_for(&[(&sender, 1), (&connector, 3), (&client, 1)]),
-    );
+    collect_until(&mut progs, &mut seen, Duration::from_secs(5), done_for(&[(&connector, 3)]));
     let client_kinds: Vec<Kind> = of_child(&seen, &client).iter().map(|e| e.kind).collect();
-    assert_eq!(client_kinds, [Kind::UdpRelease], "an unbound socket's connect is not reported");
+    assert!(client_kinds.is_empty(), "a resolver-style socket is not reported: {client_kinds:?}");
 
     let sent: Vec<Kind> = of_child(&seen, &sender).iter().map(|e| e.kind).collect();
-    assert_eq!(sent, [Kind::UdpRelease], "autobind is not a bind; its close is a release");
-    assert_reported(&seen, &sender, Protocol::Udp, Family::Ipv4, &[Kind::UdpRelease]);
+    assert!(sent.is_empty(), "autobind is not a bind, and its close is no listener's: {sent:?}");
 
     let conn: Vec<&KernelEvent> = of_child(&seen, &connector);
     let kinds: Vec<Kind> = conn.iter().map(|e| e.kind).collect();
