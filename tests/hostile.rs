@@ -271,28 +271,6 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
     })
 }
 
-/// A Docker daemon that knows one container, whatever it is asked.
-fn one_container_daemon(sock: &std::path::Path, id: &str, name: &str, pid: u32) {
-    use std::io::{Read, Write as _};
-    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
-    let answer = format!(
-        "HTTP/1.0 200 OK\r\n\r\n{{\"Id\":\"{id}\",\"Name\":\"/{name}\",\"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
-    );
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().map_while(Result::ok) {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 512];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = conn.write_all(answer.as_bytes());
-        }
-    });
-}
-
 #[test]
 fn a_cgroup_named_after_a_container_does_not_borrow_its_name() {
     if !is_root() {
@@ -333,7 +311,8 @@ fn a_cgroup_named_after_a_container_does_not_borrow_its_name() {
     }
     let dir = crate::util::private_dir();
     let sock = dir.path().join("docker.sock");
-    one_container_daemon(&sock, &id, "realbox", procs[0].1);
+    let (real_id, real_pid) = (id.clone(), procs[0].1);
+    crate::util::fake_daemon(&sock, move |_| crate::util::running(&real_id, "realbox", real_pid));
     let out = crate::util::portwatch()
         .args(["list", "--all-netns", "--format", "json", "--no-processes"])
         .env("DOCKER_HOST", format!("unix://{}", sock.display()))

@@ -6,8 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 
 use crate::util::{
-    PATIENCE, WatchCmd, is_root, json, json_list, portwatch, private_dir, run, skip, system_tool,
-    tool, wait_for,
+    NO_SUCH_CONTAINER, PATIENCE, WatchCmd, fake_daemon, is_root, json, json_list, portwatch,
+    private_dir, run, running, skip, system_tool, tool, wait_for,
 };
 
 /// Binds TCP 7101 and UDP 7102 on 0.0.0.0, prints its pid (as it sees it), then waits for
@@ -212,39 +212,17 @@ fn fake_docker(
     sock: &std::path::Path,
     containers: Vec<(&'static str, u32)>,
 ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::{Read, Write};
     let _ = std::fs::remove_file(sock);
-    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = std::sync::Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            // Read the whole request head, however it arrives.
-            let mut req = Vec::new();
-            let mut buf = [0u8; 512];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let req = String::from_utf8_lossy(&req).to_string();
-            let line = req.lines().next().unwrap_or("").to_owned();
-            log.lock().unwrap().push(line.clone());
-            let found = containers
-                .iter()
-                .find(|(name, _)| line == format!("GET /containers/{name}/json HTTP/1.0"));
-            let answer = match found {
-                Some((name, pid)) => format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n\
-                     {{\"Id\":\"0123456789ab{name}\",\"Name\":\"/{name}\",\"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
-                ),
-                None => {
-                    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}".to_owned()
-                }
-            };
-            let _ = conn.write_all(answer.as_bytes());
+    fake_daemon(sock, move |line| {
+        log.lock().unwrap().push(line.to_owned());
+        let found = containers
+            .iter()
+            .find(|(name, _)| line == format!("GET /containers/{name}/json HTTP/1.0"));
+        match found {
+            Some((name, pid)) => running(&format!("0123456789ab{name}"), name, *pid),
+            None => NO_SUCH_CONTAINER.to_owned(),
         }
     });
     seen
@@ -419,33 +397,13 @@ fn all_netns_needs_privilege_and_says_which() {
 fn daemon_of_a_container_started_later(
     sock: &std::path::Path,
 ) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
-    use std::io::{Read, Write};
-    use std::sync::atomic::Ordering;
-    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
     let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let theirs = std::sync::Arc::clone(&pid);
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().map_while(Result::ok) {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 512];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let asks_for_later = head.starts_with(b"GET /containers/later/json ");
-            let answer = match theirs.load(Ordering::SeqCst) {
-                pid if pid == 0 || !asks_for_later => {
-                    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}".to_owned()
-                }
-                pid => format!(
-                    "HTTP/1.0 200 OK\r\n\r\n{{\"Id\":\"0123456789abcdef\",\"Name\":\"/later\",\
-                     \"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
-                ),
-            };
-            let _ = conn.write_all(answer.as_bytes());
+    fake_daemon(sock, move |line| match theirs.load(std::sync::atomic::Ordering::SeqCst) {
+        pid if pid != 0 && line.starts_with("GET /containers/later/json ") => {
+            running("0123456789abcdef", "later", pid)
         }
+        _ => NO_SUCH_CONTAINER.to_owned(),
     });
     pid
 }

@@ -345,3 +345,37 @@ impl Drop for Release {
         self.0.hold(false);
     }
 }
+
+/// A Docker daemon on the unix socket `sock`: each request line (`GET /containers/NAME/json
+/// HTTP/1.0`) goes to `answer`, which says what to reply. Runs until the test ends.
+pub fn fake_daemon(sock: &std::path::Path, answer: impl Fn(&str) -> String + Send + 'static) {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            // The whole request head, however it arrives.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let _ = conn.write_all(answer(head.lines().next().unwrap_or("")).as_bytes());
+        }
+    });
+}
+
+/// The daemon's answer for a running container.
+pub fn running(id: &str, name: &str, pid: u32) -> String {
+    format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{{\"Id\":\"{id}\",\
+         \"Name\":\"/{name}\",\"State\":{{\"Running\":true,\"Pid\":{pid}}}}}"
+    )
+}
+
+/// The daemon's answer for a container it does not know.
+pub const NO_SUCH_CONTAINER: &str =
+    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}";
