@@ -7,7 +7,9 @@
 
 mod config;
 mod follow;
+mod kernel;
 mod namespaces;
+mod owner_checks;
 mod restore;
 mod scheduler;
 mod target;

@@ -21,6 +21,7 @@ use super::StopHandle;
 use super::config::Config;
 use super::follow::Follow;
 use super::namespaces::Initial;
+use super::owner_checks::Checked;
 use super::target::Target;
 use crate::discover::{Discovery, Namer};
 use crate::event::Event;
@@ -32,17 +33,8 @@ use crate::tracker::{Change, Key, Tracker};
 
 /// How often owners of open sockets are checked for having exited.
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
-/// How long after a socket opens (or changes owners) its owners are looked up again.
-const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// How often, with `all_netns`, new and vanished namespaces are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
-
-/// What an owner check found: each socket checked with the owners found now, and the owner
-/// index it used, to be used again.
-struct Checked {
-    found: Vec<(Socket, crate::socket::Owners)>,
-    checker: OwnerIndex,
-}
 
 /// The open set as `Watcher::current` reads it, kept up to date change by change.
 pub(super) type Published = Arc<Mutex<HashMap<Key, Socket>>>;
@@ -60,14 +52,14 @@ pub(super) struct Loop {
     pub(super) cfg: Config,
     /// Kernel events (eBPF), when that is the source: every namespace's listeners as they
     /// open and close. Dumps then only reconcile.
-    kernel: Option<Box<dyn Feed + Send>>,
+    pub(super) kernel: Option<Box<dyn Feed + Send>>,
     dumps: Vec<Dump>,
-    owners: OwnerIndex,
+    pub(super) owners: OwnerIndex,
     /// The owner index of the owner checks; away on their thread while one runs.
-    checker: Option<OwnerIndex>,
+    pub(super) checker: Option<OwnerIndex>,
     /// Owner checks in flight: they walk /proc, which takes long on a busy host, on a thread
     /// of their own while this one keeps reading events.
-    checking: Option<JoinHandle<Checked>>,
+    pub(super) checking: Option<JoinHandle<Checked>>,
     /// The namespaces watched: one, or (with discovery) every one alive.
     pub(super) targets: Vec<Target>,
     /// Finds namespaces appearing and disappearing, with `all_netns`.
@@ -90,9 +82,9 @@ pub(super) struct Loop {
     /// Writes the snapshot off this thread, when one is kept.
     snapshot: Option<snapshot::Writer>,
     /// When owner liveness was last checked.
-    last_liveness: Instant,
+    pub(super) last_liveness: Instant,
     /// Sockets whose owners are to be looked up again once settled, since when.
-    settling: HashMap<Key, Instant>,
+    pub(super) settling: HashMap<Key, Instant>,
     /// When namespaces were last looked for.
     last_discovery: Instant,
     pub(super) proc_root: PathBuf,
@@ -210,7 +202,7 @@ impl Loop {
     /// One scan: dump each namespace that may have changed, carry known owners over, look
     /// up new ones (one walk of /proc for all namespaces), filter, hand each census to its
     /// tracker.
-    fn scan(&mut self, events: &mut Vec<Event>) {
+    pub(super) fn scan(&mut self, events: &mut Vec<Event>) {
         self.scan_some(events, |_| true);
     }
 
@@ -245,95 +237,6 @@ impl Loop {
         }
         for t in &mut self.targets {
             t.tracker.expire(Instant::now(), SystemTime::now(), events);
-        }
-        self.emit(events);
-    }
-
-    /// Owners change while a socket stays open: a forking server's parent exits, a listener
-    /// is handed over, workers are forked after `listen` (a kernel event names only the
-    /// caller). So a socket's owners are looked up again once it has settled (about a second
-    /// after it opened or changed owners), and whenever one of its owners has exited (one
-    /// `stat` per distinct owner pid).
-    fn check_owners(&mut self, events: &mut Vec<Event>) {
-        self.last_liveness = Instant::now();
-        match self.checking.take() {
-            Some(t) if !t.is_finished() => {
-                self.checking = Some(t);
-                return;
-            }
-            Some(t) => match t.join() {
-                Ok(checked) => self.apply_checked(checked, events),
-                Err(_) => log::warn!("an owner check failed; the next one starts afresh"),
-            },
-            None => {}
-        }
-        let settled: HashSet<Key> = {
-            let due = |since: &Instant| since.elapsed() >= SETTLE_AFTER;
-            let keys = self.settling.iter().filter(|(_, t)| due(t)).map(|(k, _)| k.clone());
-            let keys: HashSet<Key> = keys.collect();
-            self.settling.retain(|_, since| !due(since));
-            keys
-        };
-        let mut dead: HashSet<u32> = HashSet::new();
-        let mut alive: HashSet<u32> = HashSet::new();
-        let mut stale: Vec<(usize, Socket)> = Vec::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            for s in t.tracker.current() {
-                let gone = s.processes().iter().any(|p| {
-                    if alive.contains(&p.pid) {
-                        return false;
-                    }
-                    if dead.contains(&p.pid) || !self.proc_root.join(p.pid.to_string()).exists() {
-                        dead.insert(p.pid);
-                        return true;
-                    }
-                    alive.insert(p.pid);
-                    false
-                });
-                if gone || (s.inode != 0 && settled.contains(&Key::of(s))) {
-                    stale.push((i, s.clone()));
-                }
-            }
-        }
-        if stale.is_empty() {
-            return;
-        }
-        let mut checker = self.checker.take().unwrap_or_else(|| self.new_checker());
-        let spawned =
-            std::thread::Builder::new().name("portwatch-owners".into()).spawn(move || {
-                let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
-                checker.resolve(&mut fresh);
-                let found = stale.into_iter().zip(fresh).map(|((_, old), new)| (old, new.owners));
-                Checked { found: found.collect(), checker }
-            });
-        match spawned {
-            Ok(t) => self.checking = Some(t),
-            // No thread to be had (a pids limit): the next round tries again.
-            Err(e) => log::debug!("owner checks postponed: {e}"),
-        }
-    }
-
-    /// An owner index for the owner checks (the one they had went with a refused thread).
-    fn new_checker(&self) -> OwnerIndex {
-        let detail = crate::owners::Detail { cmdline: self.cfg.cmdlines };
-        let passwd = std::path::Path::new("/etc/passwd");
-        OwnerIndex::new(&self.proc_root, passwd, detail, crate::owners::worker_threads())
-    }
-
-    /// Applies what a finished owner check found (and takes its owner index back).
-    fn apply_checked(&mut self, checked: Checked, events: &mut Vec<Event>) {
-        self.checker = Some(checked.checker);
-        for (old, owners) in checked.found {
-            // Known owners are never replaced by none: /proc may hide them (another pid
-            // namespace, no permission), and an owner that exited with the socket found
-            // nobody because the socket is closing — its close, maybe already queued, must
-            // still name who held it.
-            if !matches!(owners, crate::socket::Owners::Known(_)) {
-                continue;
-            }
-            if let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) {
-                t.tracker.update_owners(&old, owners, At::now(Source::Scan), events);
-            }
         }
         self.emit(events);
     }
@@ -422,82 +325,6 @@ impl Loop {
             }
         }
         self.emit(events);
-    }
-
-    /// Reads the kernel events: each socket seen goes to its namespace's tracker (a namespace
-    /// not watched yet is opened at once with `all_netns`), each cookie gone to every tracker.
-    fn read_kernel(&mut self, events: &mut Vec<Event>) {
-        let Some(kernel) = self.kernel.as_mut() else { return };
-        let mut seen = Vec::new();
-        let state = kernel.read(&mut seen);
-        for obs in seen {
-            match obs {
-                Observation::Seen { socket, at } => self.kernel_seen(socket, at, events),
-                gone @ Observation::Gone { .. } => {
-                    for t in &mut self.targets {
-                        t.tracker.observe(gone.clone(), events);
-                    }
-                }
-                census @ Observation::Census { .. } => {
-                    log::debug!("kernel events gave a census, ignored: {census:?}");
-                }
-            }
-        }
-        match state {
-            Ok(s) if s.resync => {
-                for t in &mut self.targets {
-                    t.force_dump();
-                }
-                self.scan(events);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::warn!("kernel events failed ({e}): scanning every interval instead");
-                self.kernel = None;
-            }
-        }
-        self.emit(events);
-    }
-
-    /// A socket a kernel event reports open: filtered as a dump would be, its owner described
-    /// from /proc while it may still be there, then tracked in its namespace.
-    fn kernel_seen(&mut self, mut socket: Socket, at: At, events: &mut Vec<Event>) {
-        if !self.cfg.filter.admits(&socket) {
-            return;
-        }
-        let Some(i) = self.target_for(&socket) else { return };
-        if let crate::socket::Owners::Known(procs) = &mut socket.owners {
-            for p in procs.iter_mut() {
-                self.owners.describe(p);
-            }
-        }
-        let t = &mut self.targets[i];
-        socket.container = t.container.clone();
-        socket.netns_name = t.netns_name.clone();
-        if !self.cfg.filter.owner_matches(&socket, &self.proc_root) {
-            t.ignored.insert(Key::of(&socket));
-            return;
-        }
-        t.tracker.observe(Observation::Seen { socket, at }, events);
-    }
-
-    /// The watched namespace a socket is in. With `all_netns`, one not watched yet is opened
-    /// now — through the process that made the socket, or, when it is already gone, tracked
-    /// from kernel events alone until namespace discovery finds it.
-    fn target_for(&mut self, socket: &Socket) -> Option<usize> {
-        if let Some(i) = self.targets.iter().position(|t| t.inode == socket.netns) {
-            return Some(i);
-        }
-        if !matches!(self.cfg.scope, Scope::All) || self.unwatchable.contains(&socket.netns) {
-            return None;
-        }
-        let pid = socket.processes().first().map(|p| p.pid);
-        let t = self.open_found(socket.netns, pid).unwrap_or_else(|| {
-            log::debug!("network namespace {} known from kernel events only", socket.netns);
-            Target::detached(socket.netns, &self.cfg)
-        });
-        self.targets.push(t);
-        Some(self.targets.len() - 1)
     }
 
     /// Hands `events` to the sink and the tracker's changes to `Watcher::current`.

@@ -1,0 +1,113 @@
+//! Owner checks: a socket's owners looked up again once it has settled, and whenever one of
+//! its owners exited — on a thread of their own, applied when done.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::scheduler::Loop;
+use crate::event::Event;
+use crate::owners::OwnerIndex;
+use crate::socket::{Owners, Socket};
+use crate::source::{At, Source};
+use crate::tracker::Key;
+
+/// How long after a socket opens (or changes owners) its owners are looked up again.
+const SETTLE_AFTER: Duration = Duration::from_secs(1);
+
+/// What an owner check found: each socket checked with the owners found now, and the owner
+/// index it used, to be used again.
+pub(super) struct Checked {
+    found: Vec<(Socket, Owners)>,
+    checker: OwnerIndex,
+}
+
+impl Loop {
+    /// Owners change while a socket stays open: a forking server's parent exits, a listener
+    /// is handed over, workers are forked after `listen` (a kernel event names only the
+    /// caller). So a socket's owners are looked up again once it has settled (about a second
+    /// after it opened or changed owners), and whenever one of its owners has exited (one
+    /// `stat` per distinct owner pid).
+    pub(super) fn check_owners(&mut self, events: &mut Vec<Event>) {
+        self.last_liveness = Instant::now();
+        match self.checking.take() {
+            Some(t) if !t.is_finished() => {
+                self.checking = Some(t);
+                return;
+            }
+            Some(t) => match t.join() {
+                Ok(checked) => self.apply_checked(checked, events),
+                Err(_) => log::warn!("an owner check failed; the next one starts afresh"),
+            },
+            None => {}
+        }
+        let settled: HashSet<Key> = {
+            let due = |since: &Instant| since.elapsed() >= SETTLE_AFTER;
+            let keys = self.settling.iter().filter(|(_, t)| due(t)).map(|(k, _)| k.clone());
+            let keys: HashSet<Key> = keys.collect();
+            self.settling.retain(|_, since| !due(since));
+            keys
+        };
+        let mut dead: HashSet<u32> = HashSet::new();
+        let mut alive: HashSet<u32> = HashSet::new();
+        let mut stale: Vec<(usize, Socket)> = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            for s in t.tracker.current() {
+                let gone = s.processes().iter().any(|p| {
+                    if alive.contains(&p.pid) {
+                        return false;
+                    }
+                    if dead.contains(&p.pid) || !self.proc_root.join(p.pid.to_string()).exists() {
+                        dead.insert(p.pid);
+                        return true;
+                    }
+                    alive.insert(p.pid);
+                    false
+                });
+                if gone || (s.inode != 0 && settled.contains(&Key::of(s))) {
+                    stale.push((i, s.clone()));
+                }
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        let mut checker = self.checker.take().unwrap_or_else(|| self.new_checker());
+        let spawned =
+            std::thread::Builder::new().name("portwatch-owners".into()).spawn(move || {
+                let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
+                checker.resolve(&mut fresh);
+                let found = stale.into_iter().zip(fresh).map(|((_, old), new)| (old, new.owners));
+                Checked { found: found.collect(), checker }
+            });
+        match spawned {
+            Ok(t) => self.checking = Some(t),
+            // No thread to be had (a pids limit): the next round tries again.
+            Err(e) => log::debug!("owner checks postponed: {e}"),
+        }
+    }
+
+    /// An owner index for the owner checks (the one they had went with a refused thread).
+    fn new_checker(&self) -> OwnerIndex {
+        let detail = crate::owners::Detail { cmdline: self.cfg.cmdlines };
+        let passwd = std::path::Path::new("/etc/passwd");
+        OwnerIndex::new(&self.proc_root, passwd, detail, crate::owners::worker_threads())
+    }
+
+    /// Applies what a finished owner check found (and takes its owner index back).
+    fn apply_checked(&mut self, checked: Checked, events: &mut Vec<Event>) {
+        self.checker = Some(checked.checker);
+        for (old, owners) in checked.found {
+            // Known owners are never replaced by none: /proc may hide them (another pid
+            // namespace, no permission), and an owner that exited with the socket found
+            // nobody because the socket is closing — its close, maybe already queued, must
+            // still name who held it.
+            if !matches!(owners, Owners::Known(_)) {
+                continue;
+            }
+            if let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) {
+                t.tracker.update_owners(&old, owners, At::now(Source::Scan), events);
+            }
+        }
+        self.emit(events);
+    }
+}
