@@ -529,3 +529,41 @@ fn lines_never_go_back_in_time_and_json_says_when_it_happened() {
         assert!(w.terminate().success());
     }
 }
+
+#[test]
+fn a_listener_handed_to_a_child_while_its_owner_lives_on_changes_owners() {
+    // The parent (this process) listens, later gives the socket to a child it forks and
+    // closes its own fd, and keeps running: the owners change, and a watcher of the parent's
+    // ports sees the port leave it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mine =
+        Watcher::builder().filter(Filter::new().port(port).pid(me(), false)).build().unwrap();
+    let all = Watcher::builder().filter(Filter::new().port(port)).build().unwrap();
+    expect(&mine, "the parent's port", |e| on_port(e, "open", port));
+    expect(&all, "the port", |e| on_port(e, "open", port));
+    // Well after it settled (owners are looked up again a second after an open).
+    std::thread::sleep(Duration::from_secs(3));
+    let child = Holder::spawn(&[&l]);
+    drop(l);
+    let wait = |w: &Watcher, what: &str, want: &dyn Fn(&Event) -> bool| {
+        let deadline = Instant::now() + PATIENCE * 3;
+        while Instant::now() < deadline {
+            match w.recv_timeout(Duration::from_millis(200)) {
+                Some(e) if want(&e) => return e,
+                _ => {}
+            }
+        }
+        panic!("no {what} within {:?}", PATIENCE * 3);
+    };
+    let changed = wait(&all, "owner change", &|e| on_port(e, "owners", port));
+    assert_eq!(changed.socket().pids(), [child.pid], "the child holds it now");
+    match &changed {
+        Event::OwnersChanged { previous, .. } => {
+            assert_eq!(previous.iter().map(|p| p.pid).collect::<Vec<_>>(), [me()])
+        }
+        other => panic!("{other:?}"),
+    }
+    wait(&mine, "the port leaving the parent's watcher", &|e| on_port(e, "close", port));
+    drop(child);
+}

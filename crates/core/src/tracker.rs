@@ -364,6 +364,14 @@ impl Tracker {
         self.changes.push(Change::Open(Key::of(known), known.clone()));
     }
 
+    /// A known socket that left the selection (its owners no longer pass the owner filter):
+    /// for this tracker it closed.
+    pub(crate) fn evict(&mut self, s: &Socket, at: At, out: &mut Vec<Event>) {
+        if let Some(known) = self.remove(&Key::of(s)) {
+            self.close(known, at, out);
+        }
+    }
+
     /// When the earliest pending close is due.
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.closing.values().flatten().map(|c| c.due).min()

@@ -404,6 +404,19 @@ pub(crate) fn read_users(passwd: &Path) -> HashMap<u32, String> {
     }
 }
 
+/// Which of `pids` hold which of `wanted`: a walk of those processes' fds only (bounded as
+/// every walk is). A process that cannot be read holds nothing here.
+pub(crate) fn holders_among(
+    proc_root: &Path,
+    pids: &[u32],
+    wanted: &HashSet<u64>,
+) -> HashMap<u64, Vec<u32>> {
+    let Ok(proc_dir) = open_proc(proc_root) else { return HashMap::new() };
+    let detail = Detail { cmdline: false };
+    let deadline = Instant::now() + WALK_BUDGET;
+    scan_pids(&proc_dir, pids, wanted, &HashMap::new(), detail, 1, deadline).holders
+}
+
 /// Fills in `owners` of every socket with one walk over all processes.
 pub(crate) fn resolve(
     sockets: &mut [Socket],

@@ -13,6 +13,9 @@ use crate::tracker::Key;
 
 /// How long after a socket opens (or changes owners) its owners are looked up again.
 const SETTLE_AFTER: Duration = Duration::from_secs(1);
+/// How often every open socket's owners are checked to still hold it (a listener handed to a
+/// child while its first owner lives on): a walk of the owners' fds only.
+const HOLD_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// What an owner check found: each socket checked with the owners found now, and the owner
 /// index it used, to be used again.
@@ -25,8 +28,9 @@ impl Loop {
     /// Owners change while a socket stays open: a forking server's parent exits, a listener
     /// is handed over, workers are forked after `listen` (a kernel event names only the
     /// caller). So a socket's owners are looked up again once it has settled (about a second
-    /// after it opened or changed owners), and whenever one of its owners has exited (one
-    /// `stat` per distinct owner pid).
+    /// after it opened or changed owners), whenever one of its owners has exited (one `stat`
+    /// per distinct owner pid), and when, checked every [`HOLD_CHECK_EVERY`], an owner that
+    /// lives no longer holds it.
     pub(super) fn check_owners(&mut self, events: &mut Vec<Event>) {
         self.last_liveness = Instant::now();
         match self.checking.take() {
@@ -68,12 +72,27 @@ impl Loop {
                 }
             }
         }
-        if stale.is_empty() {
+        let held: Vec<Socket> = if self.last_hold_check.elapsed() >= HOLD_CHECK_EVERY {
+            self.last_hold_check = Instant::now();
+            let stale_keys: HashSet<Key> = stale.iter().map(|(_, s)| Key::of(s)).collect();
+            let tracked = self.targets.iter().flat_map(|t| t.tracker.current());
+            tracked
+                .filter(|s| s.inode != 0 && !s.processes().is_empty())
+                .filter(|s| !stale_keys.contains(&Key::of(s)))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if stale.is_empty() && held.is_empty() {
             return;
         }
         let mut checker = self.checker.take().unwrap_or_else(|| self.new_checker());
+        let proc_root = self.proc_root.clone();
         let spawned =
             std::thread::Builder::new().name("portwatch-owners".into()).spawn(move || {
+                let mut stale = stale;
+                stale.extend(no_longer_held(&proc_root, held).into_iter().map(|s| (0, s)));
                 let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
                 checker.resolve(&mut fresh);
                 let found = stale.into_iter().zip(fresh).map(|((_, old), new)| (old, new.owners));
@@ -104,10 +123,37 @@ impl Loop {
             if !matches!(owners, Owners::Known(_)) {
                 continue;
             }
-            if let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) {
-                t.tracker.update_owners(&old, owners, At::now(Source::Scan), events);
+            let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) else { continue };
+            let at = At::now(Source::Scan);
+            let mut now = old.clone();
+            now.owners = owners.clone();
+            t.tracker.update_owners(&old, owners, at, events);
+            // Held by others now (`--pid` named the one that handed it over): for this
+            // watcher it closed.
+            if !self.cfg.filter.owner_matches(&now, &self.proc_root) {
+                t.tracker.evict(&now, at, events);
+                t.ignored.insert(Key::of(&now));
             }
         }
         self.emit(events);
     }
+}
+
+/// The sockets of `sockets` that one of their (living) owners no longer holds.
+fn no_longer_held(proc_root: &std::path::Path, sockets: Vec<Socket>) -> Vec<Socket> {
+    if sockets.is_empty() {
+        return sockets;
+    }
+    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    let mut pids: Vec<u32> = sockets.iter().flat_map(|s| s.pids()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let holders = crate::owners::holders_among(proc_root, &pids, &wanted);
+    sockets
+        .into_iter()
+        .filter(|s| {
+            let held_by = holders.get(&s.inode);
+            s.pids().iter().any(|pid| !held_by.is_some_and(|h| h.contains(pid)))
+        })
+        .collect()
 }

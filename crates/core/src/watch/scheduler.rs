@@ -83,6 +83,8 @@ pub(super) struct Loop {
     snapshot: Option<snapshot::Writer>,
     /// When owner liveness was last checked.
     pub(super) last_liveness: Instant,
+    /// When owners were last checked to still hold their sockets.
+    pub(super) last_hold_check: Instant,
     /// Sockets whose owners are to be looked up again once settled, since when.
     pub(super) settling: HashMap<Key, Instant>,
     /// When namespaces were last looked for.
@@ -129,6 +131,7 @@ impl Loop {
             dirty: false,
             snapshot: p.snapshot,
             last_liveness: Instant::now(),
+            last_hold_check: Instant::now(),
             settling: HashMap::new(),
             last_discovery: Instant::now(),
             proc_root: p.proc_root,
