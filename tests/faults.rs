@@ -476,3 +476,23 @@ fn a_hook_past_its_timeout_is_killed_with_what_it_started() {
     });
     assert!(w.terminate().success());
 }
+
+#[test]
+fn dumps_that_keep_failing_reach_the_caller() {
+    use portwatch_core::{Backend, Netns, Source};
+    // Read through a process's /proc/PID/net that then goes away: every dump fails.
+    let mut child =
+        Command::new("/bin/sh").args(["-c", "read x"]).stdin(Stdio::piped()).spawn().unwrap();
+    let w = Watcher::builder()
+        .netns(Netns::from_pid(child.id()).unwrap())
+        .backend(Backend::Proc)
+        .source(Source::Scan)
+        .interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    assert_eq!(w.scan_error(), None, "reading while it lives");
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let why = wait_for("the failure to reach the caller", PATIENCE, || w.scan_error());
+    assert!(why.contains("/net"), "{why}");
+}

@@ -62,6 +62,7 @@ pub struct Watcher {
     stop: StopHandle,
     current: Published,
     dropped: Arc<AtomicU64>,
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 /// The receiving end of a watcher's events, and a pipe readable when some may be waiting.
@@ -303,6 +304,7 @@ impl WatcherBuilder {
         };
         let current: Published = Arc::new(Mutex::new(Default::default()));
         let dropped = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(Mutex::new(None));
         let snapshot = match &cfg.snapshot {
             Some(path) => Some(
                 snapshot::Writer::spawn(path.clone())
@@ -325,6 +327,7 @@ impl WatcherBuilder {
             stop: stop.clone(),
             published: Arc::clone(&current),
             dropped: Arc::clone(&dropped),
+            failing: Arc::clone(&failing),
             snapshot,
             proc_root,
         };
@@ -333,7 +336,7 @@ impl WatcherBuilder {
             .name("portwatch-scan".into())
             .spawn(move || scan.run())
             .map_err(|e| Error::Os { op: "start the scan thread", source: e })?;
-        Ok(Watcher { thread: Some(thread), events, stop, current, dropped })
+        Ok(Watcher { thread: Some(thread), events, stop, current, dropped, failing })
     }
 }
 
@@ -409,6 +412,13 @@ impl Watcher {
     /// [`EVENT_QUEUE`] behind. [`current`](Self::current) stays exact meanwhile.
     pub fn dropped_events(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Why the watcher's dumps fail, while they keep failing (they are retried every cycle,
+    /// and the first failure is logged as a warning); `None` once they succeed. Kernel events
+    /// and the destroy feed go on meanwhile.
+    pub fn scan_error(&self) -> Option<String> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A handle that stops the watcher from another thread.

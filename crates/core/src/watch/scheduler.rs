@@ -77,6 +77,8 @@ pub(super) struct Loop {
     published: Published,
     /// Events the channel had no room for.
     dropped: Arc<AtomicU64>,
+    /// Why dumps fail, while they do: `Watcher::scan_error`.
+    failing: Arc<Mutex<Option<String>>>,
     /// The set changed since the snapshot was last handed to the writer.
     dirty: bool,
     /// Writes the snapshot off this thread, when one is kept.
@@ -104,6 +106,7 @@ pub(super) struct Parts {
     pub(super) stop: StopHandle,
     pub(super) published: Published,
     pub(super) dropped: Arc<AtomicU64>,
+    pub(super) failing: Arc<Mutex<Option<String>>>,
     pub(super) snapshot: Option<snapshot::Writer>,
     pub(super) proc_root: PathBuf,
 }
@@ -128,6 +131,7 @@ impl Loop {
             stop: p.stop,
             published: p.published,
             dropped: p.dropped,
+            failing: p.failing,
             dirty: false,
             snapshot: p.snapshot,
             last_liveness: Instant::now(),
@@ -241,6 +245,8 @@ impl Loop {
         for t in &mut self.targets {
             t.tracker.expire(Instant::now(), SystemTime::now(), events);
         }
+        let failing = self.targets.iter().find_map(|t| t.last_error.clone());
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
         self.emit(events);
     }
 

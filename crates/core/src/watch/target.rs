@@ -40,8 +40,8 @@ pub(super) struct Target {
     pub(super) destroyed_since_scan: bool,
     /// When the last full scan ran.
     last_full_scan: Option<Instant>,
-    /// The last scan error, so a persistent one is logged once.
-    last_error: Option<String>,
+    /// The last scan error, so a persistent one is logged once (and shown to the caller).
+    pub(super) last_error: Option<String>,
 }
 
 /// What one namespace's dump found.
