@@ -60,6 +60,8 @@ pub(crate) struct Discovery {
     kept: HashSet<u64>,
     /// Owners already warned about.
     warned: HashSet<u32>,
+    /// The namespaces the last pass left out for their owner's cap.
+    skipped: HashSet<u64>,
 }
 
 /// Parses a namespace link: `net:[4026531840]`.
@@ -85,6 +87,7 @@ impl Discovery {
             owners: HashMap::new(),
             kept: HashSet::new(),
             warned: HashSet::new(),
+            skipped: HashSet::new(),
         }
     }
 
@@ -126,6 +129,12 @@ impl Discovery {
         self.found()
     }
 
+    /// The namespaces the last pass left out for their owner's cap: not to be watched by any
+    /// other way in (a kernel event in one of them) either.
+    pub(crate) fn skipped(&self) -> &HashSet<u64> {
+        &self.skipped
+    }
+
     /// Drops the namespaces past [`NETNS_PER_OWNER`] of each owner but root, and says so once
     /// per owner.
     fn capped(&mut self, mut found: HashMap<u64, Found>) -> HashMap<u64, Found> {
@@ -137,9 +146,11 @@ impl Discovery {
             }
         }
         let (kept, skipped) = cap_per_owner(&self.owners, &self.kept, NETNS_PER_OWNER);
+        self.skipped.clear();
         for (uid, inodes) in skipped {
             for inode in &inodes {
                 found.remove(inode);
+                self.skipped.insert(*inode);
             }
             if self.warned.insert(uid) {
                 log::warn!(

@@ -93,7 +93,8 @@ impl Config {
         if self.burst_scans > 1 && self.burst_delay.is_zero() {
             return bad("burst_delay", "must be above 0 when burst_scans is above 1".into());
         }
-        if self.burst_scans > 1 && self.burst_delay * (self.burst_scans - 1) >= self.interval {
+        let burst = self.burst_delay.checked_mul(self.burst_scans.saturating_sub(1));
+        if self.burst_scans > 1 && burst.is_none_or(|b| b >= self.interval) {
             return bad(
                 "burst_delay",
                 format!(

@@ -88,8 +88,11 @@ struct StopInner {
 impl StopHandle {
     /// Asks the watcher to stop. Returns at once; safe to call more than once.
     pub fn stop(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
-        let _ = nix::unistd::write(&self.inner.wake, &[1]);
+        // Once: after the scan thread has gone, its end of the pipe is closed (a write would
+        // be EPIPE, and SIGPIPE where the host program has not ignored it).
+        if !self.inner.stopped.swap(true, Ordering::SeqCst) {
+            let _ = nix::unistd::write(&self.inner.wake, &[1]);
+        }
     }
 
     /// Whether a stop was asked for.

@@ -119,6 +119,8 @@ impl Loop {
         }
         self.targets = kept;
         self.unwatchable.retain(|inode| found.contains_key(inode));
+        // Left out for their owner's cap: a kernel event in one must not open it either.
+        self.unwatchable.extend(discovery.skipped().iter().copied());
         // New namespaces, and those known so far from kernel events alone.
         let new = found.values().filter(|f| {
             !self.unwatchable.contains(&f.inode)

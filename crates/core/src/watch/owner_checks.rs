@@ -54,8 +54,15 @@ impl Loop {
         let mut dead: HashSet<u32> = HashSet::new();
         let mut alive: HashSet<u32> = HashSet::new();
         let mut stale: Vec<(usize, Socket)> = Vec::new();
+        let mut tracked: HashSet<Key> = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             for s in t.tracker.current() {
+                let key = Key::of(s);
+                tracked.insert(key.clone());
+                // Looked for after its owner exited, and nobody found: not every second again.
+                if self.given_up.contains(&key) && !settled.contains(&key) {
+                    continue;
+                }
                 let gone = s.processes().iter().any(|p| {
                     if alive.contains(&p.pid) {
                         return false;
@@ -72,6 +79,7 @@ impl Loop {
                 }
             }
         }
+        self.given_up.retain(|k| tracked.contains(k));
         let held: Vec<Socket> = if self.last_hold_check.elapsed() >= HOLD_CHECK_EVERY {
             self.last_hold_check = Instant::now();
             let stale_keys: HashSet<Key> = stale.iter().map(|(_, s)| Key::of(s)).collect();
@@ -121,8 +129,10 @@ impl Loop {
             // nobody because the socket is closing — its close, maybe already queued, must
             // still name who held it.
             if !matches!(owners, Owners::Known(_)) {
+                self.given_up.insert(Key::of(&old));
                 continue;
             }
+            self.given_up.remove(&Key::of(&old));
             let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) else { continue };
             let at = At::now(Source::Scan);
             let mut now = old.clone();

@@ -87,6 +87,9 @@ pub(super) struct Loop {
     pub(super) last_liveness: Instant,
     /// When owners were last checked to still hold their sockets.
     pub(super) last_hold_check: Instant,
+    /// Sockets whose exited owner was looked for and not replaced: not looked up again each
+    /// second (the hold check and a change of owners still do).
+    pub(super) given_up: HashSet<Key>,
     /// Sockets whose owners are to be looked up again once settled, since when.
     pub(super) settling: HashMap<Key, Instant>,
     /// When namespaces were last looked for.
@@ -136,6 +139,7 @@ impl Loop {
             snapshot: p.snapshot,
             last_liveness: Instant::now(),
             last_hold_check: Instant::now(),
+            given_up: HashSet::new(),
             settling: HashMap::new(),
             last_discovery: Instant::now(),
             proc_root: p.proc_root,
@@ -330,7 +334,7 @@ impl Loop {
             Ok(_) => {}
             Err(e) => {
                 log::warn!("destroy events failed ({e}): closes are seen at the next scan");
-                t.feed = None;
+                t.drop_feed();
             }
         }
         self.emit(events);

@@ -128,6 +128,13 @@ impl Target {
         self.scanner.is_some() && self.last_full_scan.is_none()
     }
 
+    /// The destroy feed failed: without it the change probe cannot be trusted either (it
+    /// relies on the feed to see sockets go).
+    pub(super) fn drop_feed(&mut self) {
+        self.feed = None;
+        self.probe = None;
+    }
+
     /// The next dump must run, whatever the change probe says.
     pub(super) fn force_dump(&mut self) {
         self.destroyed_since_scan = true;
