@@ -229,7 +229,7 @@ impl Tracker {
     }
 
     /// A socket not known before: opened, or restarted on an endpoint waiting out a close.
-    fn open(&mut self, s: Socket, initial: bool, at: At, out: &mut Vec<Event>) {
+    fn open(&mut self, mut s: Socket, initial: bool, at: At, out: &mut Vec<Event>) {
         if s.cookie.is_some_and(|c| self.destroyed.contains_key(&c)) {
             return; // the kernel already told us it is gone
         }
@@ -242,6 +242,16 @@ impl Tracker {
             self.closing.remove(&endpoint);
         }
         match restarted {
+            // A kernel event names only the caller: one of the processes that held the
+            // endpoint before (a pre-forked worker re-listening) keeps the old owners until
+            // the owner checks say otherwise.
+            Some(old)
+                if at.by == Source::Ebpf
+                    && !pids(&s.owners).is_empty()
+                    && pids(&s.owners).iter().all(|p| pids(&old.socket.owners).contains(p)) =>
+            {
+                s.owners = old.socket.owners;
+            }
             Some(old) => {
                 if pids(&old.socket.owners) != pids(&s.owners) {
                     let previous = old.socket.processes().to_vec();
@@ -681,5 +691,23 @@ mod tests {
         let now = t.current().next().unwrap();
         assert_eq!((now.inode, now.v6only), (5, Some(false)));
         assert_eq!(now.pids(), [42], "the owner stays");
+    }
+
+    #[test]
+    fn a_kernel_event_naming_one_of_the_holders_is_no_owner_change() {
+        let mut clock = Clock::new();
+        let mut t = Tracker::new(Duration::from_millis(500), true);
+        cycle(&mut t, &clock, &[vec![sock(80, 1, &[10, 11, 12])]]);
+        cycle(&mut t, &clock, &[vec![]]);
+        clock.advance(100);
+        let mut out = Vec::new();
+        let at = At { by: Source::Ebpf, ..clock.at() };
+        t.observe(Observation::Seen { socket: sock(80, 2, &[11]), at }, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(t.current().next().unwrap().pids(), [10, 11, 12], "the holders are kept");
+        // A process that did not hold it before is a change.
+        cycle(&mut t, &clock, &[vec![]]);
+        t.observe(Observation::Seen { socket: sock(80, 3, &[99]), at }, &mut out);
+        assert_eq!(kinds(&out), [("owners", 80)]);
     }
 }
