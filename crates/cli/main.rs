@@ -123,7 +123,18 @@ fn man(dir: &std::path::Path) -> Result<()> {
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut page)?;
         let path = dir.join(format!("{name}.1"));
-        std::fs::write(&path, page).map_err(|e| portwatch_core::Error::Io { path, source: e })?;
+        // Not through a symlink someone left there (`make man` may run as root).
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&page))
+            .map_err(|e| portwatch_core::Error::Io { path, source: e })?;
         Ok(())
     };
     std::fs::create_dir_all(dir)

@@ -115,8 +115,7 @@ pub(super) struct Parts {
 }
 
 impl Loop {
-    pub(super) fn new(cfg: Config, parts: Parts) -> Loop {
-        let p = parts;
+    pub(super) fn new(cfg: Config, p: Parts) -> Loop {
         let mut scan = Loop {
             dumps: cfg.filter.dumps(),
             cfg,
