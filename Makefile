@@ -15,7 +15,7 @@
 #   make soak           churn soak: DURATION s of RATE listeners/s under watch --source SOURCE
 #                       (scan: with --hf), PER_PROCESS listeners per forked process
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
-#   make bpf            rebuild the committed eBPF object crates/core/bpf/portwatch.bpf.o
+#   make bpf            rebuild the committed eBPF objects crates/core/bpf/*.bpf.o
 #   make bpf-check      fail if that object is not what its source builds to
 #   make bench-ebpf     what the attached eBPF programs add to socket calls (run as root)
 #   make image          the offline container image; then run, run-sv, run-hf, run-host,
@@ -139,7 +139,8 @@ fuzz:
 # the build machine. Paths are relative and the debug prefix mapped, so the bytes depend only on
 # the source and the toolchain: bpf-check rebuilds into a temp dir and compares.
 BPF_DIR := crates/core/bpf
-BPF_OBJ := $(BPF_DIR)/portwatch.bpf.o
+# Every crates/core/bpf/NAME.bpf.c builds to the committed NAME.bpf.o beside it.
+BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I$(BPF_DIR) \
 	-I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
 
@@ -150,19 +151,21 @@ bpf-deps:
 	    apt-get update -qq && apt-get install -y -qq clang llvm libbpf-dev >/dev/null; \
 	  else echo "make: need clang, llvm (llvm-strip) and libbpf-dev headers"; exit 1; fi; }
 
-# $(1): output object. Compile, then drop the DWARF (llvm-strip -g keeps .BTF/.BTF.ext, which
-# CO-RE and the verifier's line info need).
-bpf_build = clang $(BPF_CFLAGS) -c $(BPF_DIR)/portwatch.bpf.c -o $(1) && llvm-strip -g $(1)
+# $(1): source, $(2): output object. Compile, then drop the DWARF (llvm-strip -g keeps
+# .BTF/.BTF.ext, which CO-RE and the verifier's line info need).
+bpf_build = clang $(BPF_CFLAGS) -c $(1) -o $(2) && llvm-strip -g $(2)
 
 bpf: bpf-deps
-	$(call bpf_build,$(BPF_OBJ))
+	@for src in $(BPF_SRCS); do echo "bpf: $${src%.c}.o"; $(call bpf_build,$$src,$${src%.c}.o) || exit 1; done
 
 bpf-check: bpf-deps
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	$(call bpf_build,$$tmp/portwatch.bpf.o) && \
-	if cmp -s $$tmp/portwatch.bpf.o $(BPF_OBJ); then echo "bpf-check: $(BPF_OBJ) is up to date"; \
-	else echo "bpf-check: $(BPF_OBJ) differs from what $(BPF_DIR)/portwatch.bpf.c builds to:" \
-	  "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi
+	for src in $(BPF_SRCS); do obj=$${src%.c}.o; \
+	  $(call bpf_build,$$src,$$tmp/out.o) || exit 1; \
+	  if cmp -s $$tmp/out.o $$obj; then echo "bpf-check: $$obj is up to date"; \
+	  else echo "bpf-check: $$obj differs from what $$src builds to:" \
+	    "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi; \
+	done
 
 # The programs are held by the test binary's helper (source::ebpf::tests::lifecycle::hold_for_kill),
 # so the bench needs no extra binary: find that executable in cargo's JSON messages.
