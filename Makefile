@@ -170,6 +170,10 @@ bpf-check: bpf-deps
 # The programs are held by the test binary's helper (source::ebpf::tests::lifecycle::hold_for_kill),
 # so the bench needs no extra binary: find that executable in cargo's JSON messages.
 bench-ebpf:
+	@command -v bpftool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq bpftool >/dev/null; \
+	  else echo "make: bpftool not found: no per-program kernel run times"; fi; }
 	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
 	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \
 	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \

@@ -91,6 +91,9 @@ struct inet_sock {
  *    40   16 addr      local address, network byte order; IPv4 in the first 4 bytes
  *    56   16 comm      task comm, NUL-padded (the calling thread's)
  *    72    8 ino       inode of the socket (what /proc/PID/fd/N links to); 0 if it has none
+ *
+ * pid, tid, uid, comm, addr and ino are filled in on opens (LISTEN, UDP_BIND) and 0 on
+ * closes, which carry the cookie (joining them to their open), family, protocol, port, netns.
  */
 struct pw_event {
 	__u64 ts_ns;

@@ -23,6 +23,11 @@
 //! |  40 |   16 | local address, network byte order (IPv4: first 4 bytes)   |
 //! |  56 |   16 | comm of the calling thread, NUL-padded                    |
 //! |  72 |    8 | socket inode (what `/proc/PID/fd/N` links to); 0: none    |
+//!
+//! The caller (pid, tid, uid, comm), the address and the inode are filled in on opens only
+//! (listen, UDP bind): the caller of a close is not necessarily an owner, and the watcher
+//! knows the owners already. On closes they are 0 (comm empty, address unspecified): a close
+//! carries its cookie, which joins it to its open, and family, protocol, port and netns.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
@@ -74,7 +79,7 @@ pub(crate) struct KernelEvent {
     pub(crate) ts_ns: u64,
     /// Socket cookie, as sock_diag dumps and destroy messages carry it.
     pub(crate) cookie: u64,
-    /// Process (thread group) id of the caller.
+    /// Process (thread group) id of the caller. Opens only: 0 on a close.
     pub(crate) pid: u32,
     /// Thread id of the caller.
     pub(crate) tid: u32,
