@@ -308,3 +308,62 @@ fn without_the_privilege_auto_scans_and_says_why_and_ebpf_refuses() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot use kernel events") && err.contains("CAP_BPF"), "{err}");
 }
+
+/// Listens on 127.0.0.1, forks a child that shares the socket, prints `port parent child`,
+/// then the parent waits for a signal and the child for the end of stdin.
+const SHARED_WITH_A_CHILD: &str = r#"
+import os, signal, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+child = os.fork()
+if child == 0:
+    sys.stdin.read()
+    os._exit(0)
+print(s.getsockname()[1], os.getpid(), child, flush=True)
+signal.pause()
+"#;
+
+#[test]
+fn an_owner_that_exits_leaves_its_socket_to_the_child_that_shares_it() {
+    if !can_load() {
+        return;
+    }
+    let w = Watcher::builder().source(Source::Ebpf).report_initial(false).build().unwrap();
+    crate::watch::ready(&w);
+    let mut parent = tool("python3")
+        .args(["-c", SHARED_WITH_A_CHILD])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let f: Vec<u32> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (port, parent_pid, child_pid) = (f[0] as u16, f[1], f[2]);
+    assert_eq!(parent_pid, parent.id());
+    // Kept here: Child::wait would close it, and the child would exit with the parent.
+    let child_stdin = parent.stdin.take();
+    let opened = crate::watch::expect(&w, "the listen", |e| {
+        e.kind() == EventKind::Opened && e.socket().port == port
+    });
+    assert_eq!(opened.socket().pids(), [parent_pid], "the caller of listen(2)");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(parent_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    parent.wait().unwrap();
+    // The kernel reports the parent's exit: the socket stays open, held by the child alone.
+    let changed = crate::watch::expect(&w, "the child as the only owner", |e| {
+        e.kind() == EventKind::OwnersChanged
+            && e.socket().port == port
+            && e.socket().pids() == [child_pid]
+    });
+    assert_eq!(changed.socket().processes()[0].pid, child_pid);
+    drop(child_stdin); // the child exits: its close
+    let closed = crate::watch::expect(&w, "the close", |e| {
+        e.kind() == EventKind::Closed && e.socket().port == port
+    });
+    assert_eq!(closed.socket().pids(), [child_pid], "closed by its last owner");
+}

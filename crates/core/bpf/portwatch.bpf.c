@@ -2,7 +2,7 @@
 //
 // portwatch kernel events: TCP sockets entering and leaving LISTEN, UDP sockets bound,
 // connected and released, each reported once, in the context of the process that did it,
-// through one ring buffer. These programs observe only: every cgroup hook returns 1 (allow)
+// and the exit of the processes that own them, through one ring buffer. These programs observe only: every cgroup hook returns 1 (allow)
 // on every path, so loading them can never change what a socket call does.
 //
 // Built by `make bpf` into portwatch.bpf.o, which is committed (cargo needs no clang) and
@@ -48,6 +48,16 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } PW_UDP_BOUND SEC(".maps");
+
+// Processes whose exit userspace wants to hear of (owners of the sockets it tracks), by
+// thread group id: it keeps this set in step with its open set. Full: the rest are found by
+// userspace's own periodic check.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} PW_OWNERS SEC(".maps");
 
 static __always_inline void count_lost(void)
 {
@@ -305,4 +315,26 @@ int pw_udp_release(struct bpf_sock *ctx)
 	fill_closed(e, sk);
 	bpf_ringbuf_submit(e, 0);
 	return 1;
+}
+
+// (e) A process that owns a tracked socket exits: its last thread, when the thread group is
+// dead (signal->live reached 0), before its files are closed. Sockets it shared with others
+// (a forked server's parent) change owners now, not at the next periodic check. Every exit on
+// the host runs this; one hash lookup sends the others away.
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(pw_owner_exit, struct task_struct *p)
+{
+	struct pw_event *e;
+	__u32 tgid = p->tgid;
+
+	if (!bpf_map_lookup_elem(&PW_OWNERS, &tgid))
+		return 0;
+	if (p->signal->live.counter != 0)
+		return 0;
+	e = reserve(PW_KIND_EXIT);
+	if (!e)
+		return 0;
+	e->pid = tgid;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
 }

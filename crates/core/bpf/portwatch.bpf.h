@@ -64,12 +64,26 @@ struct inet_sock {
 	__be16 inet_sport;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	int counter;
+} pw_atomic_t;
+
+struct signal_struct {
+	pw_atomic_t live;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	int tgid;
+	struct signal_struct *signal;
+} __attribute__((preserve_access_index));
+
 /* struct pw_event.kind */
 #define PW_KIND_LISTEN 1      /* TCP socket entered LISTEN */
 #define PW_KIND_UNLISTEN 2    /* TCP socket left LISTEN */
 #define PW_KIND_UDP_BIND 3    /* UDP socket bound explicitly */
 #define PW_KIND_UDP_CONNECT 4 /* UDP socket about to connect: no longer a listener */
 #define PW_KIND_UDP_RELEASE 5 /* UDP socket with a local port released (closed) */
+#define PW_KIND_EXIT 6        /* a process userspace asked about exited (its last thread) */
 
 /*
  * One ring-buffer record, 80 bytes, native byte order except addr. Mirrored by
@@ -94,6 +108,7 @@ struct inet_sock {
  *
  * pid, tid, uid, comm, addr and ino are filled in on opens (LISTEN, UDP_BIND) and 0 on
  * closes, which carry the cookie (joining them to their open), family, protocol, port, netns.
+ * EXIT carries ts_ns and pid (the process that exited) only.
  */
 struct pw_event {
 	__u64 ts_ns;

@@ -6,6 +6,7 @@
 //! the kernel names it (pid, comm, uid) — the process may be gone by the time this is read.
 //! It is `Gone` when it stops listening: closed or shut down (TCP), closed or connected (UDP).
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,6 +115,14 @@ impl Feed for KernelFeed {
             self.lost = lost;
             resync = true;
         }
-        Ok(FeedState { resync })
+        Ok(FeedState { resync, exited: self.programs.take_exits() })
+    }
+
+    fn follow_exits(&mut self, pids: &HashSet<u32>) -> bool {
+        let missed = self.programs.set_owners(pids);
+        if missed > 0 {
+            log::debug!("{missed} owner(s) beyond the exit map: checked every few seconds");
+        }
+        missed == 0
     }
 }

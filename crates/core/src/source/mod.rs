@@ -18,6 +18,7 @@ mod probe;
 mod procnet;
 mod scan;
 
+use std::collections::HashSet;
 use std::os::fd::BorrowedFd;
 use std::time::{Instant, SystemTime};
 
@@ -149,11 +150,14 @@ pub(crate) enum Observation {
 }
 
 /// What reading a feed found beyond its observations.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct FeedState {
     /// The feed lost messages, or saw something it cannot describe: the state can only be
     /// trusted again after a dump.
     pub(crate) resync: bool,
+    /// Processes named by [`Feed::follow_exits`] that exited (their last thread; their files
+    /// may not be closed yet).
+    pub(crate) exited: Vec<u32>,
 }
 
 /// A source that reports as things happen: its descriptor becomes readable, and the
@@ -165,4 +169,11 @@ pub(crate) trait Feed {
     /// Everything ready now, without blocking. An error means the feed is broken and is
     /// dropped (the caller says so once); dumps still converge the state.
     fn read(&mut self, out: &mut Vec<Observation>) -> Result<FeedState>;
+
+    /// Makes `pids` the processes whose exits [`FeedState::exited`] reports, for feeds that
+    /// can. Whether the exit of every one of them will be reported: when not, the caller
+    /// checks them itself.
+    fn follow_exits(&mut self, _pids: &HashSet<u32>) -> bool {
+        false
+    }
 }

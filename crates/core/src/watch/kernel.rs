@@ -14,7 +14,10 @@ impl Loop {
     pub(super) fn read_kernel(&mut self, events: &mut Vec<Event>) {
         let Some(kernel) = self.kernel.as_mut() else { return };
         let mut seen = Vec::new();
-        let state = kernel.read(&mut seen);
+        let mut state = kernel.read(&mut seen);
+        if let Ok(s) = &mut state {
+            self.exited.extend(s.exited.drain(..));
+        }
         for obs in seen {
             match obs {
                 Observation::Seen { socket, at } => self.kernel_seen(socket, at, events),
@@ -39,7 +42,12 @@ impl Loop {
             Err(e) => {
                 log::warn!("kernel events failed ({e}): scanning every interval instead");
                 self.kernel = None;
+                self.exits_followed = false;
             }
+        }
+        // An owner exited: who holds its sockets now is looked up at once.
+        if !self.exited.is_empty() {
+            self.check_owners(events);
         }
         self.emit(events);
     }

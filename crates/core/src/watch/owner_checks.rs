@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use super::scheduler::Loop;
 use crate::event::Event;
 use crate::owners::OwnerIndex;
-use crate::socket::{Owners, Socket};
+use crate::socket::{Owners, Socket, UnknownReason};
 use crate::source::{At, Source};
 use crate::tracker::Key;
 
 /// How long after a socket opens (or changes owners) its owners are looked up again.
-const SETTLE_AFTER: Duration = Duration::from_secs(1);
+pub(super) const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// How often every open socket's owners are checked to still hold it (a listener handed to a
 /// child while its first owner lives on): a walk of the owners' fds only.
-const HOLD_CHECK_EVERY: Duration = Duration::from_secs(10);
+pub(super) const HOLD_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// What an owner check found: each socket checked with the owners found now, and the owner
 /// index it used, to be used again.
@@ -28,9 +28,9 @@ impl Loop {
     /// Owners change while a socket stays open: a forking server's parent exits, a listener
     /// is handed over, workers are forked after `listen` (a kernel event names only the
     /// caller). So a socket's owners are looked up again once it has settled (about a second
-    /// after it opened or changed owners), whenever one of its owners has exited (one `stat`
-    /// per distinct owner pid), and when, checked every [`HOLD_CHECK_EVERY`], an owner that
-    /// lives no longer holds it.
+    /// after it opened or changed owners), whenever one of its owners has exited (the kernel
+    /// events say so at once; otherwise one `stat` per distinct owner pid a second), and when,
+    /// checked every [`HOLD_CHECK_EVERY`], an owner that lives no longer holds it.
     pub(super) fn check_owners(&mut self, events: &mut Vec<Event>) {
         self.last_liveness = Instant::now();
         match self.checking.take() {
@@ -51,7 +51,13 @@ impl Loop {
             self.settling.retain(|_, since| !due(since));
             keys
         };
-        let mut dead: HashSet<u32> = HashSet::new();
+        // Owners the kernel said exited: dead, though /proc may still show them (their files
+        // are closed just after the event). The others are looked for in /proc every second,
+        // unless the kernel reports their exits: then only with the hold check, as a backstop.
+        let exited = std::mem::take(&mut self.exited);
+        let hold_due = self.last_hold_check.elapsed() >= HOLD_CHECK_EVERY;
+        let stat_all = !self.exits_followed || hold_due;
+        let mut dead: HashSet<u32> = exited.clone();
         let mut alive: HashSet<u32> = HashSet::new();
         let mut stale: Vec<(usize, Socket)> = Vec::new();
         let mut tracked: HashSet<Key> = HashSet::new();
@@ -64,10 +70,13 @@ impl Loop {
                     continue;
                 }
                 let gone = s.processes().iter().any(|p| {
-                    if alive.contains(&p.pid) {
+                    if dead.contains(&p.pid) {
+                        return true;
+                    }
+                    if alive.contains(&p.pid) || !stat_all {
                         return false;
                     }
-                    if dead.contains(&p.pid) || !self.proc_root.join(p.pid.to_string()).exists() {
+                    if !self.proc_root.join(p.pid.to_string()).exists() {
                         dead.insert(p.pid);
                         return true;
                     }
@@ -80,7 +89,7 @@ impl Loop {
             }
         }
         self.given_up.retain(|k| tracked.contains(k));
-        let held: Vec<Socket> = if self.last_hold_check.elapsed() >= HOLD_CHECK_EVERY {
+        let held: Vec<Socket> = if hold_due {
             self.last_hold_check = Instant::now();
             let stale_keys: HashSet<Key> = stale.iter().map(|(_, s)| Key::of(s)).collect();
             let tracked = self.targets.iter().flat_map(|t| t.tracker.current());
@@ -103,6 +112,9 @@ impl Loop {
                 stale.extend(no_longer_held(&proc_root, held).into_iter().map(|s| (0, s)));
                 let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
                 checker.resolve(&mut fresh);
+                for s in &mut fresh {
+                    without_exited(&mut s.owners, &exited);
+                }
                 let found = stale.into_iter().zip(fresh).map(|((_, old), new)| (old, new.owners));
                 Checked { found: found.collect(), checker }
             });
@@ -146,6 +158,17 @@ impl Loop {
             }
         }
         self.emit(events);
+    }
+}
+
+/// Drops the processes that exited from `owners` (found while their files were still
+/// closing); none left is unknown: the socket is closing with them.
+fn without_exited(owners: &mut Owners, exited: &HashSet<u32>) {
+    if let Owners::Known(procs) = owners {
+        procs.retain(|p| !exited.contains(&p.pid));
+        if procs.is_empty() {
+            *owners = Owners::Unknown(UnknownReason::NotFound);
+        }
     }
 }
 

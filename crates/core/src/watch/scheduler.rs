@@ -92,6 +92,11 @@ pub(super) struct Loop {
     pub(super) given_up: HashSet<Key>,
     /// Sockets whose owners are to be looked up again once settled, since when.
     pub(super) settling: HashMap<Key, Instant>,
+    /// Owners the kernel events said exited, not yet checked for.
+    pub(super) exited: HashSet<u32>,
+    /// The kernel events report the exit of every owner of a tracked socket: no need to look
+    /// for exited owners in /proc every second.
+    pub(super) exits_followed: bool,
     /// When namespaces were last looked for.
     last_discovery: Instant,
     pub(super) proc_root: PathBuf,
@@ -140,6 +145,8 @@ impl Loop {
             last_hold_check: Instant::now(),
             given_up: HashSet::new(),
             settling: HashMap::new(),
+            exited: HashSet::new(),
+            exits_followed: false,
             last_discovery: Instant::now(),
             proc_root: p.proc_root,
         };
@@ -153,10 +160,10 @@ impl Loop {
             .into_iter()
             .map(|socket| Event::Closed { socket, at: SystemTime::now(), source: Source::Scan })
             .collect();
-        let (interval, bursts) = self.cadence();
         let mut last_dump: Option<Instant> = None;
         while !self.stop.is_stopped() {
             let cycle = Instant::now();
+            let (interval, bursts) = self.cadence();
             // Scanning: every cycle. Kernel events: the first, then every `reconcile`.
             let dump = self.kernel.is_none()
                 || last_dump.is_none_or(|t| t.elapsed() >= self.cfg.reconcile);
@@ -185,6 +192,7 @@ impl Loop {
                 self.follow_container(&mut events);
             }
             self.save_snapshot();
+            self.follow_owner_exits();
             if !self.stop.is_stopped() {
                 self.wait_until(cycle + interval, &mut events);
             }
@@ -200,13 +208,39 @@ impl Loop {
     }
 
     /// Time between cycles and dumps per cycle. Scanning: as configured. With kernel events,
-    /// a cycle a second (owners settle, namespaces come and go, a followed container
-    /// restarts), each reading its events as they come, and one dump per `reconcile`.
+    /// which are read as they come, one dump per `reconcile`, and a cycle a second while
+    /// something needs one (owners settling or being checked, owners whose exit the kernel
+    /// does not report, namespaces coming and going, a followed container); otherwise one
+    /// per owner hold check, so an idle watcher sleeps.
     fn cadence(&self) -> (Duration, u32) {
-        match &self.kernel {
-            None => (self.cfg.interval, self.cfg.burst_scans),
-            Some(_) => (LIVENESS_EVERY.min(self.cfg.reconcile), 1),
+        if self.kernel.is_none() {
+            return (self.cfg.interval, self.cfg.burst_scans);
         }
+        let busy = !self.settling.is_empty()
+            || self.checking.is_some()
+            || !self.exited.is_empty()
+            || !self.exits_followed
+            || self.discovery.is_some()
+            || self.follow.is_some()
+            || self.targets.iter().any(Target::never_dumped);
+        let every = if busy { LIVENESS_EVERY } else { super::owner_checks::HOLD_CHECK_EVERY };
+        (every.min(self.cfg.reconcile), 1)
+    }
+
+    /// Names the owners of every tracked socket to the kernel events, whose exits they then
+    /// report (with kernel events only).
+    fn follow_owner_exits(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else { return };
+        let pids: HashSet<u32> =
+            self.targets.iter().flat_map(|t| t.tracker.current()).flat_map(|s| s.pids()).collect();
+        self.exits_followed = kernel.follow_exits(&pids);
+    }
+
+    /// With kernel events, when the earliest settling socket is due for its owner lookup: a
+    /// wait ends then, so a socket opened during a long idle wait settles on time.
+    fn settle_due(&self) -> Option<Instant> {
+        self.kernel.as_ref()?;
+        self.settling.values().min().map(|since| *since + super::owner_checks::SETTLE_AFTER)
     }
 
     /// One scan: dump each namespace that may have changed, carry known owners over, look
@@ -262,6 +296,7 @@ impl Loop {
                 t.tracker.expire(now, SystemTime::now(), events);
             }
             self.emit(events);
+            let deadline = self.settle_due().map_or(deadline, |d| d.min(deadline));
             if self.stop.is_stopped() || now >= deadline {
                 return;
             }

@@ -18,6 +18,10 @@
 //! | `pw_udp_bind4/6` | `cgroup/post_bind4` / `6`       | explicit UDP binds             |
 //! | `pw_udp_conn4/6` | `cgroup/connect4` / `6`         | UDP connects (stops listening) |
 //! | `pw_udp_release` | `cgroup/sock_release`           | UDP sockets with a port closed |
+//! | `pw_owner_exit`  | `tp_btf/sched_process_exit`     | exits of the pids asked about  |
+//!
+//! Exits are reported only for the processes named with [`Programs::set_owners`] (the
+//! owners of tracked sockets), when their last thread exits, before their files close.
 //!
 //! The cgroup programs are attached to the root of the cgroup2 hierarchy found in
 //! `/proc/self/mountinfo`, so they see every process below it in every network namespace;
@@ -48,19 +52,22 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, MapData, RingBuf};
+use std::collections::HashSet;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 
 // What the watcher will match on; only the tests do so far.
 #[cfg_attr(not(test), allow(unused_imports))]
-pub(crate) use self::record::{KernelEvent, Kind, decode};
+pub(crate) use self::record::{KernelEvent, Kind, decode, exit_of};
 
 /// The programs' object, built from `crates/core/bpf/portwatch.bpf.c` by `make bpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../bpf/portwatch.bpf.o");
 
 const EVENTS_MAP: &str = "PW_EVENTS";
 const LOST_MAP: &str = "PW_LOST";
+const OWNERS_MAP: &str = "PW_OWNERS";
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 /// Ring-buffer size a [`LoadOptions::default`] asks for: 1 MiB, 11 915 records (88 bytes each
@@ -69,13 +76,15 @@ const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub(crate) const DEFAULT_RING_BYTES: u32 = 1 << 20;
 
 /// Which programs, by their kernel names, and the hook each attaches to.
-const TRACEPOINT_PROGRAM: (&str, &str) = ("pw_tcp_listen", "inet_sock_set_state");
+const TRACEPOINT_PROGRAMS: [(&str, &str); 2] =
+    [("pw_tcp_listen", "inet_sock_set_state"), ("pw_owner_exit", "sched_process_exit")];
 const CGROUP_SOCK_PROGRAMS: [&str; 3] = ["pw_udp_bind4", "pw_udp_bind6", "pw_udp_release"];
 const CGROUP_ADDR_PROGRAMS: [&str; 2] = ["pw_udp_conn4", "pw_udp_conn6"];
 
 /// The kernel names of all programs, for finding them in `bpftool prog show`.
-pub(crate) const PROGRAM_NAMES: [&str; 6] = [
-    TRACEPOINT_PROGRAM.0,
+pub(crate) const PROGRAM_NAMES: [&str; 7] = [
+    TRACEPOINT_PROGRAMS[0].0,
+    TRACEPOINT_PROGRAMS[1].0,
     CGROUP_SOCK_PROGRAMS[0],
     CGROUP_SOCK_PROGRAMS[1],
     CGROUP_SOCK_PROGRAMS[2],
@@ -274,6 +283,11 @@ pub(crate) struct Programs {
     // Field order is drop order: the ring buffer and counter, then the programs and links.
     events: RingBuf<MapData>,
     lost: Array<MapData, u64>,
+    owners: BpfHashMap<MapData, u32, u8>,
+    /// What `owners` holds, so an update writes only the difference.
+    owner_pids: HashSet<u32>,
+    /// Exits read by [`Programs::drain`], until [`Programs::take_exits`].
+    exits: Vec<u32>,
     _ebpf: Ebpf,
     cgroup: PathBuf,
     load_time: Duration,
@@ -314,10 +328,11 @@ impl Programs {
                 None => LoadError::Object { source: Box::new(err) },
             })?;
 
-        let (name, tracepoint) = TRACEPOINT_PROGRAM;
-        let prog: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
-        prog.load(tracepoint, &btf).map_err(|e| program_error(name, tracepoint, false, e))?;
-        prog.attach().map_err(|e| program_error(name, tracepoint, true, e))?;
+        for (name, tracepoint) in TRACEPOINT_PROGRAMS {
+            let prog: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
+            prog.load(tracepoint, &btf).map_err(|e| program_error(name, tracepoint, false, e))?;
+            prog.attach().map_err(|e| program_error(name, tracepoint, true, e))?;
+        }
 
         let target = cgroup.display().to_string();
         for name in CGROUP_SOCK_PROGRAMS {
@@ -343,21 +358,66 @@ impl Programs {
             .take_map(LOST_MAP)
             .and_then(|m| Array::try_from(m).ok())
             .ok_or_else(|| LoadError::Mismatch { what: format!("array {LOST_MAP}") })?;
-        Ok(Programs { events, lost, _ebpf: ebpf, cgroup, load_time: start.elapsed() })
+        let owners = ebpf
+            .take_map(OWNERS_MAP)
+            .and_then(|m| BpfHashMap::try_from(m).ok())
+            .ok_or_else(|| LoadError::Mismatch { what: format!("hash {OWNERS_MAP}") })?;
+        Ok(Programs {
+            events,
+            lost,
+            owners,
+            owner_pids: HashSet::new(),
+            exits: Vec::new(),
+            _ebpf: ebpf,
+            cgroup,
+            load_time: start.elapsed(),
+        })
     }
 
     /// Hands every record available now to `f`, oldest first, without blocking; returns how
     /// many records were read (records this build cannot decode are counted and skipped).
     /// Call it when the descriptor ([`AsFd`]) polls readable.
+    /// Exits are kept for [`Programs::take_exits`].
     pub(crate) fn drain(&mut self, mut f: impl FnMut(KernelEvent)) -> usize {
         let mut n = 0;
         while let Some(item) = self.events.next() {
             n += 1;
-            if let Some(event) = decode(&item) {
+            if let Some(pid) = exit_of(&item) {
+                self.exits.push(pid);
+            } else if let Some(event) = decode(&item) {
                 f(event);
             }
         }
         n
+    }
+
+    /// The processes named by [`Programs::set_owners`] that exited since the last call, in
+    /// the order read: each when its last thread exited, before its files were closed.
+    pub(crate) fn take_exits(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.exits)
+    }
+
+    /// Makes `pids` the processes whose exit is reported (writing only what changed).
+    /// Returns how many of them could not be added (the map is full, 16 384 entries, or the
+    /// kernel refused): the caller must watch those some other way.
+    pub(crate) fn set_owners(&mut self, pids: &HashSet<u32>) -> usize {
+        let gone: Vec<u32> = self.owner_pids.difference(pids).copied().collect();
+        for pid in gone {
+            // Already absent is fine: the result is the same.
+            let _ = self.owners.remove(&pid);
+            self.owner_pids.remove(&pid);
+        }
+        let mut missed = 0;
+        let new: Vec<u32> = pids.difference(&self.owner_pids).copied().collect();
+        for pid in new {
+            match self.owners.insert(pid, 1, 0) {
+                Ok(()) => {
+                    self.owner_pids.insert(pid);
+                }
+                Err(_) => missed += 1,
+            }
+        }
+        missed
     }
 
     /// Events the kernel dropped since loading because the ring buffer was full.

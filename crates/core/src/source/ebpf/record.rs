@@ -14,7 +14,7 @@
 //! |  20 |    4 | tid                                                       |
 //! |  24 |    4 | uid (initial user namespace)                              |
 //! |  28 |    4 | netns inode                                               |
-//! |  32 |    1 | kind (1 listen, 2 unlisten, 3 udp bind, 4 udp connect, 5 udp release) |
+//! |  32 |    1 | kind (1 listen, 2 unlisten, 3 udp bind, 4 udp connect, 5 udp release, 6 exit) |
 //! |  33 |    1 | family (2 `AF_INET`, 10 `AF_INET6`)                       |
 //! |  34 |    1 | protocol (6 TCP, 17 UDP)                                  |
 //! |  35 |    1 | zero                                                      |
@@ -131,7 +131,16 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
-/// Decodes one record. `None` for a short record or an unknown kind, family or protocol: a
+/// The process of an exit record (kind 6: the last thread of a process in the owners map
+/// exited), or `None` for any other record. Exit records carry only the time and the pid.
+pub(crate) fn exit_of(b: &[u8]) -> Option<u32> {
+    if b.len() < RECORD_SIZE || b[32] != 6 {
+        return None;
+    }
+    u32_at(b, 16)
+}
+
+/// Decodes one socket record. `None` for a short record or an unknown kind, family or protocol: a
 /// record this version cannot understand is skipped, never a panic.
 pub(crate) fn decode(b: &[u8]) -> Option<KernelEvent> {
     if b.len() < RECORD_SIZE {
@@ -210,6 +219,17 @@ mod tests {
         assert_eq!(e.port, 8080);
         assert_eq!(e.comm, b"python3");
         assert_eq!(e.ino, 987_654);
+    }
+
+    #[test]
+    fn an_exit_record_is_a_pid_and_no_socket() {
+        let mut b = vec![0u8; RECORD_SIZE];
+        b[16..20].copy_from_slice(&4242u32.to_ne_bytes());
+        b[32] = 6;
+        assert_eq!(exit_of(&b), Some(4242));
+        assert_eq!(decode(&b), None, "not a socket event");
+        assert_eq!(exit_of(&b[..RECORD_SIZE - 1]), None, "truncated");
+        assert_eq!(exit_of(&listen_v4()), None, "a listen is no exit");
     }
 
     #[test]

@@ -229,3 +229,75 @@ fn the_descriptor_polls_readable_when_an_event_arrives() {
     collect_until(&mut progs, &mut seen, Duration::from_secs(5), done_for(&[(&child, 2)]));
     assert_reported(&seen, &child, Protocol::Udp, Family::Ipv6, &[Kind::UdpBind, Kind::UdpRelease]);
 }
+
+/// Reads exits until one of `pid` arrives or `within` passes; every exit read.
+fn exits_until(progs: &mut Programs, pid: u32, within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    let mut exits = Vec::new();
+    loop {
+        progs.drain(|_| {});
+        exits.extend(progs.take_exits());
+        if exits.contains(&pid) || Instant::now() >= deadline {
+            return exits;
+        }
+        let mut fds = [PollFd::new(progs.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(50u16));
+    }
+}
+
+/// A process that says "ready", then on a line from stdin runs a thread that exits at once
+/// and says "joined", then waits for stdin to close.
+const THREADED: &str = r#"
+import sys, threading
+print("ready", flush=True)
+sys.stdin.readline()
+t = threading.Thread(target=lambda: None)
+t.start()
+t.join()
+print("joined", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn the_exit_of_an_owner_asked_about_is_reported_once_its_last_thread_exits() {
+    let Some(python) = python_or_skip() else { return };
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    let spawn = || {
+        let mut child = Command::new(&python)
+            .args(["-c", THREADED])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        (child, out)
+    };
+    let ((mut owner, mut said), (mut other, _)) = (spawn(), spawn());
+    let pids: HashSet<u32> = [owner.id()].into();
+    assert_eq!(progs.set_owners(&pids), 0, "room for one pid");
+    // One of its threads exits while the process lives on: no exit.
+    writeln!(owner.stdin.as_mut().expect("stdin"), "thread").expect("write");
+    let mut line = String::new();
+    said.read_line(&mut line).expect("joined");
+    assert_eq!(line.trim(), "joined");
+    // The other process was not asked about: its exit never comes.
+    drop(other.stdin.take());
+    other.wait().expect("wait");
+    drop(owner.stdin.take());
+    owner.wait().expect("wait");
+    let exits = exits_until(&mut progs, owner.id(), Duration::from_secs(5));
+    assert_eq!(exits, [owner.id()], "exactly the owner's exit, once");
+
+    // Taken off the set: its next exit (a reused pid, say) is not reported.
+    assert_eq!(progs.set_owners(&HashSet::new()), 0);
+    let (mut again, _) = spawn();
+    assert_eq!(progs.set_owners(&[again.id()].into()), 0);
+    assert_eq!(progs.set_owners(&HashSet::new()), 0);
+    drop(again.stdin.take());
+    again.wait().expect("wait");
+    let exits = exits_until(&mut progs, again.id(), Duration::from_millis(500));
+    assert!(exits.is_empty(), "no longer asked about, yet reported: {exits:?}");
+}

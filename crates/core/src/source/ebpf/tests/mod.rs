@@ -7,7 +7,7 @@
 //! goes to loopback.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
