@@ -367,3 +367,31 @@ fn an_owner_that_exits_leaves_its_socket_to_the_child_that_shares_it() {
     });
     assert_eq!(closed.socket().pids(), [child_pid], "closed by its last owner");
 }
+
+#[test]
+fn a_listen_without_bind_is_found_in_its_namespace_with_the_port_the_kernel_chose() {
+    if !can_load() {
+        return;
+    }
+    let w = Watcher::builder().source(Source::Ebpf).report_initial(false).build().unwrap();
+    crate::watch::ready(&w);
+    // listen(2) on an unbound socket: the kernel event comes before the port is chosen.
+    let s = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    nix::sys::socket::listen(&s, nix::sys::socket::Backlog::new(1).unwrap()).unwrap();
+    let addr: nix::sys::socket::SockaddrIn =
+        nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&s)).unwrap();
+    let opened = crate::watch::expect(&w, "the listener", |e| {
+        e.kind() == EventKind::Opened && e.socket().port == addr.port()
+    });
+    assert_eq!(opened.socket().pids(), [std::process::id()]);
+    drop(s);
+    crate::watch::expect(&w, "its close", |e| {
+        e.kind() == EventKind::Closed && e.socket().port == addr.port()
+    });
+}

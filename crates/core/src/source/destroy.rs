@@ -116,7 +116,7 @@ impl Feed for DestroyFeed {
                 drained.forged
             );
         }
-        Ok(FeedState { resync: drained.overrun, exited: Vec::new() })
+        Ok(FeedState { resync: drained.overrun, ..FeedState::default() })
     }
 }
 

@@ -91,11 +91,12 @@ impl Feed for KernelFeed {
         // One reading of each clock per batch dates every event in it.
         let (mono_ns, wall, instant) = (monotonic_now_ns(), SystemTime::now(), Instant::now());
         let mut resync = false;
+        let mut dump = Vec::new();
         self.programs.drain(|e| {
             // A listen(2) without bind(2): the kernel picks the port just after this event.
-            // The socket is there to be dumped.
+            // The socket is there to be dumped, in its namespace.
             if e.kind == Kind::Listen && e.port == 0 {
-                resync = true;
+                dump.push((e.netns, e.pid));
                 return;
             }
             let age = Duration::from_nanos(mono_ns.saturating_sub(e.ts_ns));
@@ -115,7 +116,7 @@ impl Feed for KernelFeed {
             self.lost = lost;
             resync = true;
         }
-        Ok(FeedState { resync, exited: self.programs.take_exits() })
+        Ok(FeedState { resync, exited: self.programs.take_exits(), dump })
     }
 
     fn follow_exits(&mut self, pids: &HashSet<u32>) -> bool {

@@ -158,6 +158,9 @@ pub(crate) struct FeedState {
     /// Processes named by [`Feed::follow_exits`] that exited (their last thread; their files
     /// may not be closed yet).
     pub(crate) exited: Vec<u32>,
+    /// Namespaces to dump, each with a process in it: a socket opened there that the feed
+    /// could not describe (a listen before its port was chosen).
+    pub(crate) dump: Vec<(u64, u32)>,
 }
 
 /// A source that reports as things happen: its descriptor becomes readable, and the

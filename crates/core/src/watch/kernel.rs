@@ -15,8 +15,10 @@ impl Loop {
         let Some(kernel) = self.kernel.as_mut() else { return };
         let mut seen = Vec::new();
         let mut state = kernel.read(&mut seen);
+        let mut dump = Vec::new();
         if let Ok(s) = &mut state {
             self.exited.extend(s.exited.drain(..));
+            dump = std::mem::take(&mut s.dump);
         }
         for obs in seen {
             match obs {
@@ -38,6 +40,17 @@ impl Loop {
                 }
                 self.scan(events);
             }
+            Ok(_) if !dump.is_empty() => {
+                // Only the namespaces where a port is to be found.
+                let mut inodes = std::collections::HashSet::new();
+                for (netns, pid) in dump {
+                    if let Some(i) = self.target_of(netns, Some(pid)) {
+                        self.targets[i].force_dump();
+                        inodes.insert(netns);
+                    }
+                }
+                self.scan_some(events, |t| inodes.contains(&t.inode));
+            }
             Ok(_) => {}
             Err(e) => {
                 log::warn!("kernel events failed ({e}): scanning every interval instead");
@@ -58,7 +71,8 @@ impl Loop {
         if !self.cfg.filter.admits(&socket) {
             return;
         }
-        let Some(i) = self.target_for(&socket) else { return };
+        let pid = socket.processes().first().map(|p| p.pid);
+        let Some(i) = self.target_of(socket.netns, pid) else { return };
         if let crate::socket::Owners::Known(procs) = &mut socket.owners {
             for p in procs.iter_mut() {
                 self.owners.describe(p);
@@ -74,20 +88,19 @@ impl Loop {
         t.tracker.observe(Observation::Seen { socket, at }, events);
     }
 
-    /// The watched namespace a socket is in. With `all_netns`, one not watched yet is opened
-    /// now — through the process that made the socket, or, when it is already gone, tracked
-    /// from kernel events alone until namespace discovery finds it.
-    fn target_for(&mut self, socket: &Socket) -> Option<usize> {
-        if let Some(i) = self.targets.iter().position(|t| t.inode == socket.netns) {
+    /// The watched namespace `netns` (where a socket is). With `all_netns`, one not watched
+    /// yet is opened now — through `pid`, the process that made the socket, or, when it is
+    /// already gone, tracked from kernel events alone until namespace discovery finds it.
+    fn target_of(&mut self, netns: u64, pid: Option<u32>) -> Option<usize> {
+        if let Some(i) = self.targets.iter().position(|t| t.inode == netns) {
             return Some(i);
         }
-        if !matches!(self.cfg.scope, Scope::All) || self.unwatchable.contains(&socket.netns) {
+        if !matches!(self.cfg.scope, Scope::All) || self.unwatchable.contains(&netns) {
             return None;
         }
-        let pid = socket.processes().first().map(|p| p.pid);
-        let t = self.open_found(socket.netns, pid).unwrap_or_else(|| {
-            log::debug!("network namespace {} known from kernel events only", socket.netns);
-            Target::detached(socket.netns, &self.cfg)
+        let t = self.open_found(netns, pid).unwrap_or_else(|| {
+            log::debug!("network namespace {netns} known from kernel events only");
+            Target::detached(netns, &self.cfg)
         });
         self.targets.push(t);
         Some(self.targets.len() - 1)

@@ -251,7 +251,7 @@ impl Loop {
     }
 
     /// A scan of the namespaces `which` picks.
-    fn scan_some(&mut self, events: &mut Vec<Event>, which: impl Fn(&Target) -> bool) {
+    pub(super) fn scan_some(&mut self, events: &mut Vec<Event>, which: impl Fn(&Target) -> bool) {
         let mut dumped = Vec::new();
         for (i, t) in self.targets.iter_mut().enumerate() {
             if which(t)
