@@ -354,13 +354,15 @@ fn an_owner_that_exits_leaves_its_socket_to_the_child_that_shares_it() {
     )
     .unwrap();
     parent.wait().unwrap();
-    // The kernel reports the parent's exit: the socket stays open, held by the child alone.
+    // The kernel reports the parent's exit: the socket stays open, held by the child alone —
+    // found because of that report (source ebpf), not by a later look at /proc (scan).
     let changed = crate::watch::expect(&w, "the child as the only owner", |e| {
         e.kind() == EventKind::OwnersChanged
             && e.socket().port == port
             && e.socket().pids() == [child_pid]
     });
     assert_eq!(changed.socket().processes()[0].pid, child_pid);
+    assert_eq!(changed.source(), Source::Ebpf, "prompted by the kernel's exit report");
     drop(child_stdin); // the child exits: its close
     let closed = crate::watch::expect(&w, "the close", |e| {
         e.kind() == EventKind::Closed && e.socket().port == port

@@ -155,7 +155,7 @@ int BPF_PROG(pw_tcp_listen, const struct sock *sk, int oldstate, int newstate)
 	e->family = family;
 	e->protocol = IPPROTO_TCP;
 	e->port = sk->__sk_common.skc_num;
-	if (!e->port) // a kernel-picked port released first (see local_port): rare
+	if (!e->port) // the close of a socket whose port the kernel picked (see local_port)
 		e->port = local_port(sk);
 	if (kind == PW_KIND_LISTEN) {
 		fill_caller(e);

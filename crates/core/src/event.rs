@@ -63,7 +63,8 @@ impl Event {
         }
     }
 
-    /// Which source saw it.
+    /// Which source saw it. For [`Event::OwnersChanged`], [`Source::Ebpf`] means the change
+    /// was looked for because the kernel reported that an owner exited.
     pub fn source(&self) -> Source {
         match self {
             Event::Opened { source, .. }

@@ -122,8 +122,12 @@ impl Feed for KernelFeed {
     fn follow_exits(&mut self, pids: &HashSet<u32>) -> bool {
         let missed = self.programs.set_owners(pids);
         if missed > 0 {
-            log::debug!("{missed} owner(s) beyond the exit map: checked every few seconds");
+            log::debug!("{missed} owner(s) beyond the exit map: checked every second");
         }
         missed == 0
+    }
+
+    fn follow_more_exits(&mut self, pids: &[u32]) -> bool {
+        self.programs.add_owners(pids) == 0
     }
 }

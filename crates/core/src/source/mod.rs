@@ -179,4 +179,9 @@ pub(crate) trait Feed {
     fn follow_exits(&mut self, _pids: &HashSet<u32>) -> bool {
         false
     }
+
+    /// Adds `pids` to those of [`Feed::follow_exits`]; whether all of them fit.
+    fn follow_more_exits(&mut self, _pids: &[u32]) -> bool {
+        false
+    }
 }

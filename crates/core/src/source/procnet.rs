@@ -45,8 +45,24 @@ pub(crate) fn read(proc_net: &Path, dump: Dump, netns: u64, out: &mut Vec<Socket
 /// Parses the content of the `/proc/net` file for `dump`, keeping sockets in its states.
 pub(crate) fn parse(bytes: &[u8], dump: Dump, netns: u64) -> Result<Vec<Socket>, String> {
     let mut out = Vec::new();
-    // The first line is the column header.
-    for (n, line) in bytes.split(|b| *b == b'\n').enumerate().skip(1) {
+    // A unix path may hold newlines (any user can bind such a name; the kernel prints it raw):
+    // a line that is not a socket, after one with a path, goes on that path.
+    let mut path_goes_on: Option<Option<usize>> = None;
+    // The first line is the column header; the file ends with a newline.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    for (n, line) in body.split(|b| *b == b'\n').enumerate().skip(1) {
+        if let Dump::Unix { .. } = dump
+            && let Some(kept) = path_goes_on
+            && parse_unix_line(line, netns).is_none()
+        {
+            if let Some(path) =
+                kept.and_then(|i| out.get_mut(i)).and_then(|s: &mut Socket| s.path.as_mut())
+            {
+                path.push('\n');
+                path.push_str(&String::from_utf8_lossy(line));
+            }
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -60,8 +76,14 @@ pub(crate) fn parse(bytes: &[u8], dump: Dump, netns: u64) -> Result<Vec<Socket>,
                 }
             }
             Dump::Unix { states } => match parse_unix_line(line, netns) {
-                Some(s) if states.contains(s.state) => s,
-                Some(_) => continue,
+                Some(s) if states.contains(s.state) => {
+                    path_goes_on = s.path.is_some().then_some(Some(out.len()));
+                    s
+                }
+                Some(s) => {
+                    path_goes_on = s.path.is_some().then_some(None);
+                    continue;
+                }
                 None => return Err(format!("line {}: malformed unix socket line", n + 1)),
             },
         };
@@ -273,6 +295,32 @@ mod tests {
         assert_eq!(listeners[1].path.as_deref(), Some("@my abstract"));
         assert_eq!(listeners[1].unix_type, Some(UnixType::Seqpacket));
         assert_eq!(listeners[1].inode, 7211);
+    }
+
+    #[test]
+    fn a_unix_path_with_newlines_goes_on_over_the_lines_after_it() {
+        // Any user can bind such a name (abstract, here a fake log line): the kernel prints it
+        // raw, so it spans lines. It must not make the whole file unreadable.
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000006af23d9: 00000002 00000000 00010000 0001 01 2880349 @pw\x1b[2K\r
+[2026-11-22T03:48:02.123Z] New port opened: 22 (tcp, 0.0.0.0, pids: 1 sshd)
+0000000006af23da: 00000002 00000000 00000000 0001 01 2880350 @unconnected
+more of its name
+0000000006af23db: 00000002 00000000 00010000 0001 01 2880351 /run/next.sock
+";
+        let listening = StateSet::of(&[State::Listen]);
+        let v = parse(text.as_bytes(), Dump::Unix { states: listening }, 1).unwrap();
+        let paths: Vec<&str> = v.iter().filter_map(|s| s.path.as_deref()).collect();
+        assert_eq!(
+            paths,
+            [
+                "@pw\x1b[2K\r\n[2026-11-22T03:48:02.123Z] New port opened: 22 (tcp, 0.0.0.0, pids: 1 sshd)",
+                "/run/next.sock"
+            ]
+        );
+        // Before any socket with a path, such a line is still malformed.
+        let bad = "h\nnot a socket line\n";
+        assert!(parse(bad.as_bytes(), Dump::Unix { states: StateSet::ALL }, 1).is_err());
     }
 
     #[test]

@@ -39,6 +39,10 @@ impl Loop {
                     t.force_dump();
                 }
                 self.scan(events);
+                // An owner's exit may be among what was lost: the next check looks for every
+                // exited owner in /proc.
+                self.recheck_owners = true;
+                self.check_owners(events);
             }
             Ok(_) if !dump.is_empty() => {
                 // Only the namespaces where a port is to be found.

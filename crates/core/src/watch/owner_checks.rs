@@ -2,6 +2,8 @@
 //! its owners exited — on a thread of their own, applied when done.
 
 use std::collections::HashSet;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::scheduler::Loop;
@@ -17,11 +19,33 @@ pub(super) const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// child while its first owner lives on): a walk of the owners' fds only.
 pub(super) const HOLD_CHECK_EVERY: Duration = Duration::from_secs(10);
 
-/// What an owner check found: each socket checked with the owners found now, and the owner
+/// What an owner check found: each socket checked with the owners found now and what
+/// prompted the check (`Source::Ebpf`: the kernel reported an owner's exit), and the owner
 /// index it used, to be used again.
 pub(super) struct Checked {
-    found: Vec<(Socket, Owners)>,
+    found: Vec<(Socket, Owners, Source)>,
     checker: OwnerIndex,
+}
+
+/// A pipe the owner-check thread writes a byte to when it is done, so the scan thread,
+/// polling the read end, applies the result at once rather than at its next cycle.
+pub(super) struct CheckDone {
+    pub(super) rx: OwnedFd,
+    tx: Arc<OwnedFd>,
+}
+
+impl CheckDone {
+    fn new() -> Option<CheckDone> {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (rx, tx) = nix::unistd::pipe2(flags).ok()?;
+        Some(CheckDone { rx, tx: Arc::new(tx) })
+    }
+
+    /// Empties the pipe (non-blocking).
+    pub(super) fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(&self.rx, &mut buf), Ok(n) if n > 0) {}
+    }
 }
 
 impl Loop {
@@ -33,16 +57,8 @@ impl Loop {
     /// checked every [`HOLD_CHECK_EVERY`], an owner that lives no longer holds it.
     pub(super) fn check_owners(&mut self, events: &mut Vec<Event>) {
         self.last_liveness = Instant::now();
-        match self.checking.take() {
-            Some(t) if !t.is_finished() => {
-                self.checking = Some(t);
-                return;
-            }
-            Some(t) => match t.join() {
-                Ok(checked) => self.apply_checked(checked, events),
-                Err(_) => log::warn!("an owner check failed; the next one starts afresh"),
-            },
-            None => {}
+        if !self.collect_checked(false, events) {
+            return;
         }
         let settled: HashSet<Key> = {
             let due = |since: &Instant| since.elapsed() >= SETTLE_AFTER;
@@ -56,12 +72,12 @@ impl Loop {
         // unless the kernel reports their exits: then only with the hold check, as a backstop.
         let exited = std::mem::take(&mut self.exited);
         let hold_due = self.last_hold_check.elapsed() >= HOLD_CHECK_EVERY;
-        let stat_all = !self.exits_followed || hold_due;
+        let stat_all = !self.exits_followed || hold_due || std::mem::take(&mut self.recheck_owners);
         let mut dead: HashSet<u32> = exited.clone();
         let mut alive: HashSet<u32> = HashSet::new();
-        let mut stale: Vec<(usize, Socket)> = Vec::new();
+        let mut stale: Vec<(Source, Socket)> = Vec::new();
         let mut tracked: HashSet<Key> = HashSet::new();
-        for (i, t) in self.targets.iter().enumerate() {
+        for t in &self.targets {
             for s in t.tracker.current() {
                 let key = Key::of(s);
                 tracked.insert(key.clone());
@@ -84,7 +100,8 @@ impl Loop {
                     false
                 });
                 if gone || (s.inode != 0 && settled.contains(&Key::of(s))) {
-                    stale.push((i, s.clone()));
+                    let by_exit = s.processes().iter().any(|p| exited.contains(&p.pid));
+                    stale.push((if by_exit { Source::Ebpf } else { Source::Scan }, s.clone()));
                 }
             }
         }
@@ -106,22 +123,54 @@ impl Loop {
         }
         let mut checker = self.checker.take().unwrap_or_else(|| self.new_checker());
         let proc_root = self.proc_root.clone();
+        if self.check_done.is_none() {
+            self.check_done = CheckDone::new();
+        }
+        let done = self.check_done.as_ref().map(|d| Arc::clone(&d.tx));
+        let pending = exited.clone();
         let spawned =
             std::thread::Builder::new().name("portwatch-owners".into()).spawn(move || {
                 let mut stale = stale;
-                stale.extend(no_longer_held(&proc_root, held).into_iter().map(|s| (0, s)));
+                let moved = no_longer_held(&proc_root, held).into_iter();
+                stale.extend(moved.map(|s| (Source::Scan, s)));
                 let mut fresh: Vec<Socket> = stale.iter().map(|(_, s)| s.clone()).collect();
                 checker.resolve(&mut fresh);
                 for s in &mut fresh {
                     without_exited(&mut s.owners, &exited);
                 }
-                let found = stale.into_iter().zip(fresh).map(|((_, old), new)| (old, new.owners));
-                Checked { found: found.collect(), checker }
+                let found = stale.into_iter().zip(fresh);
+                let found = found.map(|((by, old), new)| (old, new.owners, by)).collect();
+                if let Some(done) = done {
+                    let _ = nix::unistd::write(&*done, &[1]);
+                }
+                Checked { found, checker }
             });
         match spawned {
             Ok(t) => self.checking = Some(t),
-            // No thread to be had (a pids limit): the next round tries again.
-            Err(e) => log::debug!("owner checks postponed: {e}"),
+            // No thread to be had (a pids limit): the next round tries again, exits included.
+            Err(e) => {
+                log::debug!("owner checks postponed: {e}");
+                self.exited.extend(pending);
+            }
+        }
+    }
+
+    /// Applies the owner check in flight if it is done (or, with `wait`, once it is: its
+    /// thread said so and is returning). Whether none is in flight now.
+    pub(super) fn collect_checked(&mut self, wait: bool, events: &mut Vec<Event>) -> bool {
+        match self.checking.take() {
+            Some(t) if !wait && !t.is_finished() => {
+                self.checking = Some(t);
+                false
+            }
+            Some(t) => {
+                match t.join() {
+                    Ok(checked) => self.apply_checked(checked, events),
+                    Err(_) => log::warn!("an owner check failed; the next one starts afresh"),
+                }
+                true
+            }
+            None => true,
         }
     }
 
@@ -135,7 +184,7 @@ impl Loop {
     /// Applies what a finished owner check found (and takes its owner index back).
     fn apply_checked(&mut self, checked: Checked, events: &mut Vec<Event>) {
         self.checker = Some(checked.checker);
-        for (old, owners) in checked.found {
+        for (old, owners, by) in checked.found {
             // Known owners are never replaced by none: /proc may hide them (another pid
             // namespace, no permission), and an owner that exited with the socket found
             // nobody because the socket is closing — its close, maybe already queued, must
@@ -146,7 +195,7 @@ impl Loop {
             }
             self.given_up.remove(&Key::of(&old));
             let Some(t) = self.targets.iter_mut().find(|t| t.inode == old.netns) else { continue };
-            let at = At::now(Source::Scan);
+            let at = At::now(by);
             let mut now = old.clone();
             now.owners = owners.clone();
             t.tracker.update_owners(&old, owners, at, events);

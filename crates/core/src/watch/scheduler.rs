@@ -21,7 +21,7 @@ use super::StopHandle;
 use super::config::Config;
 use super::follow::Follow;
 use super::namespaces::Initial;
-use super::owner_checks::Checked;
+use super::owner_checks::{CheckDone, Checked};
 use super::target::Target;
 use crate::discover::{Discovery, Namer};
 use crate::event::Event;
@@ -94,6 +94,14 @@ pub(super) struct Loop {
     pub(super) settling: HashMap<Key, Instant>,
     /// Owners the kernel events said exited, not yet checked for.
     pub(super) exited: HashSet<u32>,
+    /// The next owner check looks for every exited owner in /proc (kernel events were lost,
+    /// an exit among them maybe).
+    pub(super) recheck_owners: bool,
+    /// Says when the owner check in flight is done (made at the first check).
+    pub(super) check_done: Option<CheckDone>,
+    /// Owners of sockets opened (or whose owners changed) since the kernel events were last
+    /// told whose exits to report.
+    new_owners: Vec<u32>,
     /// The kernel events report the exit of every owner of a tracked socket: no need to look
     /// for exited owners in /proc every second.
     pub(super) exits_followed: bool,
@@ -146,6 +154,9 @@ impl Loop {
             given_up: HashSet::new(),
             settling: HashMap::new(),
             exited: HashSet::new(),
+            check_done: None,
+            recheck_owners: false,
+            new_owners: Vec::new(),
             exits_followed: false,
             last_discovery: Instant::now(),
             proc_root: p.proc_root,
@@ -219,6 +230,7 @@ impl Loop {
         let busy = !self.settling.is_empty()
             || self.checking.is_some()
             || !self.exited.is_empty()
+            || self.recheck_owners
             || !self.exits_followed
             || self.discovery.is_some()
             || self.follow.is_some()
@@ -236,11 +248,18 @@ impl Loop {
         self.exits_followed = kernel.follow_exits(&pids);
     }
 
-    /// With kernel events, when the earliest settling socket is due for its owner lookup: a
-    /// wait ends then, so a socket opened during a long idle wait settles on time.
+    /// With kernel events, when the earliest settling socket is due for its owner lookup (and
+    /// an owner check may run again): a wait ends then, so a socket opened during a long idle
+    /// wait settles on time. None while a check is in flight: its end wakes the wait.
     fn settle_due(&self) -> Option<Instant> {
-        self.kernel.as_ref()?;
-        self.settling.values().min().map(|since| *since + super::owner_checks::SETTLE_AFTER)
+        if self.kernel.is_none() || self.checking.is_some() {
+            return None;
+        }
+        let earliest = self.settling.values().min()?;
+        Some(
+            (*earliest + super::owner_checks::SETTLE_AFTER)
+                .max(self.last_liveness + LIVENESS_EVERY),
+        )
     }
 
     /// One scan: dump each namespace that may have changed, carry known owners over, look
@@ -306,11 +325,18 @@ impl Loop {
             // Round up so a sub-millisecond wait does not spin.
             let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-            let (woke, kernel, ready) = {
+            let had_kernel = self.kernel.is_some();
+            let (woke, checked, kernel, ready) = {
                 let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
-                if let Some(k) = &self.kernel {
+                let check_at =
+                    self.check_done.as_ref().filter(|_| self.checking.is_some()).map(|d| {
+                        fds.push(PollFd::new(d.rx.as_fd(), PollFlags::POLLIN));
+                        fds.len() - 1
+                    });
+                let kernel_at = self.kernel.as_ref().map(|k| {
                     fds.push(PollFd::new(k.fd(), PollFlags::POLLIN));
-                }
+                    fds.len() - 1
+                });
                 let first_feed = fds.len();
                 let mut owners = Vec::new();
                 for (i, t) in self.targets.iter().enumerate() {
@@ -328,19 +354,32 @@ impl Loop {
                             .filter(|(f, _)| ready(f))
                             .map(|(_, i)| *i)
                             .collect();
-                        let kernel = first_feed == 2 && ready(&fds[1]);
-                        (ready(&fds[0]), kernel, feeds)
+                        let at = |i: Option<usize>| i.is_some_and(|i| ready(&fds[i]));
+                        (ready(&fds[0]), at(check_at), at(kernel_at), feeds)
                     }
-                    Err(_) => (false, false, Vec::new()), // EINTR: loop again
+                    Err(_) => (false, false, false, Vec::new()), // EINTR: loop again
                 }
             };
             if woke {
                 return; // stop() wrote to the pipe; the flag is set
             }
+            // An owner check finished: its findings now, and the exits that waited for it.
+            if checked {
+                if let Some(d) = &self.check_done {
+                    d.drain();
+                }
+                self.collect_checked(true, events);
+                if !self.exited.is_empty() || self.recheck_owners {
+                    self.check_owners(events);
+                }
+            }
             // Kernel events first: a listener's open is in the ring buffer before its close
             // can reach a destroy feed.
             if kernel {
                 self.read_kernel(events);
+                if had_kernel && self.kernel.is_none() {
+                    return; // they failed: the next cycle scans at the scan interval
+                }
             }
             for i in ready {
                 self.read_feed(i, events);
@@ -406,17 +445,26 @@ impl Loop {
     /// Applies the trackers' changes to the published open set: as much work as there were
     /// changes, however many sockets are open.
     fn publish(&mut self) {
-        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        for t in &mut self.targets {
-            self.dirty |= apply(&mut published, &mut t.tracker, &mut self.settling);
+        {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            for t in &mut self.targets {
+                let (settling, new_owners) = (&mut self.settling, &mut self.new_owners);
+                self.dirty |= apply(&mut published, &mut t.tracker, settling, new_owners);
+            }
         }
+        // Their exits are reported from now on (the whole set is brought in step each cycle).
+        if let Some(kernel) = self.kernel.as_mut().filter(|_| !self.new_owners.is_empty()) {
+            self.exits_followed &= kernel.follow_more_exits(&self.new_owners);
+        }
+        self.new_owners.clear();
     }
 
     /// A namespace no longer watched: what its tracker last changed is published, then it
     /// goes.
     pub(super) fn retire(&mut self, mut t: Target) {
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        self.dirty |= apply(&mut published, &mut t.tracker, &mut self.settling);
+        let (settling, new_owners) = (&mut self.settling, &mut self.new_owners);
+        self.dirty |= apply(&mut published, &mut t.tracker, settling, new_owners);
     }
 
     fn open_sockets(&self) -> Vec<Socket> {
@@ -437,11 +485,12 @@ impl Loop {
 }
 
 /// Applies one tracker's changes to `published`, and notes sockets that opened or changed
-/// as settling; whether there were any.
+/// as settling and their owners in `new_owners`; whether there were any.
 fn apply(
     published: &mut HashMap<Key, Socket>,
     tracker: &mut Tracker,
     settling: &mut HashMap<Key, Instant>,
+    new_owners: &mut Vec<u32>,
 ) -> bool {
     let mut any = false;
     for change in tracker.take_changes() {
@@ -449,6 +498,7 @@ fn apply(
         match change {
             Change::Open(key, socket) => {
                 settling.insert(key.clone(), Instant::now());
+                new_owners.extend(socket.pids());
                 published.insert(key, socket);
             }
             Change::Closed(key) => {

@@ -407,9 +407,17 @@ impl Programs {
             let _ = self.owners.remove(&pid);
             self.owner_pids.remove(&pid);
         }
-        let mut missed = 0;
         let new: Vec<u32> = pids.difference(&self.owner_pids).copied().collect();
-        for pid in new {
+        self.add_owners(&new)
+    }
+
+    /// Adds `pids` to the processes whose exit is reported; how many could not be added.
+    pub(crate) fn add_owners(&mut self, pids: &[u32]) -> usize {
+        let mut missed = 0;
+        for &pid in pids {
+            if self.owner_pids.contains(&pid) {
+                continue;
+            }
             match self.owners.insert(pid, 1, 0) {
                 Ok(()) => {
                     self.owner_pids.insert(pid);

@@ -275,7 +275,7 @@ fn the_exit_of_an_owner_asked_about_is_reported_once_its_last_thread_exits() {
         assert_eq!(line.trim(), "ready");
         (child, out)
     };
-    let ((mut owner, mut said), (mut other, _)) = (spawn(), spawn());
+    let ((mut owner, mut said), (mut other, _other_out)) = (spawn(), spawn());
     let pids: HashSet<u32> = [owner.id()].into();
     assert_eq!(progs.set_owners(&pids), 0, "room for one pid");
     // One of its threads exits while the process lives on: no exit.
@@ -293,7 +293,7 @@ fn the_exit_of_an_owner_asked_about_is_reported_once_its_last_thread_exits() {
 
     // Taken off the set: its next exit (a reused pid, say) is not reported.
     assert_eq!(progs.set_owners(&HashSet::new()), 0);
-    let (mut again, _) = spawn();
+    let (mut again, _again_out) = spawn();
     assert_eq!(progs.set_owners(&[again.id()].into()), 0);
     assert_eq!(progs.set_owners(&HashSet::new()), 0);
     drop(again.stdin.take());

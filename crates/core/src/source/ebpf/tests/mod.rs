@@ -1,8 +1,8 @@
 //! The programs against the real kernel: real child processes, real namespaces, real kills.
 //!
 //! Each test loads its own [`Programs`] (so tests running in parallel also prove that several
-//! instances work at once) and picks its events out of the host-wide stream by the pids of the
-//! children it spawned. Tests that need root skip, saying why, unless
+//! instances work at once) and picks its events out of the host-wide stream by the cookies of
+//! the sockets of the children it spawned. Tests that need root skip, saying why, unless
 //! `PORTWATCH_REQUIRE_PRIVILEGED=1`, when they fail instead. Waits have deadlines; traffic only
 //! goes to loopback.
 
