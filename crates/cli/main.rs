@@ -2,11 +2,12 @@
 //!
 //! Glue only. Anything a library user would want belongs in portwatch-core. Flags are parsed
 //! in `args`, turned into library calls in `select`, written out by `render`; `list` and
-//! `watch` orchestrate, `hooks` runs `--exec`.
+//! `watch` orchestrate, `hooks` runs `--exec`, `metrics` serves `--metrics`.
 
 mod args;
 mod hooks;
 mod list;
+mod metrics;
 mod render;
 mod select;
 mod watch;
@@ -25,6 +26,8 @@ pub enum Error {
     Core(portwatch_core::Error),
     /// Writing output.
     Io(io::Error),
+    /// The metrics endpoint could not listen on this address.
+    Metrics { addr: std::net::SocketAddr, source: io::Error },
 }
 
 impl From<portwatch_core::Error> for Error {
@@ -57,6 +60,22 @@ impl std::fmt::Display for Error {
             }
             Error::Core(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "writing output: {e}"),
+            Error::Metrics { addr, source } => {
+                write!(f, "cannot serve metrics on {addr}: {source}")?;
+                match source.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        write!(f, "; another process listens there: choose another port")
+                    }
+                    io::ErrorKind::PermissionDenied => write!(
+                        f,
+                        "; a port below 1024 needs root or CAP_NET_BIND_SERVICE: choose a higher one"
+                    ),
+                    io::ErrorKind::AddrNotAvailable => {
+                        write!(f, "; no interface of this host has that address")
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
@@ -64,7 +83,7 @@ impl std::fmt::Display for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The settings `watch` reads from the environment.
-const SETTINGS_FROM_ENV: [&str; 7] = [
+const SETTINGS_FROM_ENV: [&str; 10] = [
     "SCAN_INTERVAL",
     "BURST_SCANS",
     "BURST_DELAY",
@@ -72,6 +91,9 @@ const SETTINGS_FROM_ENV: [&str; 7] = [
     "SNAPSHOT_PATH",
     "PORTWATCH_SOURCE",
     "PORTWATCH_RECONCILE",
+    "PORTWATCH_METRICS",
+    "PORTWATCH_METRICS_LABELS",
+    "PORTWATCH_METRICS_MAX_SERIES",
 ];
 
 /// env_logger's default format (no target), with each message escaped: warnings name

@@ -114,5 +114,8 @@ pub use crate::{
     },
     source::{Backend, Source},
     users::Users,
-    watch::{EVENT_QUEUE, StopHandle, Watcher, WatcherBuilder},
+    watch::{
+        EVENT_QUEUE, Monitor, SCAN_TIME_BOUNDS, ScanReason, ScanTimes, Stats, StopHandle, Watcher,
+        WatcherBuilder,
+    },
 };

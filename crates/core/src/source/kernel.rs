@@ -126,4 +126,8 @@ impl Feed for KernelFeed {
         }
         missed == 0
     }
+
+    fn lost(&self) -> u64 {
+        self.lost
+    }
 }

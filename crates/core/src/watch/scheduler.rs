@@ -22,6 +22,7 @@ use super::config::Config;
 use super::follow::Follow;
 use super::namespaces::Initial;
 use super::owner_checks::Checked;
+use super::stats::{Counters, ScanReason};
 use super::target::Target;
 use crate::discover::{Discovery, Namer};
 use crate::event::Event;
@@ -77,6 +78,8 @@ pub(super) struct Loop {
     published: Published,
     /// Events the channel had no room for.
     dropped: Arc<AtomicU64>,
+    /// What it did, for `Monitor::stats`.
+    pub(super) counters: Arc<Counters>,
     /// Why dumps fail, while they do: `Watcher::scan_error`.
     failing: Arc<Mutex<Option<String>>>,
     /// The set changed since the snapshot was last handed to the writer.
@@ -114,6 +117,7 @@ pub(super) struct Parts {
     pub(super) stop: StopHandle,
     pub(super) published: Published,
     pub(super) dropped: Arc<AtomicU64>,
+    pub(super) counters: Arc<Counters>,
     pub(super) failing: Arc<Mutex<Option<String>>>,
     pub(super) snapshot: Option<snapshot::Writer>,
     pub(super) proc_root: PathBuf,
@@ -138,6 +142,7 @@ impl Loop {
             stop: p.stop,
             published: p.published,
             dropped: p.dropped,
+            counters: p.counters,
             failing: p.failing,
             dirty: false,
             snapshot: p.snapshot,
@@ -150,6 +155,8 @@ impl Loop {
             last_discovery: Instant::now(),
             proc_root: p.proc_root,
         };
+        let source = if scan.kernel.is_some() { Source::Ebpf } else { Source::Scan };
+        scan.counters.set_source(source);
         // Sockets adopted from a snapshot are open from the start.
         scan.publish();
         scan
@@ -167,8 +174,13 @@ impl Loop {
             // Scanning: every cycle. Kernel events: the first, then every `reconcile`.
             let dump = self.kernel.is_none()
                 || last_dump.is_none_or(|t| t.elapsed() >= self.cfg.reconcile);
+            let reason = match last_dump {
+                None => ScanReason::Start,
+                Some(_) if self.kernel.is_some() => ScanReason::Reconcile,
+                Some(_) => ScanReason::Interval,
+            };
             for i in 0..if dump { bursts } else { 0 } {
-                self.scan(&mut events);
+                self.scan(&mut events, reason);
                 if i + 1 < bursts {
                     self.wait_until(Instant::now() + self.cfg.burst_delay, &mut events);
                 }
@@ -181,7 +193,7 @@ impl Loop {
             } else if self.targets.iter().any(Target::never_dumped) {
                 // A namespace opened since (a followed container that started, one found by
                 // discovery): its first dump now, not at the next reconcile.
-                self.scan_some(&mut events, Target::never_dumped);
+                self.scan_some(&mut events, ScanReason::Namespace, Target::never_dumped);
             }
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
@@ -246,12 +258,18 @@ impl Loop {
     /// One scan: dump each namespace that may have changed, carry known owners over, look
     /// up new ones (one walk of /proc for all namespaces), filter, hand each census to its
     /// tracker.
-    pub(super) fn scan(&mut self, events: &mut Vec<Event>) {
-        self.scan_some(events, |_| true);
+    pub(super) fn scan(&mut self, events: &mut Vec<Event>, reason: ScanReason) {
+        self.scan_some(events, reason, |_| true);
     }
 
     /// A scan of the namespaces `which` picks.
-    pub(super) fn scan_some(&mut self, events: &mut Vec<Event>, which: impl Fn(&Target) -> bool) {
+    pub(super) fn scan_some(
+        &mut self,
+        events: &mut Vec<Event>,
+        reason: ScanReason,
+        which: impl Fn(&Target) -> bool,
+    ) {
+        let started = Instant::now();
         let mut dumped = Vec::new();
         for (i, t) in self.targets.iter_mut().enumerate() {
             if which(t)
@@ -261,6 +279,7 @@ impl Loop {
                 dumped.push((i, d));
             }
         }
+        let any_dumped = !dumped.is_empty();
         // Found right after the scan that saw them, while their processes are alive.
         let counts: Vec<usize> = dumped.iter().map(|(_, d)| d.new.len()).collect();
         let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
@@ -281,6 +300,11 @@ impl Loop {
         }
         for t in &mut self.targets {
             t.tracker.expire(Instant::now(), SystemTime::now(), events);
+        }
+        if any_dumped {
+            self.counters.scanned(reason, started.elapsed());
+        } else {
+            self.counters.skipped();
         }
         let failing = self.targets.iter().find_map(|t| t.last_error.clone());
         *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
@@ -363,7 +387,7 @@ impl Loop {
             Ok(s) if s.resync => {
                 log::debug!("destroy events overran the receive buffer: rescanning");
                 t.destroyed_since_scan = true;
-                self.scan(events);
+                self.scan(events, ScanReason::Resync);
             }
             Ok(_) => {}
             Err(e) => {
@@ -379,6 +403,7 @@ impl Loop {
         self.publish();
         let sent = !events.is_empty();
         for e in events.drain(..) {
+            self.counters.event(&e);
             match &mut self.sink {
                 Sink::Channel(tx, _) => match tx.try_send(e) {
                     Ok(()) => {}
@@ -406,6 +431,7 @@ impl Loop {
     /// Applies the trackers' changes to the published open set: as much work as there were
     /// changes, however many sockets are open.
     fn publish(&mut self) {
+        self.counters.set_namespaces(self.targets.len());
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
         for t in &mut self.targets {
             self.dirty |= apply(&mut published, &mut t.tracker, &mut self.settling);
