@@ -56,7 +56,9 @@ man:
 
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
 # and setpriv (util-linux) and python3 for the namespace sandboxes and runs with chosen
-# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service. The tests run as root and call them by
+# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service, prometheus and
+# promtool (Debian's prometheus, without the node exporter it recommends) to scrape
+# `watch --metrics` for real. The tests run as root and call them by
 # absolute path in the system directories (never through PATH), so that is where they must be.
 # Tests skip, saying why, without them.
 SYSTEM_BIN := /usr/sbin /usr/bin /sbin /bin
@@ -72,6 +74,10 @@ deps:
 	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "make: missing$$missing: the tests that need them will skip"; fi; \
 	fi
+	@[ -n "$(call have,prometheus)" ] && [ -n "$(call have,promtool)" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "make: missing prometheus: the tests that need it will skip"; fi; }
 
 # Tools bench-compare times against.
 deps-bench: deps

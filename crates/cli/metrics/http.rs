@@ -91,11 +91,7 @@ fn accept(listener: &TcpListener, queue: &SyncSender<TcpStream>) {
                 failures = 0;
                 match queue.try_send(stream) {
                     Ok(()) => {}
-                    Err(TrySendError::Full(mut stream)) => {
-                        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-                        let busy = Response::text(503, "busy: try again\n");
-                        let _ = write_response(&mut stream, &busy, false);
-                    }
+                    Err(TrySendError::Full(stream)) => turn_away(stream),
                     Err(TrySendError::Disconnected(_)) => return,
                 }
             }
@@ -110,6 +106,22 @@ fn accept(listener: &TcpListener, queue: &SyncSender<TcpStream>) {
             }
         }
     }
+}
+
+/// Answers 503 without waiting for the request: what has arrived of it is read (without
+/// blocking) so that closing does not reset the connection before the answer is read.
+fn turn_away(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.set_nonblocking(true);
+    let mut sink = [0u8; 1024];
+    for _ in 0..(MAX_HEAD / sink.len()) {
+        if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = stream.set_nonblocking(false);
+    let _ = write_response(&mut stream, &Response::text(503, "busy: try again\n"), false);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 fn work(queue: &Mutex<Receiver<TcpStream>>, handler: &(dyn Fn(&Request) -> Response + Sync)) {
