@@ -256,7 +256,7 @@ pub struct WatchArgs {
     #[arg(long, env = "PORTWATCH_RECONCILE", value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub reconcile: Option<std::time::Duration>,
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics, and /healthz (an IP address, not
-    /// a name: 127.0.0.1:9184, [::1]:9184, 0.0.0.0:9184; port 0 picks one, logged at info).
+    /// a name: `127.0.0.1:9184`, `[::1]:9184`, `0.0.0.0:9184`; port 0 picks one, logged at info).
     #[arg(long, env = "PORTWATCH_METRICS", value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Labels of portwatch_listening: `full` (proto, family, addr, port, netns, container,
