@@ -119,8 +119,10 @@ pub struct Monitor {
 impl Monitor {
     /// The sockets open now, as of the last scan or kernel event, in no particular order.
     pub fn current(&self) -> Vec<Socket> {
-        let open = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        open.values().cloned().collect()
+        // Copied after the lock is released: the scan thread waits only for the references.
+        let shared: Vec<Arc<Socket>> =
+            self.current.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        shared.iter().map(|s| Socket::clone(s)).collect()
     }
 
     /// What the watcher did so far: scans by reason and how long they took, events by kind

@@ -37,8 +37,9 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// How often, with `all_netns`, new and vanished namespaces are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 
-/// The open set as `Watcher::current` reads it, kept up to date change by change.
-pub(super) type Published = Arc<Mutex<HashMap<Key, Socket>>>;
+/// The open set as `Watcher::current` reads it, kept up to date change by change. Shared
+/// sockets, so a reader holds the lock only to take references, and copies them after.
+pub(super) type Published = Arc<Mutex<HashMap<Key, Arc<Socket>>>>;
 
 /// Where events go.
 pub(super) enum Sink {
@@ -465,7 +466,7 @@ impl Loop {
 /// Applies one tracker's changes to `published`, and notes sockets that opened or changed
 /// as settling; whether there were any.
 fn apply(
-    published: &mut HashMap<Key, Socket>,
+    published: &mut HashMap<Key, Arc<Socket>>,
     tracker: &mut Tracker,
     settling: &mut HashMap<Key, Instant>,
 ) -> bool {
@@ -475,7 +476,7 @@ fn apply(
         match change {
             Change::Open(key, socket) => {
                 settling.insert(key.clone(), Instant::now());
-                published.insert(key, socket);
+                published.insert(key, Arc::new(socket));
             }
             Change::Closed(key) => {
                 settling.remove(&key);
