@@ -7,10 +7,12 @@ scrapes, one scraped every SCRAPE_EVERY s (Prometheus's default is 15 s). For ea
 time of all its threads (/proc/PID/task/*/schedstat) as % of one core, its RSS at the end and
 its peak (VmHWM), its threads.
 
-Scrape: LISTENERS TCP listeners on 127.0.0.1 held by PROCESSES forked processes; once a
-scrape lists them all, RUNS scrapes of /metrics are timed one after another (wall time of an
-HTTP GET over loopback, connection to last byte, in this script), for each label set (full,
-minimal). The Prometheus text format; the body size is reported too.
+Scrape: LISTENERS TCP listeners on 127.0.0.1, ports 15000 and up, held by PROCESSES forked
+processes, under a watcher that watches only those ports (`-p`); once a scrape lists them
+all, RUNS scrapes of /metrics are timed one after another (wall time of an HTTP GET over
+loopback, connection to last byte, in this script), for each label set (full, minimal). The
+Prometheus text format; the body size is reported too, and the watcher's RSS before the
+first scrape and after the last (what scrapes leave with the allocator).
 
 Usage: metrics_cost.py [--portwatch PATH] [--source scan|ebpf|auto] [--idle S]
                        [--scrape-every S] [--listeners N] [--processes N] [--runs N]
@@ -28,8 +30,15 @@ from compare import release, spawn_holders
 from pwbench import cpu_seconds, free_port, scrape, status_kib, total
 
 
-def start(binary, source, metrics=None, labels="full"):
+# The scrape's listeners: below the ephemeral range and the tests' sentinel ports, and the
+# watcher timed watches only these, so listeners other programs hold do not count.
+BASE = 15000
+
+
+def start(binary, source, metrics=None, labels="full", ports=None):
     args = [binary, "watch", "--source", source, "--format", "json"]
+    if ports:
+        args += ["-p", ports]
     url = None
     if metrics:
         port = free_port()
@@ -89,15 +98,16 @@ def timed_get(url):
 
 
 def scrape_time(a):
-    ports, pids, release_w = spawn_holders(a.listeners, a.processes)
+    ports, pids, release_w = spawn_holders(a.listeners, a.processes, base=BASE)
     try:
         print(f"One scrape with {a.listeners} listeners held by {a.processes} processes, "
               f"{a.runs} scrapes each:")
         print()
-        print("| labels | series | body (KiB) | median ms | min | max |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| labels | series | body (KiB) | median ms | min | max | RSS before / after (KiB) |")
+        print("|---|---:|---:|---:|---:|---:|---|")
         for labels in ("full", "minimal"):
-            p, url = start(a.portwatch, a.source, metrics=True, labels=labels)
+            p, url = start(a.portwatch, a.source, metrics=True, labels=labels,
+                           ports=f"{BASE}-{BASE + a.listeners - 1}")
             deadline = time.monotonic() + 30
             while total(scrape(url), "portwatch_listening") < a.listeners:
                 if time.monotonic() > deadline:
@@ -105,12 +115,12 @@ def scrape_time(a):
                 time.sleep(0.1)
             samples = scrape(url)
             series = sum(1 for (n, _) in samples if n == "portwatch_listening")
-            times, size = [], 0
+            times, size, rss = [], 0, status_kib(p.pid, "VmRSS")
             for _ in range(a.runs):
                 ms, size = timed_get(url)
                 times.append(ms)
             print(f"| {labels} | {series} | {size / 1024:.0f} | {statistics.median(times):.2f} | "
-                  f"{min(times):.2f} | {max(times):.2f} |")
+                  f"{min(times):.2f} | {max(times):.2f} | {rss} / {status_kib(p.pid, 'VmRSS')} |")
             p.terminate()
             p.wait(timeout=10)
     finally:

@@ -151,7 +151,7 @@ impl Watched {
     fn listening(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let set = self.settings.labels;
         let mut series: BTreeMap<Vec<String>, u64> = BTreeMap::new();
-        for s in self.monitor.current() {
+        for s in self.monitor.current_shared() {
             *series.entry(labels(&s, set)).or_default() += 1;
         }
         let names = label_names(set);

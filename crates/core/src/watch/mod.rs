@@ -120,9 +120,14 @@ impl Monitor {
     /// The sockets open now, as of the last scan or kernel event, in no particular order.
     pub fn current(&self) -> Vec<Socket> {
         // Copied after the lock is released: the scan thread waits only for the references.
-        let shared: Vec<Arc<Socket>> =
-            self.current.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        shared.iter().map(|s| Socket::clone(s)).collect()
+        self.current_shared().iter().map(|s| Socket::clone(s)).collect()
+    }
+
+    /// Like [`current`](Self::current), without copying the sockets: the watcher's own,
+    /// shared. Cheap at any size (a reference count each), for a reader that only looks, such
+    /// as a metrics scrape.
+    pub fn current_shared(&self) -> Vec<Arc<Socket>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// What the watcher did so far: scans by reason and how long they took, events by kind
