@@ -85,6 +85,7 @@ sys.stdin.read()
         let sharers = sharers.to_string();
         cmd.args(["-c", script, &hex(comm.as_bytes()), &hex(name.as_bytes()), &sharers])
             .current_dir("/")
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         cmd.arg("x".repeat(8192));
@@ -111,7 +112,10 @@ sys.stdin.read()
 
 impl Drop for Hostile {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The whole group: a test that failed before `close` must not leave the forked
+        // sharers behind, holding the forged names that other tests (and other runs) read.
+        let group = nix::unistd::Pid::from_raw(-(self.pid as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
