@@ -363,3 +363,44 @@ fn prometheus_sees_a_listener_open_and_close() {
     assert_eq!(up[0]["value"][1], "1", "every scrape succeeded: {up:?}");
     w.terminate();
 }
+
+/// The library's counters, read through a `Monitor` from another thread while the events are
+/// read on this one: the first scan, then a listener's open and close counted by kind and
+/// protocol, and the open set shared.
+#[test]
+fn a_monitor_counts_scans_and_events_from_another_thread() {
+    use portwatch_core::{EventKind, Filter, Protocol, ScanReason, Source, Watcher};
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let w = Watcher::builder()
+        .filter(Filter::new().port(port))
+        .source(Source::Scan)
+        .interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let monitor = w.monitor();
+    let events = |s: &portwatch_core::Stats, kind| {
+        s.events.iter().find(|(k, p, _)| *k == kind && *p == Protocol::Tcp).map_or(0, |e| e.2)
+    };
+    let reader = std::thread::spawn(move || {
+        wait_for("the open counted", PATIENCE, || {
+            let s = monitor.stats();
+            (events(&s, EventKind::Opened) == 1).then_some(s)
+        });
+        assert_eq!(monitor.current_shared().len(), 1);
+        monitor
+    });
+    let monitor = reader.join().unwrap();
+    drop(held);
+    let s = wait_for("the close counted", PATIENCE, || {
+        let s = monitor.stats();
+        (events(&s, EventKind::Closed) == 1).then_some(s)
+    });
+    assert_eq!(s.source, Source::Scan);
+    assert_eq!(s.namespaces, 1);
+    assert!(s.scans.contains(&(ScanReason::Start, 1)), "{s:?}");
+    assert!(s.scan_times.count >= 1 && s.scan_times.buckets.len() == 15, "{s:?}");
+    assert_eq!((s.dropped_events, s.kernel_events_lost), (0, 0));
+    assert!(monitor.current().is_empty());
+    assert_eq!(w.stats().events, s.events);
+}
