@@ -87,7 +87,8 @@ pub struct ScanTimes {
 }
 
 /// A snapshot of a watcher's counters ([`Monitor::stats`](super::Monitor::stats)). Counters
-/// only grow while the watcher runs.
+/// only grow while the watcher runs. Each is read on its own, without stopping the scan
+/// thread: a snapshot taken during a scan may count it in one field and not yet in another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
