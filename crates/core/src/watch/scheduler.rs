@@ -304,7 +304,8 @@ impl Loop {
         }
         if any_dumped {
             self.counters.scanned(reason, started.elapsed());
-        } else {
+        } else if reason == ScanReason::Interval {
+            // Every namespace was quiet: the change probe saw nothing new.
             self.counters.skipped();
         }
         let failing = self.targets.iter().find_map(|t| t.last_error.clone());
