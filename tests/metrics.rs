@@ -254,6 +254,15 @@ fn a_bad_address_in_the_environment_names_the_variable() {
     assert!(err.contains("PORTWATCH_METRICS") && err.contains("--metrics"), "{err}");
     let out = portwatch().args(["watch", "--metrics-labels", "minimal"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "--metrics-labels needs --metrics");
+    // Set in the environment (a unit file, a pod spec), the message names the variable.
+    let out =
+        portwatch().args(["watch"]).env("PORTWATCH_METRICS_LABELS", "minimal").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("PORTWATCH_METRICS_LABELS (the environment variable for --metrics-labels) needs --metrics (or PORTWATCH_METRICS)"),
+        "{err}"
+    );
 }
 
 /// Percent-encodes a PromQL query for a URL.
