@@ -44,11 +44,14 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves the metrics of the watcher `monitor` reads on `listener`, on threads of their own.
 pub fn serve(listener: TcpListener, monitor: Monitor, settings: Settings) -> Result<()> {
-    let bound = listener.local_addr()?;
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let bound =
+        listener.local_addr().map_err(|source| Error::Metrics { addr: unspecified, source })?;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Watched { monitor: monitor.clone(), settings }));
     let registry = Arc::new(registry);
-    http::serve(listener, Arc::new(move |request| route(request, &registry, &monitor)))?;
+    http::serve(listener, Arc::new(move |request| route(request, &registry, &monitor)))
+        .map_err(|source| Error::Metrics { addr: bound, source })?;
     log::info!("serving metrics on http://{bound}/metrics");
     Ok(())
 }
