@@ -13,7 +13,10 @@
 #   make bench-blinding list beside CROWD_PROCS processes of nobody with CROWD_FDS fds each
 #                       (run as root; BASELINE=PATH times another portwatch beside it)
 #   make soak           churn soak: DURATION s of RATE listeners/s under watch --source SOURCE
-#                       (scan: with --hf), PER_PROCESS listeners per forked process
+#                       (scan: with --hf), PER_PROCESS listeners per forked process; SCRAPE=S
+#                       also scrapes --metrics every S s and checks it against the events
+#   make bench-metrics  what watch --metrics costs: idle CPU and RSS with and without it, and
+#                       one scrape at 1000 listeners (run as root)
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
 #   make bpf            rebuild the committed eBPF objects crates/core/bpf/*.bpf.o
 #   make bpf-check      fail if that object is not what its source builds to
@@ -41,7 +44,7 @@ CROWD_PROCS ?= 40
 CROWD_FDS ?= 20000
 BLINDING_RUNS ?= 9
 
-.PHONY: all build man test lint fmt doc bench bench-compare bench-fidelity bench-netns soak fuzz deps deps-bench clean \
+.PHONY: all build man test lint fmt doc bench bench-compare bench-fidelity bench-netns bench-metrics soak fuzz deps deps-bench clean \
 	bpf bpf-check bpf-deps bench-ebpf bench-blinding
 
 all: build
@@ -56,7 +59,9 @@ man:
 
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
 # and setpriv (util-linux) and python3 for the namespace sandboxes and runs with chosen
-# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service. The tests run as root and call them by
+# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service, prometheus and
+# promtool (Debian's prometheus, without the node exporter it recommends) to scrape
+# `watch --metrics` for real. The tests run as root and call them by
 # absolute path in the system directories (never through PATH), so that is where they must be.
 # Tests skip, saying why, without them.
 SYSTEM_BIN := /usr/sbin /usr/bin /sbin /bin
@@ -72,6 +77,10 @@ deps:
 	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "make: missing$$missing: the tests that need them will skip"; fi; \
 	fi
+	@[ -n "$(call have,prometheus)" ] && [ -n "$(call have,promtool)" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "make: missing prometheus: the tests that need it will skip"; fi; }
 
 # Tools bench-compare times against.
 deps-bench: deps
@@ -117,9 +126,13 @@ bench-blinding: build
 	python3 benches/blinding.py --portwatch target/release/portwatch $(if $(BASELINE),--portwatch $(BASELINE)) \
 	  --procs $(CROWD_PROCS) --fds $(CROWD_FDS) --runs $(BLINDING_RUNS)
 
+bench-metrics: build
+	python3 benches/metrics_cost.py --portwatch target/release/portwatch --idle $(FIDELITY_IDLE_SECONDS) \
+	  --runs $(RUNS)
+
 soak: build
 	python3 benches/soak.py --portwatch target/release/portwatch --duration $(DURATION) --rate $(RATE) \
-	  --source $(SOURCE) --per-process $(PER_PROCESS)
+	  --source $(SOURCE) --per-process $(PER_PROCESS) $(if $(SCRAPE),--scrape $(SCRAPE))
 
 # Each target starts from its seeds (fuzz/seeds/TARGET: datagrams captured from this kernel,
 # real /proc files, a snapshot a container wrote) and grows fuzz/corpus/TARGET.

@@ -22,9 +22,10 @@ import sys
 import time
 
 
-def spawn_holders(listeners, processes):
-    """Forks `processes` children holding `listeners` listeners between them; returns
-    (ports, pids, release_fd). Closing release_fd makes every child exit."""
+def spawn_holders(listeners, processes, base=None):
+    """Forks `processes` children holding `listeners` listeners between them, on ports the
+    kernel picks or, with `base`, on base, base + 1, ...; returns (ports, pids, release_fd).
+    Closing release_fd makes every child exit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     per_proc = -(-listeners // processes)
     if per_proc + 16 > soft:
@@ -34,6 +35,7 @@ def spawn_holders(listeners, processes):
     remaining = listeners
     for i in range(processes):
         n = min(per_proc, remaining)
+        first = listeners - remaining
         remaining -= n
         ready_r, ready_w = os.pipe()
         pid = os.fork()
@@ -41,9 +43,11 @@ def spawn_holders(listeners, processes):
             os.close(release_w)
             os.close(ready_r)
             socks = []
-            for _ in range(n):
+            for j in range(n):
                 s = socket.socket()
-                s.bind(("127.0.0.1", 0))
+                if base:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", base + first + j if base else 0))
                 s.listen(8)
                 socks.append(s)
             os.write(ready_w, json.dumps([s.getsockname()[1] for s in socks]).encode() + b"\n")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 
 def cpu_seconds(pid):
@@ -35,6 +36,34 @@ def status_kib(pid, field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url):
+    """The samples of one /metrics scrape: {(name, labels text): value}."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        if r.status != 200:
+            raise OSError(f"HTTP {r.status}")
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        samples[(name, labels.rstrip("}"))] = float(value)
+    return samples
+
+
+def total(samples, name, **labels):
+    """The sum of `name`'s samples whose labels include `labels`."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for (n, l), v in samples.items() if n == name and all(w in l for w in want))
 
 
 class Watch:

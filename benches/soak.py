@@ -17,8 +17,14 @@ in all, so WORKERS processes (one per 400 forks/s) share the schedule, and with 
 > 1 each forked process opens that many listeners in turn (listener i still opens at i/RATE s
 and lives 50-150 ms; each still has its process's pid).
 
+With --scrape S (make soak SCRAPE=0.2), portwatch also serves `--metrics` and a thread
+scrapes /metrics every S seconds through the churn: every scrape must succeed, and once the
+churn is over the metrics must agree with the event stream: the opens and closes counted in
+portwatch_events_total grew by the open and close events written, and (opens - closes) grew
+by as much as portwatch_listening's total, no event dropped.
+
 Usage: soak.py [--portwatch PATH] [--duration S] [--rate N] [--source scan|ebpf|auto]
-               [--per-process K] [--workers N]
+               [--per-process K] [--workers N] [--scrape S]
 """
 
 import argparse
@@ -34,7 +40,7 @@ import sys
 import threading
 import time
 
-from pwbench import cpu_seconds, cpu_ticks, status_kib
+from pwbench import cpu_seconds, cpu_ticks, free_port, scrape, status_kib, total
 
 BASE, SPAN = 20000, 10000
 
@@ -45,6 +51,33 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+class Scraper:
+    """Scrapes `url` every `every` seconds until stopped: how many, how many failed, the
+    slowest."""
+
+    def __init__(self, url, every):
+        self.url, self.every = url, every
+        self.count, self.failed, self.slowest, self.errors = 0, 0, 0.0, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(self.every):
+            t = time.monotonic()
+            try:
+                scrape(self.url)
+            except Exception as e:  # any failure is what this counts
+                self.failed += 1
+                self.errors.append(str(e))
+            self.count += 1
+            self.slowest = max(self.slowest, time.monotonic() - t)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
 
 
 def child(listeners, start):
@@ -131,9 +164,16 @@ def main():
     ap.add_argument("--workers", type=int, default=0,
                     help="generator processes (default: one per 400 forks/s, at least 1)")
     ap.add_argument("--source", choices=["scan", "ebpf", "auto"], default="scan")
+    ap.add_argument("--scrape", type=float, default=0.0,
+                    help="serve --metrics and scrape it every S seconds during the churn")
     a = ap.parse_args()
     a.workers = a.workers or max(1, -(-int(a.rate / a.per_process) // 400))
     settings = ["--source", "scan", "--hf"] if a.source == "scan" else ["--source", a.source]
+    url = None
+    if a.scrape:
+        port = free_port()
+        settings += ["--metrics", f"127.0.0.1:{port}"]
+        url = f"http://127.0.0.1:{port}/metrics"
 
     # An anonymous file: nothing at a predictable path for another user to redirect.
     err = tempfile.TemporaryFile("w+")
@@ -163,6 +203,9 @@ def main():
         sys.exit("portwatch watch never reported the sentinel")
     time.sleep(0.5)
     events.clear()
+    if url:
+        before = scrape(url)
+        scraper = Scraper(url, a.scrape)
 
     rss_start, cpu_start, ticks_start = rss_kib(w.pid), cpu_seconds(w.pid), cpu_ticks(w.pid)
     peak_start = status_kib(w.pid, "VmHWM")
@@ -193,6 +236,9 @@ def main():
     time.sleep(1.5)  # the last closes, past the 200 ms grace
     rss_end, cpu_end, ticks_end = rss_kib(w.pid), cpu_seconds(w.pid), cpu_ticks(w.pid)
     rss_peak = status_kib(w.pid, "VmHWM")
+    if url:
+        scraper.finish()
+        after = scrape(url)
     w.send_signal(signal.SIGTERM)
     w.wait(timeout=10)
     time.sleep(0.2)
@@ -250,6 +296,30 @@ def main():
     for l in (errors + warns)[:5]:
         print(f"log: {l}")
     ok = not bad and not errors and n / elapsed >= a.rate * 0.95
+    if url:
+        def grew(name, **labels):
+            return int(total(after, name, **labels) - total(before, name, **labels))
+        m_open, m_close = grew("portwatch_events_total", event="open"), grew("portwatch_events_total", event="close")
+        e_open = sum(1 for e in events if e["event"] == "open")
+        e_close = sum(1 for e in events if e["event"] == "close")
+        listening = grew("portwatch_listening")
+        dropped = int(total(after, "portwatch_events_dropped_total"))
+        print(f"| scrapes every {a.scrape} s during the churn / failed / slowest (ms) "
+              f"| {scraper.count} / {scraper.failed} / {1000 * scraper.slowest:.1f} | - / 0 / - |")
+        print(f"| portwatch_events_total open / close grew by | {m_open} / {m_close} "
+              f"| {e_open} / {e_close} (events written) |")
+        print(f"| (opens - closes) grew by / portwatch_listening total grew by "
+              f"| {m_open - m_close} / {listening} | equal |")
+        print(f"| portwatch_events_dropped_total / kernel_events_lost_total "
+              f"| {dropped} / {int(total(after, 'portwatch_kernel_events_lost_total'))} | 0 / - |")
+        print(f"| scans by reason during the soak | "
+              + ", ".join(f"{r} {grew('portwatch_scans_total', reason=r)}"
+                          for r in ("start", "interval", "reconcile", "resync", "namespace"))
+              + " | |")
+        for e in scraper.errors[:5]:
+            print(f"scrape failed: {e}")
+        ok = ok and scraper.failed == 0 and (m_open, m_close) == (e_open, e_close) \
+            and m_open - m_close == listening and dropped == 0
     sys.exit(0 if ok else 1)
 
 

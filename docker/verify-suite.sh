@@ -79,6 +79,13 @@ for p in "5000 tcp httpd" "5361 udp hold_port" "3000 tcp httpd"; do
     check "host-side watcher sees $2 $1 in the container, from kernel events" portwatch-host \
         "$(host_event open "$2" "$1" '[0-9]+' "$3" ebpf)"
 done
+# Its metrics, as a scraper would read them (busybox wget inside its container).
+if docker exec portwatch-host wget -qO- http://127.0.0.1:9184/metrics 2>/dev/null |
+    grep -Eq '^portwatch_listening\{proto="tcp",.*,port="5000",.*,container="portwatcher",comm="httpd"\} 1$'; then
+    pass "host-side watcher's /metrics has TCP 5000 of container portwatcher, held by httpd"
+else
+    fail "host-side watcher's /metrics lacks portwatch_listening for TCP 5000 of portwatcher"
+fi
 
 # Every namespace from the host, the container named through the Docker API.
 triple=$(rustc -vV | sed -n 's/^host: //p')

@@ -30,12 +30,12 @@ fn raw_controls(s: &str) -> Vec<char> {
 
 /// A process, as nobody when we are root, that names itself with control characters and
 /// holds a TCP listener and an abstract unix listener whose name carries a forged line.
-struct Hostile {
+pub struct Hostile {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     pid: u32,
-    port: u16,
+    pub port: u16,
     /// A unique part of the unix name, to find its line.
     tag: String,
 }
@@ -45,13 +45,18 @@ impl Hostile {
     /// children hold the listeners too, each with a command line padded to the 4 KiB the
     /// core keeps: an event naming them all is far larger than a pipe holds.
     fn spawn(sharers: usize) -> Option<Hostile> {
+        // ESC, CR, newline, backspace, DEL and a right-to-left override: 15 bytes, the most a
+        // comm holds.
+        Hostile::named("a\x1b[31m\r\n\x08\x7f\u{202e}", sharers)
+    }
+
+    /// Like `spawn`, with this command name (at most 15 bytes), written through
+    /// /proc/self/comm as any process may.
+    pub fn named(comm: &str, sharers: usize) -> Option<Hostile> {
         let Some(python) = system_tool("python3") else {
             skip("python3 is not installed; make deps installs it");
             return None;
         };
-        // ESC, CR, newline, backspace, DEL and a right-to-left override: 15 bytes, the most a
-        // comm holds. Written through /proc/self/comm, as any process may.
-        let comm = "a\x1b[31m\r\n\x08\x7f\u{202e}";
         let tag = format!("pw{:08x}", std::process::id() ^ rand_bits());
         let name = format!("\0{tag}\x1b[2K\r\n{FORGED_TS} {FORGED}\u{202e}");
         assert!(comm.len() <= 15 && name.len() < 108);
@@ -80,6 +85,7 @@ sys.stdin.read()
         let sharers = sharers.to_string();
         cmd.args(["-c", script, &hex(comm.as_bytes()), &hex(name.as_bytes()), &sharers])
             .current_dir("/")
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         cmd.arg("x".repeat(8192));
@@ -96,7 +102,7 @@ sys.stdin.read()
     }
 
     /// Closes both listeners, and returns once they are closed.
-    fn close(&mut self) {
+    pub fn close(&mut self) {
         writeln!(self.stdin).unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
@@ -106,7 +112,10 @@ sys.stdin.read()
 
 impl Drop for Hostile {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The whole group: a test that failed before `close` must not leave the forked
+        // sharers behind, holding the forged names that other tests (and other runs) read.
+        let group = nix::unistd::Pid::from_raw(-(self.pid as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -9,6 +9,7 @@ mod faults;
 mod hardening;
 mod hostile;
 mod list;
+mod metrics;
 mod netns;
 mod packaging;
 mod schema;

@@ -255,6 +255,43 @@ pub struct WatchArgs {
     /// With kernel events, seconds between the dumps that reconcile the state (default 30).
     #[arg(long, env = "PORTWATCH_RECONCILE", value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub reconcile: Option<std::time::Duration>,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics, and /healthz (an IP address, not
+    /// a name: `127.0.0.1:9184`, `[::1]:9184`, `0.0.0.0:9184`; port 0 picks one, logged at info).
+    #[arg(long, env = "PORTWATCH_METRICS", value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Labels of portwatch_listening: `full` (proto, family, addr, port, netns, container,
+    /// comm) or `minimal` (without addr and comm, the labels that multiply series).
+    #[arg(
+        long,
+        env = "PORTWATCH_METRICS_LABELS",
+        value_enum,
+        value_name = "SET",
+        requires = "metrics"
+    )]
+    pub metrics_labels: Option<MetricsLabels>,
+    /// At most this many portwatch_listening series (default 10000); the rest are left out
+    /// and counted in portwatch_listening_series_dropped.
+    #[arg(long, env = "PORTWATCH_METRICS_MAX_SERIES", value_name = "N", requires = "metrics", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub metrics_max_series: Option<u32>,
+}
+
+/// A `--metrics-labels` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsLabels {
+    /// proto, family, addr, port, netns, container, comm.
+    Full,
+    /// proto, family, port, netns, container.
+    Minimal,
+}
+
+/// A socket address to listen on: an IP address and a port (no name lookup).
+fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not ADDR:PORT with an IP address: e.g. 127.0.0.1:9184, [::1]:9184 or \
+             0.0.0.0:9184"
+        )
+    })
 }
 
 /// A `--source` value.

@@ -2,11 +2,12 @@
 //!
 //! Glue only. Anything a library user would want belongs in portwatch-core. Flags are parsed
 //! in `args`, turned into library calls in `select`, written out by `render`; `list` and
-//! `watch` orchestrate, `hooks` runs `--exec`.
+//! `watch` orchestrate, `hooks` runs `--exec`, `metrics` serves `--metrics`.
 
 mod args;
 mod hooks;
 mod list;
+mod metrics;
 mod render;
 mod select;
 mod watch;
@@ -25,6 +26,8 @@ pub enum Error {
     Core(portwatch_core::Error),
     /// Writing output.
     Io(io::Error),
+    /// The metrics endpoint could not listen on this address.
+    Metrics { addr: std::net::SocketAddr, source: io::Error },
 }
 
 impl From<portwatch_core::Error> for Error {
@@ -57,6 +60,22 @@ impl std::fmt::Display for Error {
             }
             Error::Core(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "writing output: {e}"),
+            Error::Metrics { addr, source } => {
+                write!(f, "cannot serve metrics on {addr}: {source}")?;
+                match source.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        write!(f, "; another process listens there: choose another port")
+                    }
+                    io::ErrorKind::PermissionDenied => write!(
+                        f,
+                        "; a port below 1024 needs root or CAP_NET_BIND_SERVICE: choose a higher one"
+                    ),
+                    io::ErrorKind::AddrNotAvailable => {
+                        write!(f, "; no interface of this host has that address")
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
@@ -64,7 +83,7 @@ impl std::fmt::Display for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The settings `watch` reads from the environment.
-const SETTINGS_FROM_ENV: [&str; 7] = [
+const SETTINGS_FROM_ENV: [&str; 10] = [
     "SCAN_INTERVAL",
     "BURST_SCANS",
     "BURST_DELAY",
@@ -72,6 +91,9 @@ const SETTINGS_FROM_ENV: [&str; 7] = [
     "SNAPSHOT_PATH",
     "PORTWATCH_SOURCE",
     "PORTWATCH_RECONCILE",
+    "PORTWATCH_METRICS",
+    "PORTWATCH_METRICS_LABELS",
+    "PORTWATCH_METRICS_MAX_SERIES",
 ];
 
 /// env_logger's default format (no target), with each message escaped: warnings name
@@ -151,16 +173,7 @@ fn man(dir: &std::path::Path) -> Result<()> {
 /// The environment variable `flag` (`--interval`) took its value from, if it did: the flag
 /// reads one, the variable is set, and the command line does not give the flag.
 fn from_env(flag: &str) -> Option<String> {
-    use clap::CommandFactory;
-    let long = flag.strip_prefix("--")?;
-    let cli = Cli::command();
-    let var = cli
-        .get_subcommands()
-        .flat_map(|c| c.get_arguments())
-        .find(|a| a.get_long() == Some(long))?
-        .get_env()?
-        .to_str()?
-        .to_owned();
+    let var = env_name(flag)?;
     let on_command_line = std::env::args_os().skip(1).any(|a| {
         let a = a.to_string_lossy();
         a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='))
@@ -187,6 +200,37 @@ fn env_value_error(e: &clap::Error) -> Option<String> {
     Some(format!("invalid value {value:?} in {var} (the environment variable for {flag}){why}"))
 }
 
+/// Settings that only mean something with another: the flag, and the flag it needs.
+const NEEDS: [(&str, &str); 2] =
+    [("--metrics-labels", "--metrics"), ("--metrics-max-series", "--metrics")];
+
+/// clap's message for a setting that needs another (`the following required arguments were
+/// not provided: --metrics`) names neither variable, which leaves a user who set
+/// PORTWATCH_METRICS_LABELS in a unit file looking for a flag. This says which variable
+/// asked for what.
+fn env_requires_error(e: &clap::Error) -> Option<String> {
+    if e.kind() != clap::error::ErrorKind::MissingRequiredArgument {
+        return None;
+    }
+    let (flag, needed, var) =
+        NEEDS.iter().find_map(|(flag, needed)| Some((flag, needed, from_env(flag)?)))?;
+    let needed_var = env_name(needed).map_or_else(String::new, |v| format!(" (or {v})"));
+    Some(format!("{var} (the environment variable for {flag}) needs {needed}{needed_var}"))
+}
+
+/// The environment variable flag `flag` (`--interval`) reads, whether set or not.
+fn env_name(flag: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let long = flag.strip_prefix("--")?;
+    Cli::command()
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()
+        .map(str::to_owned)
+}
+
 fn main() -> ExitCode {
     // `SCAN_INTERVAL=` (set but empty, as `make` and compose pass an unset variable through)
     // means "not set": the default, not an invalid value. The same for RUST_LOG, which set
@@ -201,7 +245,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            if let Some(message) = env_value_error(&e) {
+            if let Some(message) = env_value_error(&e).or_else(|| env_requires_error(&e)) {
                 eprintln!("portwatch: {}", render::escape(&message));
                 return ExitCode::from(2);
             }

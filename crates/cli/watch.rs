@@ -9,8 +9,9 @@ use nix::sys::signal::{SigSet, Signal};
 use portwatch_core::StopHandle;
 
 use crate::Result;
-use crate::args::{WatchArgs, WatchFormat};
+use crate::args::{MetricsLabels, WatchArgs, WatchFormat};
 use crate::hooks::{HOOK_TIMEOUT, Hooks};
+use crate::metrics;
 use crate::render::{JsonLine, text_line};
 use crate::select::{own_netns, watcher};
 
@@ -42,9 +43,17 @@ pub fn run(args: &WatchArgs, out: &mut impl Write) -> Result<()> {
     })?;
 
     let own = own_netns();
+    let listener = args.metrics.map(metrics::bind).transpose()?;
     let watcher =
         watcher(args)?.cmdlines(args.format == WatchFormat::Json || args.exec.is_some()).build()?;
     *stop_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher.stop_handle());
+    if let Some(listener) = listener {
+        let settings = metrics::Settings {
+            labels: args.metrics_labels.unwrap_or(MetricsLabels::Full),
+            max_series: args.metrics_max_series.map_or(metrics::DEFAULT_MAX_SERIES, |n| n as usize),
+        };
+        metrics::serve(listener, watcher.monitor(), settings)?;
+    }
 
     let timeout = args.exec_timeout.unwrap_or(HOOK_TIMEOUT);
     let hooks = args.exec.as_deref().map(|cmd| Hooks::start(cmd, timeout)).transpose()?;

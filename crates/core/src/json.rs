@@ -5,7 +5,7 @@
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::socket::{Owners, Process, Socket, UnknownReason};
+use crate::socket::{Owners, Process, Socket};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -33,7 +33,7 @@ impl Serialize for Socket {
         s.serialize_field("processes", self.processes())?;
         let reason = match &self.owners {
             Owners::Known(_) => None,
-            Owners::Unknown(r) => Some(reason_code(*r)),
+            Owners::Unknown(r) => Some(r.code()),
         };
         s.serialize_field("owner_unknown_reason", &reason)?;
         s.end()
@@ -45,17 +45,6 @@ impl Serialize for Socket {
 struct Container<'a> {
     id: &'a str,
     name: &'a str,
-}
-
-/// A short machine-readable code; the `Display` text says more.
-fn reason_code(r: UnknownReason) -> &'static str {
-    match r {
-        UnknownReason::NotResolved => "not_resolved",
-        UnknownReason::PermissionDenied { .. } => "permission_denied",
-        UnknownReason::NotFound => "not_found",
-        UnknownReason::Skipped { .. } => "skipped",
-        UnknownReason::Hidden => "hidden",
-    }
 }
 
 impl Serialize for Process {

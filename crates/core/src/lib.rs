@@ -36,6 +36,10 @@
 //! and looks new sockets' owners up right after the scan that found them. Either way closes
 //! come within a millisecond (kernel events, or the sock_diag destroy multicast groups).
 //!
+//! [`Watcher::monitor`] hands another thread (a metrics endpoint, a health check) the open set
+//! and the watcher's [`Stats`]: scans by [`ScanReason`] and their times, events by kind and
+//! protocol, events dropped or lost, owners not found. Plain counters, no metrics library.
+//!
 //! ```no_run
 //! use portwatch_core::{Event, Filter, Watcher};
 //!
@@ -114,5 +118,8 @@ pub use crate::{
     },
     source::{Backend, Source},
     users::Users,
-    watch::{EVENT_QUEUE, StopHandle, Watcher, WatcherBuilder},
+    watch::{
+        EVENT_QUEUE, Monitor, SCAN_TIME_BOUNDS, ScanReason, ScanTimes, Stats, StopHandle, Watcher,
+        WatcherBuilder,
+    },
 };

@@ -445,6 +445,21 @@ pub enum UnknownReason {
     Hidden,
 }
 
+impl UnknownReason {
+    /// A short machine-readable code, the JSON output's `owner_unknown_reason`:
+    /// `not_resolved`, `permission_denied`, `not_found`, `skipped` or `hidden`. The `Display`
+    /// text says more.
+    pub fn code(self) -> &'static str {
+        match self {
+            UnknownReason::NotResolved => "not_resolved",
+            UnknownReason::PermissionDenied { .. } => "permission_denied",
+            UnknownReason::NotFound => "not_found",
+            UnknownReason::Skipped { .. } => "skipped",
+            UnknownReason::Hidden => "hidden",
+        }
+    }
+}
+
 impl fmt::Display for UnknownReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -130,4 +130,8 @@ impl Feed for KernelFeed {
     fn follow_more_exits(&mut self, pids: &[u32]) -> bool {
         self.programs.add_owners(pids) == 0
     }
+
+    fn lost(&self) -> u64 {
+        self.lost
+    }
 }

@@ -184,4 +184,10 @@ pub(crate) trait Feed {
     fn follow_more_exits(&mut self, _pids: &[u32]) -> bool {
         false
     }
+
+    /// Messages the feed lost so far, where it can count them (the kernel's ring buffer
+    /// can; a destroy feed's overrun cannot say how many).
+    fn lost(&self) -> u64 {
+        0
+    }
 }

@@ -2,10 +2,11 @@
 //! `all_netns`), completing its owner from /proc, and each cookie gone to every tracker.
 
 use super::scheduler::Loop;
+use super::stats::ScanReason;
 use super::target::Target;
 use crate::event::Event;
 use crate::socket::Socket;
-use crate::source::{At, Observation, Scope};
+use crate::source::{At, Observation, Scope, Source};
 use crate::tracker::Key;
 
 impl Loop {
@@ -15,6 +16,7 @@ impl Loop {
         let Some(kernel) = self.kernel.as_mut() else { return };
         let mut seen = Vec::new();
         let mut state = kernel.read(&mut seen);
+        self.counters.set_kernel_lost(kernel.lost());
         let mut dump = Vec::new();
         if let Ok(s) = &mut state {
             self.exited.extend(s.exited.drain(..));
@@ -38,7 +40,7 @@ impl Loop {
                 for t in &mut self.targets {
                     t.force_dump();
                 }
-                self.scan(events);
+                self.scan(events, ScanReason::Resync);
                 // An owner's exit may be among what was lost: the next check looks for every
                 // exited owner in /proc.
                 self.recheck_owners = true;
@@ -53,13 +55,14 @@ impl Loop {
                         inodes.insert(netns);
                     }
                 }
-                self.scan_some(events, |t| inodes.contains(&t.inode));
+                self.scan_some(events, ScanReason::Resync, |t| inodes.contains(&t.inode));
             }
             Ok(_) => {}
             Err(e) => {
                 log::warn!("kernel events failed ({e}): scanning every interval instead");
                 self.kernel = None;
                 self.exits_followed = false;
+                self.counters.set_source(Source::Scan);
             }
         }
         // An owner exited: who holds its sockets now is looked up at once.

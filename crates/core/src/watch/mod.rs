@@ -1,6 +1,7 @@
 //! The Watcher: a thread that turns what the sources see into [`Event`]s.
 //!
-//! Public face (this file): [`Watcher`], [`WatcherBuilder`], [`StopHandle`]. Behind it: the
+//! Public face (this file): [`Watcher`], [`WatcherBuilder`], [`StopHandle`], [`Monitor`]
+//! (with `stats`: its counters). Behind it: the
 //! validated settings (`config`), the scan thread (`scheduler`), one watched namespace
 //! (`target`), the namespaces watched and found (`namespaces`), a followed container
 //! (`follow`) and the start from a snapshot (`restore`).
@@ -12,7 +13,10 @@ mod namespaces;
 mod owner_checks;
 mod restore;
 mod scheduler;
+mod stats;
 mod target;
+
+pub use self::stats::{SCAN_TIME_BOUNDS, ScanReason, ScanTimes, Stats};
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -24,6 +28,7 @@ use std::time::Duration;
 
 use self::config::Config;
 use self::scheduler::{Loop, Parts, Published, Sink};
+use self::stats::Counters;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
@@ -60,9 +65,7 @@ pub struct Watcher {
     thread: Option<JoinHandle<()>>,
     events: Option<Events>,
     stop: StopHandle,
-    current: Published,
-    dropped: Arc<AtomicU64>,
-    failing: Arc<Mutex<Option<String>>>,
+    monitor: Monitor,
 }
 
 /// The receiving end of a watcher's events, and a pipe readable when some may be waiting.
@@ -98,6 +101,55 @@ impl StopHandle {
     /// Whether a stop was asked for.
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads a [`Watcher`]'s open set and counters from any thread ([`Watcher::monitor`]); for a
+/// metrics endpoint or a health check beside the loop that reads events. Reading never waits
+/// for a scan: the counters are atomics, and the open set is kept up to date change by change
+/// (its lock is held only to apply or copy it). It stays readable after the watcher stopped.
+#[derive(Clone)]
+pub struct Monitor {
+    current: Published,
+    counters: Arc<Counters>,
+    dropped: Arc<AtomicU64>,
+    failing: Arc<Mutex<Option<String>>>,
+}
+
+impl Monitor {
+    /// The sockets open now, as of the last scan or kernel event, in no particular order.
+    pub fn current(&self) -> Vec<Socket> {
+        // Copied after the lock is released: the scan thread waits only for the references.
+        self.current_shared().iter().map(|s| Socket::clone(s)).collect()
+    }
+
+    /// Like [`current`](Self::current), without copying the sockets: the watcher's own,
+    /// shared. Cheap at any size (a reference count each), for a reader that only looks, such
+    /// as a metrics scrape.
+    pub fn current_shared(&self) -> Vec<Arc<Socket>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// What the watcher did so far: scans by reason and how long they took, events by kind
+    /// and protocol, events dropped and lost, owners not found.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot(self.dropped_events())
+    }
+
+    /// See [`Watcher::dropped_events`].
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// See [`Watcher::scan_error`].
+    pub fn scan_error(&self) -> Option<String> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("stats", &self.stats()).finish()
     }
 }
 
@@ -308,6 +360,7 @@ impl WatcherBuilder {
         let current: Published = Arc::new(Mutex::new(Default::default()));
         let dropped = Arc::new(AtomicU64::new(0));
         let failing = Arc::new(Mutex::new(None));
+        let counters = Arc::new(Counters::default());
         let snapshot = match &cfg.snapshot {
             Some(path) => Some(
                 snapshot::Writer::spawn(path.clone())
@@ -330,6 +383,7 @@ impl WatcherBuilder {
             stop: stop.clone(),
             published: Arc::clone(&current),
             dropped: Arc::clone(&dropped),
+            counters: Arc::clone(&counters),
             failing: Arc::clone(&failing),
             snapshot,
             proc_root,
@@ -339,7 +393,8 @@ impl WatcherBuilder {
             .name("portwatch-scan".into())
             .spawn(move || scan.run())
             .map_err(|e| Error::Os { op: "start the scan thread", source: e })?;
-        Ok(Watcher { thread: Some(thread), events, stop, current, dropped, failing })
+        let monitor = Monitor { current, counters, dropped, failing };
+        Ok(Watcher { thread: Some(thread), events, stop, monitor })
     }
 }
 
@@ -414,14 +469,25 @@ impl Watcher {
     /// Events dropped because the reader of [`events`](Self::events) fell more than
     /// [`EVENT_QUEUE`] behind. [`current`](Self::current) stays exact meanwhile.
     pub fn dropped_events(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.monitor.dropped_events()
     }
 
     /// Why the watcher's dumps fail, while they keep failing (they are retried every cycle,
     /// and the first failure is logged as a warning); `None` once they succeed. Kernel events
     /// and the destroy feed go on meanwhile.
     pub fn scan_error(&self) -> Option<String> {
-        self.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.monitor.scan_error()
+    }
+
+    /// A handle that reads the open set and the counters from any thread (the watcher itself
+    /// is read by one thread: the one taking its events).
+    pub fn monitor(&self) -> Monitor {
+        self.monitor.clone()
+    }
+
+    /// What the watcher did so far: see [`Monitor::stats`].
+    pub fn stats(&self) -> Stats {
+        self.monitor.stats()
     }
 
     /// A handle that stops the watcher from another thread.
@@ -431,8 +497,7 @@ impl Watcher {
 
     /// The sockets open now, as of the last scan or kernel event, in no particular order.
     pub fn current(&self) -> Vec<Socket> {
-        let open = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        open.values().cloned().collect()
+        self.monitor.current()
     }
 
     /// Stops the scan thread and waits for it to finish its cycle.

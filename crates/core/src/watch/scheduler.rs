@@ -22,6 +22,7 @@ use super::config::Config;
 use super::follow::Follow;
 use super::namespaces::Initial;
 use super::owner_checks::{CheckDone, Checked};
+use super::stats::{Counters, ScanReason};
 use super::target::Target;
 use crate::discover::{Discovery, Namer};
 use crate::event::Event;
@@ -36,8 +37,9 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// How often, with `all_netns`, new and vanished namespaces are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 
-/// The open set as `Watcher::current` reads it, kept up to date change by change.
-pub(super) type Published = Arc<Mutex<HashMap<Key, Socket>>>;
+/// The open set as `Watcher::current` reads it, kept up to date change by change. Shared
+/// sockets, so a reader holds the lock only to take references, and copies them after.
+pub(super) type Published = Arc<Mutex<HashMap<Key, Arc<Socket>>>>;
 
 /// Where events go.
 pub(super) enum Sink {
@@ -77,6 +79,8 @@ pub(super) struct Loop {
     published: Published,
     /// Events the channel had no room for.
     dropped: Arc<AtomicU64>,
+    /// What it did, for `Monitor::stats`.
+    pub(super) counters: Arc<Counters>,
     /// Why dumps fail, while they do: `Watcher::scan_error`.
     failing: Arc<Mutex<Option<String>>>,
     /// The set changed since the snapshot was last handed to the writer.
@@ -122,6 +126,7 @@ pub(super) struct Parts {
     pub(super) stop: StopHandle,
     pub(super) published: Published,
     pub(super) dropped: Arc<AtomicU64>,
+    pub(super) counters: Arc<Counters>,
     pub(super) failing: Arc<Mutex<Option<String>>>,
     pub(super) snapshot: Option<snapshot::Writer>,
     pub(super) proc_root: PathBuf,
@@ -146,6 +151,7 @@ impl Loop {
             stop: p.stop,
             published: p.published,
             dropped: p.dropped,
+            counters: p.counters,
             failing: p.failing,
             dirty: false,
             snapshot: p.snapshot,
@@ -161,6 +167,8 @@ impl Loop {
             last_discovery: Instant::now(),
             proc_root: p.proc_root,
         };
+        let source = if scan.kernel.is_some() { Source::Ebpf } else { Source::Scan };
+        scan.counters.set_source(source);
         // Sockets adopted from a snapshot are open from the start.
         scan.publish();
         scan
@@ -178,8 +186,13 @@ impl Loop {
             // Scanning: every cycle. Kernel events: the first, then every `reconcile`.
             let dump = self.kernel.is_none()
                 || last_dump.is_none_or(|t| t.elapsed() >= self.cfg.reconcile);
+            let reason = match last_dump {
+                None => ScanReason::Start,
+                Some(_) if self.kernel.is_some() => ScanReason::Reconcile,
+                Some(_) => ScanReason::Interval,
+            };
             for i in 0..if dump { bursts } else { 0 } {
-                self.scan(&mut events);
+                self.scan(&mut events, reason);
                 if i + 1 < bursts {
                     self.wait_until(Instant::now() + self.cfg.burst_delay, &mut events);
                 }
@@ -192,7 +205,7 @@ impl Loop {
             } else if self.targets.iter().any(Target::never_dumped) {
                 // A namespace opened since (a followed container that started, one found by
                 // discovery): its first dump now, not at the next reconcile.
-                self.scan_some(&mut events, Target::never_dumped);
+                self.scan_some(&mut events, ScanReason::Namespace, Target::never_dumped);
             }
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
@@ -265,12 +278,18 @@ impl Loop {
     /// One scan: dump each namespace that may have changed, carry known owners over, look
     /// up new ones (one walk of /proc for all namespaces), filter, hand each census to its
     /// tracker.
-    pub(super) fn scan(&mut self, events: &mut Vec<Event>) {
-        self.scan_some(events, |_| true);
+    pub(super) fn scan(&mut self, events: &mut Vec<Event>, reason: ScanReason) {
+        self.scan_some(events, reason, |_| true);
     }
 
     /// A scan of the namespaces `which` picks.
-    pub(super) fn scan_some(&mut self, events: &mut Vec<Event>, which: impl Fn(&Target) -> bool) {
+    pub(super) fn scan_some(
+        &mut self,
+        events: &mut Vec<Event>,
+        reason: ScanReason,
+        which: impl Fn(&Target) -> bool,
+    ) {
+        let started = Instant::now();
         let mut dumped = Vec::new();
         for (i, t) in self.targets.iter_mut().enumerate() {
             if which(t)
@@ -280,6 +299,7 @@ impl Loop {
                 dumped.push((i, d));
             }
         }
+        let any_dumped = !dumped.is_empty();
         // Found right after the scan that saw them, while their processes are alive.
         let counts: Vec<usize> = dumped.iter().map(|(_, d)| d.new.len()).collect();
         let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
@@ -300,6 +320,12 @@ impl Loop {
         }
         for t in &mut self.targets {
             t.tracker.expire(Instant::now(), SystemTime::now(), events);
+        }
+        if any_dumped {
+            self.counters.scanned(reason, started.elapsed());
+        } else if reason == ScanReason::Interval {
+            // Every namespace was quiet: the change probe saw nothing new.
+            self.counters.skipped();
         }
         let failing = self.targets.iter().find_map(|t| t.last_error.clone());
         *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing;
@@ -402,7 +428,7 @@ impl Loop {
             Ok(s) if s.resync => {
                 log::debug!("destroy events overran the receive buffer: rescanning");
                 t.destroyed_since_scan = true;
-                self.scan(events);
+                self.scan(events, ScanReason::Resync);
             }
             Ok(_) => {}
             Err(e) => {
@@ -418,6 +444,7 @@ impl Loop {
         self.publish();
         let sent = !events.is_empty();
         for e in events.drain(..) {
+            self.counters.event(&e);
             match &mut self.sink {
                 Sink::Channel(tx, _) => match tx.try_send(e) {
                     Ok(()) => {}
@@ -445,6 +472,7 @@ impl Loop {
     /// Applies the trackers' changes to the published open set: as much work as there were
     /// changes, however many sockets are open.
     fn publish(&mut self) {
+        self.counters.set_namespaces(self.targets.len());
         {
             let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
             for t in &mut self.targets {
@@ -487,7 +515,7 @@ impl Loop {
 /// Applies one tracker's changes to `published`, and notes sockets that opened or changed
 /// as settling and their owners in `new_owners`; whether there were any.
 fn apply(
-    published: &mut HashMap<Key, Socket>,
+    published: &mut HashMap<Key, Arc<Socket>>,
     tracker: &mut Tracker,
     settling: &mut HashMap<Key, Instant>,
     new_owners: &mut Vec<u32>,
@@ -499,7 +527,7 @@ fn apply(
             Change::Open(key, socket) => {
                 settling.insert(key.clone(), Instant::now());
                 new_owners.extend(socket.pids());
-                published.insert(key, socket);
+                published.insert(key, Arc::new(socket));
             }
             Change::Closed(key) => {
                 settling.remove(&key);
