@@ -15,8 +15,8 @@
 #   make soak           churn soak: DURATION s of RATE listeners/s under watch --source SOURCE
 #                       (scan: with --hf), PER_PROCESS listeners per forked process
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
-#   make bpf            rebuild the committed eBPF object crates/core/bpf/portwatch.bpf.o
-#   make bpf-check      fail if that object is not what its source builds to
+#   make bpf            rebuild the committed eBPF objects crates/core/bpf/{portwatch,owners}.bpf.o
+#   make bpf-check      fail if an object is not what its source builds to
 #   make bench-ebpf     what the attached eBPF programs add to socket calls (run as root)
 #   make image          the offline container image; then run, run-sv, run-hf, run-host,
 #                       test-http, kill-port, verify-suite, ... (docker/docker.mk)
@@ -134,12 +134,14 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
-# The eBPF programs (feature `ebpf`). The object is committed, so cargo never needs clang;
-# these rebuild it. Debian's clang 14 / llvm / libbpf-dev headers; CO-RE, so no vmlinux.h from
-# the build machine. Paths are relative and the debug prefix mapped, so the bytes depend only on
-# the source and the toolchain: bpf-check rebuilds into a temp dir and compares.
+# The eBPF programs (feature `ebpf`): the event programs (portwatch.bpf.c) and the owner
+# iterator (owners.bpf.c), one object each so that each is loaded alone. The objects are
+# committed, so cargo never needs clang; these rebuild them. Debian's clang 14 / llvm /
+# libbpf-dev headers; CO-RE, so no vmlinux.h from the build machine. Paths are relative and
+# the debug prefix mapped, so the bytes depend only on the source and the toolchain: bpf-check
+# rebuilds into a temp dir and compares.
 BPF_DIR := crates/core/bpf
-BPF_OBJ := $(BPF_DIR)/portwatch.bpf.o
+BPF_PROGS := portwatch owners
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I$(BPF_DIR) \
 	-I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
 
@@ -150,19 +152,21 @@ bpf-deps:
 	    apt-get update -qq && apt-get install -y -qq clang llvm libbpf-dev >/dev/null; \
 	  else echo "make: need clang, llvm (llvm-strip) and libbpf-dev headers"; exit 1; fi; }
 
-# $(1): output object. Compile, then drop the DWARF (llvm-strip -g keeps .BTF/.BTF.ext, which
-# CO-RE and the verifier's line info need).
-bpf_build = clang $(BPF_CFLAGS) -c $(BPF_DIR)/portwatch.bpf.c -o $(1) && llvm-strip -g $(1)
+# $(1): program name, $(2): output object. Compile, then drop the DWARF (llvm-strip -g keeps
+# .BTF/.BTF.ext, which CO-RE and the verifier's line info need).
+bpf_build = clang $(BPF_CFLAGS) -c $(BPF_DIR)/$(1).bpf.c -o $(2) && llvm-strip -g $(2)
 
 bpf: bpf-deps
-	$(call bpf_build,$(BPF_OBJ))
+	$(foreach p,$(BPF_PROGS),$(call bpf_build,$(p),$(BPF_DIR)/$(p).bpf.o) &&) true
 
 bpf-check: bpf-deps
-	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	$(call bpf_build,$$tmp/portwatch.bpf.o) && \
-	if cmp -s $$tmp/portwatch.bpf.o $(BPF_OBJ); then echo "bpf-check: $(BPF_OBJ) is up to date"; \
-	else echo "bpf-check: $(BPF_OBJ) differs from what $(BPF_DIR)/portwatch.bpf.c builds to:" \
-	  "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && status=0 && \
+	for p in $(BPF_PROGS); do \
+	  $(call bpf_build,$$p,$$tmp/$$p.bpf.o) || exit 1; \
+	  if cmp -s $$tmp/$$p.bpf.o $(BPF_DIR)/$$p.bpf.o; then echo "bpf-check: $(BPF_DIR)/$$p.bpf.o is up to date"; \
+	  else echo "bpf-check: $(BPF_DIR)/$$p.bpf.o differs from what $(BPF_DIR)/$$p.bpf.c builds to:" \
+	    "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; status=1; fi; \
+	done; exit $$status
 
 # The programs are held by the test binary's helper (source::ebpf::tests::lifecycle::hold_for_kill),
 # so the bench needs no extra binary: find that executable in cargo's JSON messages.

@@ -107,6 +107,7 @@ pub use crate::{
     event::{Event, EventKind},
     filter::Filter,
     netns::Netns,
+    owners::OwnerLookup,
     query::Query,
     socket::{
         ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,

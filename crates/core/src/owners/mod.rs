@@ -15,6 +15,12 @@
 //! through one handle on its `/proc/PID` directory, so a pid reused between the reads of its fd
 //! table and its `status` cannot describe another process.
 //!
+//! The inode → pids map comes from one of two places ([`OwnerLookup`]): this walk, or (feature
+//! `ebpf`) one pass of a BPF `task_file` iterator (`bpf`), which reads every fd of every
+//! process inside the kernel. Either way the holders are then described here, from their
+//! `/proc/PID`, and a socket without a found owner says why: one pipeline, two ways of
+//! filling its map.
+//!
 //! Parsers (`parse_*`) take bytes and are tested on fixtures.
 
 use std::collections::{HashMap, HashSet};
@@ -34,6 +40,8 @@ use nix::sys::stat::Mode;
 use crate::socket::{Owners, Process, Socket, UnknownReason};
 use crate::sys;
 
+#[cfg(feature = "ebpf")]
+mod bpf;
 mod hidepid;
 mod index;
 mod parse;
@@ -73,6 +81,170 @@ const PARALLEL_MIN_PIDS: usize = 64;
 pub(crate) struct Detail {
     /// Read `/proc/PID/cmdline`.
     pub(crate) cmdline: bool,
+}
+
+/// How the processes holding each socket are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum OwnerLookup {
+    /// The BPF iterator where it loads and the host is large enough for it to pay, the
+    /// `/proc` walk otherwise; when it cannot load, the walk, saying once (a warning) why.
+    #[default]
+    Auto,
+    /// One pass of a BPF `iter/task_file` program over every open file of every process
+    /// (feature `ebpf`; root, or CAP_BPF + CAP_PERFMON; kernel BTF; the host's pid
+    /// namespace). Not loading is an error that says why.
+    Bpf,
+    /// A walk of `/proc/*/fd`: each process's first 1024 fds, within a time budget.
+    Proc,
+}
+
+impl OwnerLookup {
+    /// `"auto"`, `"bpf"` or `"proc"`: the CLI's `--owners` values.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerLookup::Auto => "auto",
+            OwnerLookup::Bpf => "bpf",
+            OwnerLookup::Proc => "proc",
+        }
+    }
+}
+
+impl std::fmt::Display for OwnerLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OwnerLookup {
+    type Err = crate::socket::UnknownName;
+
+    fn from_str(name: &str) -> Result<OwnerLookup, Self::Err> {
+        [OwnerLookup::Auto, OwnerLookup::Bpf, OwnerLookup::Proc]
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| crate::socket::UnknownName {
+                what: "owner lookup",
+                name: name.to_owned(),
+            })
+    }
+}
+
+/// With [`OwnerLookup::Auto`], the BPF iterator is used from this many processes on. Its
+/// fixed cost (index the kernel's BTF, relocate, verify: ~1.3 ms) is more than a walk of a
+/// small host's `/proc` costs; see BENCHMARKS.md for the measured crossing.
+pub(crate) const AUTO_BPF_MIN_PROCESSES: usize = 300;
+
+/// The BPF owner iterator, when one is loaded. Without feature `ebpf` there is none.
+#[cfg(feature = "ebpf")]
+pub(crate) type BpfIter = bpf::OwnerIter;
+/// The BPF owner iterator, when one is loaded. Without feature `ebpf` there is none.
+#[cfg(not(feature = "ebpf"))]
+#[derive(Debug)]
+pub(crate) enum BpfIter {}
+
+/// Loads the BPF iterator as `how` asks: `Ok(None)` for the `/proc` walk (asked for, or
+/// `Auto` when it cannot load: then one warning says why), an error when `Bpf` cannot load.
+pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<BpfIter>> {
+    if how == OwnerLookup::Proc {
+        return Ok(None);
+    }
+    #[cfg(feature = "ebpf")]
+    let loaded = bpf::OwnerIter::load().map_err(|e| e.to_string());
+    #[cfg(not(feature = "ebpf"))]
+    let loaded: Result<BpfIter, String> =
+        Err("this build has no eBPF support (feature `ebpf`)".to_owned());
+    match loaded {
+        Ok(iter) => {
+            #[cfg(feature = "ebpf")]
+            log::debug!("BPF owner iterator loaded in {:?}", iter.load_time);
+            Ok(Some(iter))
+        }
+        Err(reason) if how == OwnerLookup::Bpf => {
+            Err(crate::error::Error::OwnerLookupUnavailable { reason })
+        }
+        Err(reason) => {
+            log::warn!("owners from /proc instead of the BPF iterator: {reason}");
+            Ok(None)
+        }
+    }
+}
+
+/// One pass of the iterator: the holders of `wanted`, described from `/proc`, as a walk
+/// would have found them. Pids not reached by `deadline` are counted in `unread`.
+#[cfg(feature = "ebpf")]
+fn scan_iterator(
+    iter: &BpfIter,
+    proc_root: &Path,
+    wanted: &HashSet<u64>,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    threads: usize,
+    deadline: Instant,
+) -> std::io::Result<FdScan> {
+    let pass = iter.pass(wanted, deadline)?;
+    let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
+    let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
+    holders.sort_unstable();
+    holders.dedup();
+    let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
+        if let Some(pid_dir) = open_pid(&proc_dir, pid)
+            && let Some(p) = describe(&pid_dir, pid, users, detail, &mut scratch.buf)
+        {
+            local.processes.insert(pid, p);
+        }
+    });
+    // Only when an owner is missing: which processes could it be in?
+    if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
+        let pids = list_pids(proc_root).unwrap_or_default();
+        let from = pass.stopped_at.unwrap_or(u32::MAX);
+        if pass.stopped_at.is_some() {
+            scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
+        }
+        scan.unreadable = pids
+            .iter()
+            .filter(|&&p| p < from && !pass.walked.contains(&p))
+            .filter(|&&p| open_pid(&proc_dir, p).is_some_and(|dir| hid_files(&dir)))
+            .count();
+    }
+    scan.holders = pass.holders;
+    Ok(scan)
+}
+
+/// Whether a process the iterator did not walk has files it should have seen (one of its
+/// first fds): the kernel hid them from it. Kernel threads and zombies have none.
+#[cfg(feature = "ebpf")]
+fn hid_files(pid_dir: &OwnedFd) -> bool {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(mut dir) = Dir::openat(pid_dir, "fd", flags, Mode::empty()) else { return false };
+    // Listed in ascending order: the first fd is the lowest.
+    dir.iter()
+        .flatten()
+        .find_map(|e| e.file_name().to_str().ok().and_then(|n| n.parse::<u32>().ok()))
+        .is_some_and(|fd| fd < bpf::MARKER_FDS)
+}
+
+/// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
+/// iterator, or the pass failed: logged).
+pub(crate) fn try_iterator(
+    iter: Option<&BpfIter>,
+    proc_root: &Path,
+    wanted: &HashSet<u64>,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    threads: usize,
+    deadline: Instant,
+) -> Option<FdScan> {
+    #[cfg(feature = "ebpf")]
+    if let Some(iter) = iter {
+        match scan_iterator(iter, proc_root, wanted, users, detail, threads, deadline) {
+            Ok(scan) => return Some(scan),
+            Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
+        }
+    }
+    #[cfg(not(feature = "ebpf"))]
+    let _ = (iter, proc_root, wanted, users, detail, threads, deadline);
+    None
 }
 
 /// The outcome of one walk over `/proc/*/fd`.
@@ -226,7 +398,8 @@ pub(crate) fn open_proc(proc_root: &Path) -> nix::Result<OwnedFd> {
 }
 
 /// Finds and describes every process under `proc_root` holding one of `wanted`, over up to
-/// `threads` threads, within [`LIST_WALK_BUDGET`].
+/// `threads` threads, within [`LIST_WALK_BUDGET`] (the benches' entry to the walk).
+#[cfg(feature = "bench-internals")]
 pub(crate) fn scan_fds(
     proc_root: &Path,
     wanted: &HashSet<u64>,
@@ -260,13 +433,54 @@ pub(crate) fn scan_pids(
     if wanted.is_empty() || pids.is_empty() {
         return FdScan::default();
     }
+    for_each_pid(pids, threads, |pid, local, scratch| {
+        // One clock read (vDSO, tens of ns) per process: nothing beside its walk.
+        if Instant::now() >= deadline {
+            local.unread += 1;
+            return;
+        }
+        let Some(pid_dir) = open_pid(proc_dir, pid) else { return };
+        let mut holds = false;
+        let seen = scan_pid(&pid_dir, wanted, &mut scratch.fds, |inode| {
+            holds = true;
+            let v = local.holders.entry(inode).or_default();
+            if !v.contains(&pid) {
+                v.push(pid);
+            }
+        });
+        match seen {
+            PidScan::Done => {}
+            PidScan::Crowded => local.crowded += 1,
+            PidScan::Unreadable => local.unreadable += 1,
+        }
+        if let Some(p) =
+            holds.then(|| describe(&pid_dir, pid, users, detail, &mut scratch.buf)).flatten()
+        {
+            local.processes.insert(pid, p);
+        }
+    })
+}
+
+/// Buffers a worker keeps across the processes it reads.
+#[derive(Default)]
+struct Scratch {
+    fds: Vec<u32>,
+    buf: Vec<u8>,
+}
+
+/// Runs `work` for each of `pids` over up to `threads` threads (one below
+/// [`PARALLEL_MIN_PIDS`]), each worker filling its own [`FdScan`]; returns them merged.
+fn for_each_pid(
+    pids: &[u32],
+    threads: usize,
+    work: impl Fn(u32, &mut FdScan, &mut Scratch) + Sync,
+) -> FdScan {
     let threads = if pids.len() < PARALLEL_MIN_PIDS { 1 } else { threads.clamp(1, 16) };
     let next = AtomicUsize::new(0);
     let result = Mutex::new(FdScan::default());
     let worker = || {
         let mut local = FdScan::default();
-        let mut fds = Vec::new();
-        let mut buf = Vec::new();
+        let mut scratch = Scratch::default();
         loop {
             let start = next.fetch_add(CHUNK, Ordering::Relaxed);
             let Some(chunk) = pids.get(start..pids.len().min(start + CHUNK)) else { break };
@@ -274,30 +488,7 @@ pub(crate) fn scan_pids(
                 break;
             }
             for &pid in chunk {
-                // One clock read (vDSO, tens of ns) per process: nothing beside its walk.
-                if Instant::now() >= deadline {
-                    local.unread += 1;
-                    continue;
-                }
-                let Some(pid_dir) = open_pid(proc_dir, pid) else { continue };
-                let mut holds = false;
-                let seen = scan_pid(&pid_dir, wanted, &mut fds, |inode| {
-                    holds = true;
-                    let v = local.holders.entry(inode).or_default();
-                    if !v.contains(&pid) {
-                        v.push(pid);
-                    }
-                });
-                match seen {
-                    PidScan::Done => {}
-                    PidScan::Crowded => local.crowded += 1,
-                    PidScan::Unreadable => local.unreadable += 1,
-                }
-                if let Some(p) =
-                    holds.then(|| describe(&pid_dir, pid, users, detail, &mut buf)).flatten()
-                {
-                    local.processes.insert(pid, p);
-                }
+                work(pid, &mut local, &mut scratch);
             }
         }
         // A poisoned lock only means another worker panicked; its data is still a valid map.
@@ -417,21 +608,51 @@ pub(crate) fn holders_among(
     scan_pids(&proc_dir, pids, wanted, &HashMap::new(), detail, 1, deadline).holders
 }
 
-/// Fills in `owners` of every socket with one walk over all processes.
+/// Fills in `owners` of every socket with one pass over all processes: of the BPF iterator
+/// or of `/proc`, as `how` asks (with `Auto`, by the number of processes). An error only
+/// when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
 pub(crate) fn resolve(
     sockets: &mut [Socket],
     proc_root: &Path,
     passwd: &Path,
     detail: Detail,
     threads: usize,
-) {
+    how: OwnerLookup,
+) -> crate::error::Result<()> {
     let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
-    let users = if wanted.is_empty() { HashMap::new() } else { read_users(passwd) };
-    let mut scan = scan_fds(proc_root, &wanted, &users, detail, threads);
+    if wanted.is_empty() {
+        for socket in sockets.iter_mut() {
+            socket.owners = FdScan::default().owners_of(socket.inode);
+        }
+        return Ok(());
+    }
+    // With Auto, the number of processes decides: counting them is the readdir of /proc the
+    // walk starts with anyway.
+    let pids = list_pids(proc_root);
+    let how = match (how, &pids) {
+        (OwnerLookup::Auto, Ok(pids)) if pids.len() < AUTO_BPF_MIN_PROCESSES => OwnerLookup::Proc,
+        (how, _) => how,
+    };
+    let iter = load_iterator(how)?;
+    let users = read_users(passwd);
+    let deadline = Instant::now() + LIST_WALK_BUDGET;
+    let from_iter =
+        try_iterator(iter.as_ref(), proc_root, &wanted, &users, detail, threads, deadline);
+    let mut scan = match (from_iter, open_proc(proc_root), pids) {
+        (Some(scan), ..) => scan,
+        (None, Ok(proc_dir), Ok(pids)) => {
+            scan_pids(&proc_dir, &pids, &wanted, &users, detail, threads, deadline)
+        }
+        (None, ..) => {
+            log::warn!("cannot read {}: process owners unknown", proc_root.display());
+            FdScan { unreadable: 1, ..FdScan::default() }
+        }
+    };
     scan.hidden = hidepid::explains_missing(&scan, &wanted, proc_root);
     for socket in sockets.iter_mut() {
         socket.owners = scan.owners_of(socket.inode);
     }
+    Ok(())
 }
 
 /// How many threads the owner walk may use: the CPUs this thread may run on. (One

@@ -37,7 +37,7 @@
 // Nothing in the crate calls this source yet: the watcher will. Until then only the tests use it.
 #![cfg_attr(not(test), allow(dead_code))]
 
-mod host;
+pub(crate) mod host;
 mod record;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+//
+// portwatch owner lookup: one pass over every open file of every process on the host
+// (`iter/task_file`), writing one record per socket fd: which process holds which socket
+// inode. It is the same map the /proc/*/fd walk builds (crates/core/src/owners/), read in one
+// pass inside the kernel instead of a readlink per fd. It only reads.
+//
+// Kept apart from portwatch.bpf.c (the event programs) so that loading it costs only what it
+// needs: one program, no maps, three CO-RE field relocations. Built by `make bpf` into
+// owners.bpf.o, which is committed and checked by `make bpf-check`. The record is decoded by
+// crates/core/src/owners/bpf.rs: keep both in step.
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+// Only the fields read, relocated by name against the running kernel's BTF (CO-RE).
+struct task_struct {
+	int tgid;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+// The iterator's context is the argument list of the kernel's bpf_iter_task_file(meta, task,
+// fd, file): one 8-byte slot each, fixed by the iterator's prototype, so no relocation.
+struct seq_file;
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+};
+
+/*
+ * One record per socket fd, 16 bytes, native byte order:
+ *
+ *   off size field
+ *     0    4 tgid   the holding process (thread group id, in the initial pid namespace)
+ *     4    4 fd     the fd number in that process
+ *     8    8 ino    inode of the socket (what /proc/PID/fd/N links to); 0 for a marker
+ *
+ * Markers: a record with ino 0 for each of fds 0, 1 and 2 that is not a socket, so that the
+ * reader knows which processes were walked. A kernel can hide a process's files even from
+ * this iterator (a protected init, say); the reader then finds it in /proc with fds but no
+ * record, and an owner that may be there is reported unreadable, not absent, as the /proc
+ * walk reports a process whose fd links are refused.
+ */
+#define PW_MARKER_FDS 3
+
+struct pw_owner {
+	__u32 tgid;
+	__u32 fd;
+	__u64 ino;
+};
+
+_Static_assert(sizeof(struct pw_owner) == 16, "pw_owner layout is shared with owners/bpf.rs");
+
+// Called for every fd of every task (threads sharing their process's fd table are skipped by
+// the kernel), then once more with task NULL at the end.
+SEC("iter/task_file")
+int pw_owners(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct pw_owner rec;
+
+	if (!task || !file)
+		return 0;
+	if (bpf_sock_from_file(file))
+		rec.ino = file->f_inode->i_ino;
+	else if (ctx->fd < PW_MARKER_FDS)
+		rec.ino = 0;
+	else
+		return 0;
+	rec.tgid = task->tgid;
+	rec.fd = ctx->fd;
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
