@@ -10,6 +10,7 @@ mod hardening;
 mod hostile;
 mod list;
 mod netns;
+mod owners;
 mod packaging;
 mod schema;
 mod util;

@@ -182,7 +182,7 @@ fn scan_iterator(
     threads: usize,
     deadline: Instant,
 ) -> std::io::Result<FdScan> {
-    let pass = iter.pass(wanted, deadline)?;
+    let mut pass = iter.pass(wanted, deadline)?;
     let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
     let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
     holders.sort_unstable();
@@ -194,6 +194,12 @@ fn scan_iterator(
             local.processes.insert(pid, p);
         }
     });
+    // A holder that cannot be described exited since, or /proc hides it (hidepid): either
+    // way the walk would not have found it, so the reasons below are the walk's.
+    for pids in pass.holders.values_mut() {
+        pids.retain(|p| scan.processes.contains_key(p));
+    }
+    pass.holders.retain(|_, pids| !pids.is_empty());
     // Only when an owner is missing: which processes could it be in?
     if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
         let pids = list_pids(proc_root).unwrap_or_default();
