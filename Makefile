@@ -73,12 +73,12 @@ deps:
 	  else echo "make: missing$$missing: the tests that need them will skip"; fi; \
 	fi
 
-# Tools bench-compare times against.
+# Tools bench-compare times against, and GNU time for peak memory.
 deps-bench: deps
-	@command -v lsof >/dev/null 2>&1 || { \
+	@command -v lsof >/dev/null 2>&1 && [ -x /usr/bin/time ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq lsof >/dev/null; \
-	  else echo "make: lsof not found: install lsof"; exit 1; fi; }
+	    apt-get update -qq && apt-get install -y -qq lsof time >/dev/null; \
+	  else echo "make: lsof or /usr/bin/time not found: install lsof and time"; exit 1; fi; }
 
 test: deps
 	$(CARGO) test --workspace --all-features --locked

@@ -124,3 +124,42 @@ fn a_bad_owners_value_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--owners") && err.contains("bpf"), "{err}");
 }
+
+#[test]
+fn names_read_by_the_iterator_are_the_ones_proc_shows() {
+    if !can_load() {
+        return;
+    }
+    let Some(python) = crate::util::system_tool("python3") else {
+        return skip("python3 is not installed");
+    };
+    // A process naming itself with a newline, a backslash and a tab (PR_SET_NAME), holding a
+    // listener: /proc/PID/status escapes the first two, the iterator reads the raw bytes.
+    let script = "import ctypes, socket, sys\n\
+        ctypes.CDLL(None).prctl(15, b'pw\\nx\\\\y\\tz', 0, 0, 0)\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+        print(s.getsockname()[1], flush=True); sys.stdin.read()\n";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().to_owned();
+    let procs = |owners: &str, format: &str| {
+        let out = portwatch()
+            .args(["list", "--tcp", "--port", &port, "--owners", owners, "--format", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bpf = procs("bpf", "json");
+    assert_eq!(bpf, procs("proc", "json"));
+    assert!(bpf.contains(&format!("\"pids\":[{}]", child.id())), "{bpf}");
+    assert_eq!(procs("bpf", "table"), procs("proc", "table"));
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

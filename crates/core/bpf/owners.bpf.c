@@ -18,8 +18,24 @@
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 // Only the fields read, relocated by name against the running kernel's BTF (CO-RE).
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+} __attribute__((preserve_access_index));
+
+struct pid {
+	unsigned int level;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int tgid;
+	struct task_struct *real_parent;
+	const struct cred *cred;
+	struct pid *thread_pid;
+	char comm[16];
 } __attribute__((preserve_access_index));
 
 struct inode {
@@ -45,12 +61,19 @@ struct bpf_iter__task_file {
 };
 
 /*
- * One record per socket fd, 16 bytes, native byte order:
+ * One record per socket fd, 48 bytes, native byte order. What /proc/PID/status would say of
+ * the process comes with it, read at the same instant as its fd table, so no later read of
+ * /proc can mix it up with a process that took the pid since:
  *
  *   off size field
  *     0    4 tgid   the holding process (thread group id, in the initial pid namespace)
  *     4    4 fd     the fd number in that process
  *     8    8 ino    inode of the socket (what /proc/PID/fd/N links to); 0 for a marker
+ *    16    4 ppid   its parent's tgid (status PPid)
+ *    20    4 uid    its real uid (status Uid, first field)
+ *    24    4 level  depth of its pid namespace: 0 in the initial one (else status NSpid differs)
+ *    28    4 (zero)
+ *    32   16 comm   its command name, NUL-padded (status Name, unescaped)
  *
  * Markers: a record with ino 0 for each of fds 0, 1 and 2 that is not a socket, so that the
  * reader knows which processes were walked. A kernel can hide a process's files even from
@@ -64,9 +87,14 @@ struct pw_owner {
 	__u32 tgid;
 	__u32 fd;
 	__u64 ino;
+	__u32 ppid;
+	__u32 uid;
+	__u32 level;
+	__u32 pad;
+	char comm[16];
 };
 
-_Static_assert(sizeof(struct pw_owner) == 16, "pw_owner layout is shared with owners/bpf.rs");
+_Static_assert(sizeof(struct pw_owner) == 48, "pw_owner layout is shared with owners/bpf.rs");
 
 // Called for every fd of every task (threads sharing their process's fd table are skipped by
 // the kernel), then once more with task NULL at the end.
@@ -75,7 +103,7 @@ int pw_owners(struct bpf_iter__task_file *ctx)
 {
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
-	struct pw_owner rec;
+	struct pw_owner rec = {};
 
 	if (!task || !file)
 		return 0;
@@ -87,6 +115,10 @@ int pw_owners(struct bpf_iter__task_file *ctx)
 		return 0;
 	rec.tgid = task->tgid;
 	rec.fd = ctx->fd;
+	rec.ppid = task->real_parent->tgid;
+	rec.uid = task->cred->uid.val;
+	rec.level = task->thread_pid->level;
+	bpf_probe_read_kernel_str(rec.comm, sizeof(rec.comm), task->comm);
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }

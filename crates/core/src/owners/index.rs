@@ -96,6 +96,7 @@ impl OwnerIndex {
                 && let Some(scan) = try_iterator(
                     self.iter.as_ref(),
                     &self.proc_root,
+                    &pids,
                     &wanted,
                     users,
                     self.detail,

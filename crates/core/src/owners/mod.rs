@@ -49,7 +49,9 @@ pub(crate) use self::index::OwnerIndex;
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(test)]
 pub(crate) use self::parse::{CMDLINE_CUT, CMDLINE_MAX_ARGS, Status};
-pub(crate) use self::parse::{parse_cmdline, parse_passwd, parse_socket_link, parse_status};
+pub(crate) use self::parse::{
+    parse_cmdline, parse_passwd, parse_socket_link, parse_status, status_name,
+};
 
 /// Most fds read of one process per walk. Listening sockets are opened at start-up, and the
 /// kernel hands out the lowest free fd, so a server's listeners sit among its first few dozen
@@ -170,27 +172,31 @@ pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<Bpf
     }
 }
 
-/// One pass of the iterator: the holders of `wanted`, described from `/proc`, as a walk
-/// would have found them. Pids not reached by `deadline` are counted in `unread`.
+/// One pass of the iterator: the holders of `wanted`, described as a walk would have
+/// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
+/// processes whose files the kernel hid from the pass in `unreadable`.
 #[cfg(feature = "ebpf")]
+#[allow(clippy::too_many_arguments)]
 fn scan_iterator(
     iter: &BpfIter,
     proc_root: &Path,
+    pids: &[u32],
     wanted: &HashSet<u64>,
     users: &HashMap<u32, String>,
     detail: Detail,
     threads: usize,
     deadline: Instant,
 ) -> std::io::Result<FdScan> {
+    let started = Instant::now();
     let mut pass = iter.pass(wanted, deadline)?;
+    log::debug!("BPF owner pass: {} holders in {:?}", pass.holders.len(), started.elapsed());
     let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
     let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
     holders.sort_unstable();
     holders.dedup();
     let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
-        if let Some(pid_dir) = open_pid(&proc_dir, pid)
-            && let Some(p) = describe(&pid_dir, pid, users, detail, &mut scratch.buf)
-        {
+        let Some(task) = pass.walked.get(&pid) else { return };
+        if let Some(p) = describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf) {
             local.processes.insert(pid, p);
         }
     });
@@ -200,21 +206,58 @@ fn scan_iterator(
         pids.retain(|p| scan.processes.contains_key(p));
     }
     pass.holders.retain(|_, pids| !pids.is_empty());
-    // Only when an owner is missing: which processes could it be in?
+    // Only when an owner is missing: which processes could it be in? Of those listed before
+    // the pass (a process started since was not there to be walked), those not walked.
     if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
-        let pids = list_pids(proc_root).unwrap_or_default();
         let from = pass.stopped_at.unwrap_or(u32::MAX);
         if pass.stopped_at.is_some() {
             scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
         }
         scan.unreadable = pids
             .iter()
-            .filter(|&&p| p < from && !pass.walked.contains(&p))
+            .filter(|&&p| p < from && !pass.walked.contains_key(&p))
             .filter(|&&p| open_pid(&proc_dir, p).is_some_and(|dir| hid_files(&dir)))
             .count();
     }
     scan.holders = pass.holders;
     Ok(scan)
+}
+
+/// Describes a holder the iterator found as [`describe`] would from its `/proc/PID`: from
+/// what the pass read of it (status's fields), completing from `/proc` only what the pass
+/// cannot give: the command line when asked for, and the pid in its own namespace when it is
+/// not the host's. Those reads are checked to be of the same process (its name and parent),
+/// since the pid may have been reused since the pass: `None` when it was. A process that
+/// exited since (or that `/proc` hides) is still named, without those two.
+#[cfg(feature = "ebpf")]
+fn describe_task(
+    proc_dir: &OwnedFd,
+    pid: u32,
+    task: &bpf::Task,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    buf: &mut Vec<u8>,
+) -> Option<Process> {
+    let mut p = Process {
+        pid,
+        ppid: Some(task.ppid),
+        comm: status_name(&task.comm),
+        cmdline: Vec::new(),
+        uid: task.uid,
+        user: users.get(&task.uid).cloned(),
+        ns_pid: None,
+    };
+    if (detail.cmdline || task.level > 0)
+        && let Some(now) =
+            open_pid(proc_dir, pid).and_then(|dir| describe(&dir, pid, users, detail, buf))
+    {
+        if now.comm != p.comm || now.ppid != p.ppid {
+            return None;
+        }
+        p.cmdline = now.cmdline;
+        p.ns_pid = now.ns_pid;
+    }
+    Some(p)
 }
 
 /// Whether a process the iterator did not walk has files it should have seen (one of its
@@ -231,10 +274,12 @@ fn hid_files(pid_dir: &OwnedFd) -> bool {
 }
 
 /// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
-/// iterator, or the pass failed: logged).
+/// iterator, or the pass failed: logged). `pids` are the processes listed before.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn try_iterator(
     iter: Option<&BpfIter>,
     proc_root: &Path,
+    pids: &[u32],
     wanted: &HashSet<u64>,
     users: &HashMap<u32, String>,
     detail: Detail,
@@ -243,13 +288,13 @@ pub(crate) fn try_iterator(
 ) -> Option<FdScan> {
     #[cfg(feature = "ebpf")]
     if let Some(iter) = iter {
-        match scan_iterator(iter, proc_root, wanted, users, detail, threads, deadline) {
+        match scan_iterator(iter, proc_root, pids, wanted, users, detail, threads, deadline) {
             Ok(scan) => return Some(scan),
             Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
         }
     }
     #[cfg(not(feature = "ebpf"))]
-    let _ = (iter, proc_root, wanted, users, detail, threads, deadline);
+    let _ = (iter, proc_root, pids, wanted, users, detail, threads, deadline);
     None
 }
 
@@ -642,8 +687,9 @@ pub(crate) fn resolve(
     let iter = load_iterator(how)?;
     let users = read_users(passwd);
     let deadline = Instant::now() + LIST_WALK_BUDGET;
+    let listed = pids.as_deref().unwrap_or_default();
     let from_iter =
-        try_iterator(iter.as_ref(), proc_root, &wanted, &users, detail, threads, deadline);
+        try_iterator(iter.as_ref(), proc_root, listed, &wanted, &users, detail, threads, deadline);
     let mut scan = match (from_iter, open_proc(proc_root), pids) {
         (Some(scan), ..) => scan,
         (None, Ok(proc_dir), Ok(pids)) => {
@@ -745,6 +791,19 @@ NSpid:\t1\n";
         for cut in 0..STATUS_CONTAINER.len() {
             let _ = parse_status(&STATUS_CONTAINER.as_bytes()[..cut]);
         }
+    }
+
+    #[test]
+    fn names_as_status_shows_them() {
+        // What Linux 6.18.44 prints as `Name:` for these comms (proc_task_name escapes only
+        // `\n` and `\`), after parse_status's trim.
+        assert_eq!(status_name(b"nginx\0\0\0\0\0\0\0\0\0\0\0"), "nginx");
+        assert_eq!(status_name(b"a\nb\\c\td\0"), "a\\nb\\\\c\td");
+        assert_eq!(status_name(b" spaced \0"), "spaced");
+        assert_eq!(status_name(b"0123456789abcdef"), "0123456789abcdef", "no NUL: all 16");
+        assert_eq!(status_name(b"\xff\xfe"), "\u{fffd}\u{fffd}");
+        let status = b"Name:\ta\\nb\\\\c\td\nUid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status(status).unwrap().name, status_name(b"a\nb\\c\td"));
     }
 
     #[test]

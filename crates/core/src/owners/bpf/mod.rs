@@ -38,8 +38,9 @@ static OBJECT: &[u8] = include_bytes!("../../../bpf/owners.bpf.o");
 const SECTION: &[u8] = b"iter/task_file";
 const PROGRAM_NAME: &[u8] = b"pw_owners";
 const ATTACH_FUNC: &[u8] = b"bpf_iter_task_file";
-/// One record (`struct pw_owner`): tgid u32, fd u32, socket inode u64.
-const RECORD: usize = 16;
+/// One record (`struct pw_owner` in owners.bpf.c): tgid u32, fd u32, socket inode u64,
+/// ppid u32, uid u32, pid namespace level u32, pad u32, comm [u8; 16].
+const RECORD: usize = 48;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// `PROC_PID_INIT_INO`: the inode of the initial pid namespace, the same on every kernel.
@@ -111,8 +112,23 @@ pub(crate) struct Pass {
     pub(crate) holders: HashMap<u64, Vec<u32>>,
     /// The deadline passed before the pass ended: processes from this pid on were not read.
     pub(crate) stopped_at: Option<u32>,
-    /// Every process the pass walked (one with a socket, or a file among fds 0 to 2).
-    pub(crate) walked: HashSet<u32>,
+    /// Every process the pass walked (one with a socket, or a file among fds 0 to 2), with
+    /// what the kernel said of it.
+    pub(crate) walked: HashMap<u32, Task>,
+}
+
+/// What the pass read of a process, at the instant it read its fds: what
+/// `/proc/PID/status` says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Task {
+    /// Its parent's tgid.
+    pub(crate) ppid: u32,
+    /// Its real uid.
+    pub(crate) uid: u32,
+    /// The depth of its pid namespace: 0 in the initial one.
+    pub(crate) level: u32,
+    /// Its command name, NUL-padded.
+    pub(crate) comm: [u8; 16],
 }
 
 /// Below this fd, every file gets a record (a marker), so that a walked process is known to
@@ -189,9 +205,9 @@ impl OwnerIter {
             filled += n;
             let whole = filled - filled % RECORD;
             for rec in buf[..whole].chunks_exact(RECORD) {
-                let (pid, inode) = decode(rec);
+                let (pid, inode, task) = decode(rec);
                 if pid != last_pid {
-                    pass.walked.insert(pid);
+                    pass.walked.insert(pid, task);
                     last_pid = pid;
                 }
                 if wanted.contains(&inode) {
@@ -240,11 +256,14 @@ impl KernelBtf {
     }
 }
 
-/// (tgid, socket inode) of one record (native byte order, as the program wrote it).
-fn decode(rec: &[u8]) -> (u32, u64) {
-    let pid = rec.get(0..4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
-    let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
-    (pid.unwrap_or(0), inode.unwrap_or(0))
+/// (tgid, socket inode, the process) of one record (native byte order, as the program wrote
+/// it; `rec` is one whole record).
+fn decode(rec: &[u8]) -> (u32, u64, Task) {
+    let u32_at = |at: usize| btf::u32_at(rec, at).unwrap_or(0);
+    let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
+    let comm = rec.get(32..48).and_then(|b| b.try_into().ok()).unwrap_or([0; 16]);
+    let task = Task { ppid: u32_at(16), uid: u32_at(20), level: u32_at(24), comm };
+    (u32_at(0), inode, task)
 }
 
 fn refused(step: &'static str, errno: Errno, verifier_log: String) -> Unavailable {
