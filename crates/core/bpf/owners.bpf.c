@@ -6,7 +6,7 @@
 // pass inside the kernel instead of a readlink per fd. It only reads.
 //
 // Kept apart from portwatch.bpf.c (the event programs) so that loading it costs only what it
-// needs: one program, no maps, three CO-RE field relocations. Built by `make bpf` into
+// needs: one program, no maps, a few CO-RE field relocations. Built by `make bpf` into
 // owners.bpf.o, which is committed and checked by `make bpf-check`. The record is decoded by
 // crates/core/src/owners/bpf.rs: keep both in step.
 

@@ -40,7 +40,7 @@
 pub(crate) mod host;
 mod record;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs::File;
 use std::io;
