@@ -44,14 +44,17 @@ use crate::sys;
 mod bpf;
 mod hidepid;
 mod index;
+mod lookup;
 mod parse;
 pub(crate) use self::index::OwnerIndex;
+pub use self::lookup::OwnerLookup;
+pub(crate) use self::lookup::{AUTO_BPF_MIN_PROCESSES, BpfIter, load_iterator, try_iterator};
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(test)]
 pub(crate) use self::parse::{CMDLINE_CUT, CMDLINE_MAX_ARGS, Status};
-pub(crate) use self::parse::{
-    parse_cmdline, parse_passwd, parse_socket_link, parse_status, status_name,
-};
+#[cfg(any(test, feature = "ebpf"))]
+pub(crate) use self::parse::status_name;
+pub(crate) use self::parse::{parse_cmdline, parse_passwd, parse_socket_link, parse_status};
 
 /// Most fds read of one process per walk. Listening sockets are opened at start-up, and the
 /// kernel hands out the lowest free fd, so a server's listeners sit among its first few dozen
@@ -83,219 +86,6 @@ const PARALLEL_MIN_PIDS: usize = 64;
 pub(crate) struct Detail {
     /// Read `/proc/PID/cmdline`.
     pub(crate) cmdline: bool,
-}
-
-/// How the processes holding each socket are found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum OwnerLookup {
-    /// The BPF iterator where it loads and the host is large enough for it to pay, the
-    /// `/proc` walk otherwise; when it cannot load, the walk, saying once (a warning) why.
-    #[default]
-    Auto,
-    /// One pass of a BPF `iter/task_file` program over every open file of every process
-    /// (feature `ebpf`; root, or CAP_BPF + CAP_PERFMON; kernel BTF; the host's pid
-    /// namespace). Not loading is an error that says why.
-    Bpf,
-    /// A walk of `/proc/*/fd`: each process's first 1024 fds, within a time budget.
-    Proc,
-}
-
-impl OwnerLookup {
-    /// `"auto"`, `"bpf"` or `"proc"`: the CLI's `--owners` values.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OwnerLookup::Auto => "auto",
-            OwnerLookup::Bpf => "bpf",
-            OwnerLookup::Proc => "proc",
-        }
-    }
-}
-
-impl std::fmt::Display for OwnerLookup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for OwnerLookup {
-    type Err = crate::socket::UnknownName;
-
-    fn from_str(name: &str) -> Result<OwnerLookup, Self::Err> {
-        [OwnerLookup::Auto, OwnerLookup::Bpf, OwnerLookup::Proc]
-            .into_iter()
-            .find(|s| s.as_str().eq_ignore_ascii_case(name))
-            .ok_or_else(|| crate::socket::UnknownName {
-                what: "owner lookup",
-                name: name.to_owned(),
-            })
-    }
-}
-
-/// With [`OwnerLookup::Auto`], the BPF iterator is used from this many processes on. Its
-/// fixed cost (index the kernel's BTF, relocate, verify: ~1.3 ms) is more than a walk of a
-/// small host's `/proc` costs; see BENCHMARKS.md for the measured crossing.
-pub(crate) const AUTO_BPF_MIN_PROCESSES: usize = 300;
-
-/// The BPF owner iterator, when one is loaded. Without feature `ebpf` there is none.
-#[cfg(feature = "ebpf")]
-pub(crate) type BpfIter = bpf::OwnerIter;
-/// The BPF owner iterator, when one is loaded. Without feature `ebpf` there is none.
-#[cfg(not(feature = "ebpf"))]
-#[derive(Debug)]
-pub(crate) enum BpfIter {}
-
-/// Loads the BPF iterator as `how` asks: `Ok(None)` for the `/proc` walk (asked for, or
-/// `Auto` when it cannot load: then one warning says why), an error when `Bpf` cannot load.
-pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<BpfIter>> {
-    if how == OwnerLookup::Proc {
-        return Ok(None);
-    }
-    #[cfg(feature = "ebpf")]
-    let loaded = bpf::OwnerIter::load().map_err(|e| e.to_string());
-    #[cfg(not(feature = "ebpf"))]
-    let loaded: Result<BpfIter, String> =
-        Err("this build has no eBPF support (feature `ebpf`)".to_owned());
-    match loaded {
-        Ok(iter) => {
-            #[cfg(feature = "ebpf")]
-            log::debug!("BPF owner iterator loaded in {:?}", iter.load_time);
-            Ok(Some(iter))
-        }
-        Err(reason) if how == OwnerLookup::Bpf => {
-            Err(crate::error::Error::OwnerLookupUnavailable { reason })
-        }
-        Err(reason) => {
-            log::warn!("owners from /proc instead of the BPF iterator: {reason}");
-            Ok(None)
-        }
-    }
-}
-
-/// One pass of the iterator: the holders of `wanted`, described as a walk would have
-/// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
-/// processes whose files the kernel hid from the pass in `unreadable`.
-#[cfg(feature = "ebpf")]
-#[allow(clippy::too_many_arguments)]
-fn scan_iterator(
-    iter: &BpfIter,
-    proc_root: &Path,
-    pids: &[u32],
-    wanted: &HashSet<u64>,
-    users: &HashMap<u32, String>,
-    detail: Detail,
-    threads: usize,
-    deadline: Instant,
-) -> std::io::Result<FdScan> {
-    let started = Instant::now();
-    let mut pass = iter.pass(wanted, deadline)?;
-    log::debug!("BPF owner pass: {} holders in {:?}", pass.holders.len(), started.elapsed());
-    let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
-    let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
-    holders.sort_unstable();
-    holders.dedup();
-    let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
-        let Some(task) = pass.walked.get(&pid) else { return };
-        if let Some(p) = describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf) {
-            local.processes.insert(pid, p);
-        }
-    });
-    // A holder that cannot be described exited since, or /proc hides it (hidepid): either
-    // way the walk would not have found it, so the reasons below are the walk's.
-    for pids in pass.holders.values_mut() {
-        pids.retain(|p| scan.processes.contains_key(p));
-    }
-    pass.holders.retain(|_, pids| !pids.is_empty());
-    // Only when an owner is missing: which processes could it be in? Of those listed before
-    // the pass (a process started since was not there to be walked), those not walked.
-    if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
-        let from = pass.stopped_at.unwrap_or(u32::MAX);
-        if pass.stopped_at.is_some() {
-            scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
-        }
-        scan.unreadable = pids
-            .iter()
-            .filter(|&&p| p < from && !pass.walked.contains_key(&p))
-            .filter(|&&p| open_pid(&proc_dir, p).is_some_and(|dir| hid_files(&dir)))
-            .count();
-    }
-    scan.holders = pass.holders;
-    Ok(scan)
-}
-
-/// Describes a holder the iterator found as [`describe`] would from its `/proc/PID`: from
-/// what the pass read of it (status's fields), completing from `/proc` only what the pass
-/// cannot give: the command line when asked for, and the pid in its own namespace when it is
-/// not the host's. Those reads are checked to be of the same process (its name and parent),
-/// since the pid may have been reused since the pass: `None` when it was. A process that
-/// exited since (or that `/proc` hides) is still named, without those two.
-#[cfg(feature = "ebpf")]
-fn describe_task(
-    proc_dir: &OwnedFd,
-    pid: u32,
-    task: &bpf::Task,
-    users: &HashMap<u32, String>,
-    detail: Detail,
-    buf: &mut Vec<u8>,
-) -> Option<Process> {
-    let mut p = Process {
-        pid,
-        ppid: Some(task.ppid),
-        comm: status_name(&task.comm),
-        cmdline: Vec::new(),
-        uid: task.uid,
-        user: users.get(&task.uid).cloned(),
-        ns_pid: None,
-    };
-    if (detail.cmdline || task.level > 0)
-        && let Some(now) =
-            open_pid(proc_dir, pid).and_then(|dir| describe(&dir, pid, users, detail, buf))
-    {
-        if now.comm != p.comm || now.ppid != p.ppid {
-            return None;
-        }
-        p.cmdline = now.cmdline;
-        p.ns_pid = now.ns_pid;
-    }
-    Some(p)
-}
-
-/// Whether a process the iterator did not walk has files it should have seen (one of its
-/// first fds): the kernel hid them from it. Kernel threads and zombies have none.
-#[cfg(feature = "ebpf")]
-fn hid_files(pid_dir: &OwnedFd) -> bool {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let Ok(mut dir) = Dir::openat(pid_dir, "fd", flags, Mode::empty()) else { return false };
-    // Listed in ascending order: the first fd is the lowest.
-    dir.iter()
-        .flatten()
-        .find_map(|e| e.file_name().to_str().ok().and_then(|n| n.parse::<u32>().ok()))
-        .is_some_and(|fd| fd < bpf::MARKER_FDS)
-}
-
-/// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
-/// iterator, or the pass failed: logged). `pids` are the processes listed before.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn try_iterator(
-    iter: Option<&BpfIter>,
-    proc_root: &Path,
-    pids: &[u32],
-    wanted: &HashSet<u64>,
-    users: &HashMap<u32, String>,
-    detail: Detail,
-    threads: usize,
-    deadline: Instant,
-) -> Option<FdScan> {
-    #[cfg(feature = "ebpf")]
-    if let Some(iter) = iter {
-        match scan_iterator(iter, proc_root, pids, wanted, users, detail, threads, deadline) {
-            Ok(scan) => return Some(scan),
-            Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
-        }
-    }
-    #[cfg(not(feature = "ebpf"))]
-    let _ = (iter, proc_root, pids, wanted, users, detail, threads, deadline);
-    None
 }
 
 /// The outcome of one walk over `/proc/*/fd`.

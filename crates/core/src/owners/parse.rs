@@ -48,6 +48,7 @@ pub(crate) fn parse_status(bytes: &[u8]) -> Option<Status> {
 /// A task's command name (`comm`, as the kernel keeps it: up to 16 bytes, NUL-padded) the way
 /// [`parse_status`] reads it from the `Name:` line: the kernel escapes `\n` and `\` there
 /// (`proc_task_name`), and the line's value is trimmed.
+#[cfg(any(test, feature = "ebpf"))]
 pub(crate) fn status_name(comm: &[u8]) -> String {
     let comm = &comm[..comm.iter().position(|b| *b == 0).unwrap_or(comm.len())];
     let mut escaped = Vec::with_capacity(comm.len());

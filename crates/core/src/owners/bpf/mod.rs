@@ -27,11 +27,18 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
 use self::btf::{Btf, BtfError, KIND_FUNC};
+use super::{Detail, FdScan, describe, for_each_pid, open_pid, open_proc, status_name};
+use crate::socket::Process;
 use crate::sys;
 
 /// The iterator's object, built from `crates/core/bpf/owners.bpf.c` by `make bpf`.
@@ -136,7 +143,7 @@ pub(crate) struct Task {
 
 /// Below this fd, every file gets a record (a marker), so that a walked process is known to
 /// have been (`PW_MARKER_FDS` in owners.bpf.c).
-pub(crate) const MARKER_FDS: u32 = 3;
+const MARKER_FDS: u32 = 3;
 
 impl OwnerIter {
     /// Loads and links the iterator.
@@ -229,6 +236,114 @@ impl OwnerIter {
         }
         Ok(pass)
     }
+}
+
+/// One pass of the iterator: the holders of `wanted`, described as a walk would have
+/// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
+/// processes whose files the kernel hid from the pass in `unreadable`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan(
+    iter: &OwnerIter,
+    proc_root: &Path,
+    pids: &[u32],
+    wanted: &HashSet<u64>,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    threads: usize,
+    deadline: Instant,
+) -> std::io::Result<FdScan> {
+    let started = Instant::now();
+    let mut pass = iter.pass(wanted, deadline)?;
+    log::debug!("BPF owner pass: {} holders in {:?}", pass.holders.len(), started.elapsed());
+    let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
+    let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
+    holders.sort_unstable();
+    holders.dedup();
+    let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
+        let Some(task) = pass.walked.get(&pid) else { return };
+        if let Some(p) = describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf) {
+            local.processes.insert(pid, p);
+        }
+    });
+    // A holder that cannot be described exited since, or /proc hides it (hidepid): either
+    // way the walk would not have found it, so the reasons below are the walk's.
+    for pids in pass.holders.values_mut() {
+        pids.retain(|p| scan.processes.contains_key(p));
+    }
+    pass.holders.retain(|_, pids| !pids.is_empty());
+    // Only when an owner is missing: which processes could it be in? Of those listed before
+    // the pass (a process started since was not there to be walked), those not walked.
+    if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
+        let from = pass.stopped_at.unwrap_or(u32::MAX);
+        if pass.stopped_at.is_some() {
+            scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
+        }
+        let sized = nix::sys::stat::fstatat(&proc_dir, "self/fd", nix::fcntl::AtFlags::empty())
+            .is_ok_and(|st| st.st_size > 0);
+        scan.unreadable = pids
+            .iter()
+            .filter(|&&p| p < from && !pass.walked.contains_key(&p))
+            .filter(|&&p| open_pid(&proc_dir, p).is_some_and(|dir| hid_files(&dir, sized)))
+            .count();
+    }
+    scan.holders = pass.holders;
+    Ok(scan)
+}
+
+/// Describes a holder the iterator found as [`describe`] would from its `/proc/PID`: from
+/// what the pass read of it (status's fields), completing from `/proc` only what the pass
+/// cannot give: the command line when asked for, and the pid in its own namespace when it is
+/// not the host's. Those reads are checked to be of the same process (its name and parent),
+/// since the pid may have been reused since the pass: `None` when it was. A process that
+/// exited since (or that `/proc` hides) is still named, without those two.
+fn describe_task(
+    proc_dir: &OwnedFd,
+    pid: u32,
+    task: &Task,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    buf: &mut Vec<u8>,
+) -> Option<Process> {
+    let mut p = Process {
+        pid,
+        ppid: Some(task.ppid),
+        comm: status_name(&task.comm),
+        cmdline: Vec::new(),
+        uid: task.uid,
+        user: users.get(&task.uid).cloned(),
+        ns_pid: None,
+    };
+    if (detail.cmdline || task.level > 0)
+        && let Some(now) =
+            open_pid(proc_dir, pid).and_then(|dir| describe(&dir, pid, users, detail, buf))
+    {
+        if now.comm != p.comm || now.ppid != p.ppid {
+            return None;
+        }
+        p.cmdline = now.cmdline;
+        p.ns_pid = now.ns_pid;
+    }
+    Some(p)
+}
+
+/// Whether a process the iterator did not walk has files it should have seen (one of its
+/// first fds): the kernel hid them from it. Kernel threads and zombies have none.
+/// `sized`: this kernel gives the number of open fds as the size of `/proc/PID/fd` (6.2+),
+/// so one stat tells a kernel thread (none) from a process without listing it.
+fn hid_files(pid_dir: &OwnedFd, sized: bool) -> bool {
+    let fds = |dir: &OwnedFd| {
+        nix::sys::stat::fstatat(dir, "fd", nix::fcntl::AtFlags::empty()).map_or(0, |st| st.st_size)
+    };
+    if sized && fds(pid_dir) == 0 {
+        return false;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(mut dir) = Dir::openat(pid_dir, "fd", flags, Mode::empty()) else { return false };
+    // Listed in ascending order: the first fd is the lowest.
+    dir.iter()
+        .flatten()
+        .find_map(|e| e.file_name().to_str().ok().and_then(|n| n.parse::<u32>().ok()))
+        .is_some_and(|fd| fd < MARKER_FDS)
 }
 
 /// The kernel's BTF: mapped where the kernel allows it (6.16+), else read.
