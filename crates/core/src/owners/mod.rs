@@ -50,10 +50,10 @@ pub(crate) use self::index::OwnerIndex;
 pub use self::lookup::OwnerLookup;
 pub(crate) use self::lookup::{AUTO_BPF_MIN_PROCESSES, BpfIter, load_iterator, try_iterator};
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
-#[cfg(test)]
-pub(crate) use self::parse::{CMDLINE_CUT, CMDLINE_MAX_ARGS, Status};
 #[cfg(any(test, feature = "ebpf"))]
 pub(crate) use self::parse::status_name;
+#[cfg(test)]
+pub(crate) use self::parse::{CMDLINE_CUT, CMDLINE_MAX_ARGS, Status};
 pub(crate) use self::parse::{parse_cmdline, parse_passwd, parse_socket_link, parse_status};
 
 /// Most fds read of one process per walk. Listening sockets are opened at start-up, and the
