@@ -58,7 +58,7 @@ impl std::str::FromStr for OwnerLookup {
 /// With [`OwnerLookup::Auto`], the BPF iterator is used from this many processes on. Its
 /// fixed cost (index the kernel's BTF, relocate, verify: ~1.5 ms) is more than a walk of a
 /// small host's `/proc` costs; see BENCHMARKS.md for the measured crossing.
-pub(crate) const AUTO_BPF_MIN_PROCESSES: usize = 300;
+pub(crate) const AUTO_BPF_MIN_PROCESSES: usize = 200;
 
 /// The BPF owner iterator, when one is loaded. Without feature `ebpf` there is none.
 #[cfg(feature = "ebpf")]
