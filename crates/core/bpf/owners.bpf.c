@@ -72,8 +72,11 @@ struct bpf_iter__task_file {
  *    16    4 ppid   its parent's tgid (status PPid)
  *    20    4 uid    its real uid (status Uid, first field)
  *    24    4 level  depth of its pid namespace: 0 in the initial one (else status NSpid differs)
- *    28    4 (zero)
+ *    28    4 described  1 when ppid, uid, level and comm are filled in: for fds 0-2 only
  *    32   16 comm   its command name, NUL-padded (status Name, unescaped)
+ *
+ * A process none of whose fds 0-2 is open gets no description from the pass; the reader
+ * reads /proc/PID/status for it, as the walk does.
  *
  * Markers: a record with ino 0 for each of fds 0, 1 and 2 that is not a socket, so that the
  * reader knows which processes were walked. A kernel can hide a process's files even from
@@ -90,7 +93,7 @@ struct pw_owner {
 	__u32 ppid;
 	__u32 uid;
 	__u32 level;
-	__u32 pad;
+	__u32 described;
 	char comm[16];
 };
 
@@ -115,10 +118,15 @@ int pw_owners(struct bpf_iter__task_file *ctx)
 		return 0;
 	rec.tgid = task->tgid;
 	rec.fd = ctx->fd;
-	rec.ppid = task->real_parent->tgid;
-	rec.uid = task->cred->uid.val;
-	rec.level = task->thread_pid->level;
-	bpf_probe_read_kernel_str(rec.comm, sizeof(rec.comm), task->comm);
+	// The process's fields once or a few times per process, not once per socket: a
+	// server's fds 0-2 are its first files, and reading them costs pointer chases.
+	if (ctx->fd < PW_MARKER_FDS) {
+		rec.ppid = task->real_parent->tgid;
+		rec.uid = task->cred->uid.val;
+		rec.level = task->thread_pid->level;
+		rec.described = 1;
+		bpf_probe_read_kernel_str(rec.comm, sizeof(rec.comm), task->comm);
+	}
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }

@@ -49,7 +49,7 @@ const SECTION: &[u8] = b"iter/task_file";
 const PROGRAM_NAME: &[u8] = b"pw_owners";
 const ATTACH_FUNC: &[u8] = b"bpf_iter_task_file";
 /// One record (`struct pw_owner` in owners.bpf.c): tgid u32, fd u32, socket inode u64,
-/// ppid u32, uid u32, pid namespace level u32, pad u32, comm [u8; 16].
+/// ppid u32, uid u32, pid namespace level u32, described u32, comm [u8; 16].
 const RECORD: usize = 48;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -123,8 +123,8 @@ pub(crate) struct Pass {
     /// The deadline passed before the pass ended: processes from this pid on were not read.
     pub(crate) stopped_at: Option<u32>,
     /// Every process the pass walked (one with a socket, or a file among fds 0 to 2), with
-    /// what the kernel said of it.
-    pub(crate) walked: HashMap<u32, Task>,
+    /// what the kernel said of it when one of those fds was open.
+    pub(crate) walked: HashMap<u32, Option<Task>>,
 }
 
 /// What the pass read of a process, at the instant it read its fds: what
@@ -216,8 +216,11 @@ impl OwnerIter {
             let whole = filled - filled % RECORD;
             for rec in buf[..whole].chunks_exact(RECORD) {
                 let (pid, inode, task) = decode(rec);
-                if pid != last_pid {
-                    pass.walked.insert(pid, task);
+                if pid != last_pid || task.is_some() {
+                    let known = pass.walked.entry(pid).or_default();
+                    if known.is_none() {
+                        *known = task;
+                    }
                     last_pid = pid;
                 }
                 if wanted.contains(&inode) {
@@ -260,8 +263,15 @@ pub(crate) fn scan(
     holders.sort_unstable();
     holders.dedup();
     let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
-        let Some(task) = pass.walked.get(&pid) else { return };
-        if let Some(p) = describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf) {
+        let described = match pass.walked.get(&pid) {
+            Some(Some(task)) => {
+                describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf)
+            }
+            // None of its fds 0-2 open: /proc, as the walk would.
+            _ => open_pid(&proc_dir, pid)
+                .and_then(|dir| describe(&dir, pid, users, detail, &mut scratch.buf)),
+        };
+        if let Some(p) = described {
             local.processes.insert(pid, p);
         }
     });
@@ -376,11 +386,16 @@ impl KernelBtf {
 
 /// (tgid, socket inode, the process) of one record (native byte order, as the program wrote
 /// it; `rec` is one whole record).
-fn decode(rec: &[u8]) -> (u32, u64, Task) {
+fn decode(rec: &[u8]) -> (u32, u64, Option<Task>) {
     let u32_at = |at: usize| btf::u32_at(rec, at).unwrap_or(0);
     let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
     let comm = rec.get(32..48).and_then(|b| b.try_into().ok()).unwrap_or([0; 16]);
-    let task = Task { ppid: u32_at(16), uid: u32_at(20), level: u32_at(24), comm };
+    let task = (u32_at(28) == 1).then(|| Task {
+        ppid: u32_at(16),
+        uid: u32_at(20),
+        level: u32_at(24),
+        comm,
+    });
     (u32_at(0), inode, task)
 }
 
