@@ -19,7 +19,7 @@
 #                       one scrape at 1000 listeners (run as root)
 #   make fuzz           each cargo-fuzz target in fuzz/ for FUZZ_SECONDS
 #   make bpf            rebuild the committed eBPF objects crates/core/bpf/*.bpf.o
-#   make bpf-check      fail if that object is not what its source builds to
+#   make bpf-check      fail if an object is not what its source builds to
 #   make bench-ebpf     what the attached eBPF programs add to socket calls (run as root)
 #   make image          the offline container image; then run, run-sv, run-hf, run-host,
 #                       test-http, kill-port, verify-suite, ... (docker/docker.mk)
@@ -82,12 +82,12 @@ deps:
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "make: missing prometheus: the tests that need it will skip"; fi; }
 
-# Tools bench-compare times against.
+# Tools bench-compare times against, and GNU time for peak memory.
 deps-bench: deps
-	@command -v lsof >/dev/null 2>&1 || { \
+	@command -v lsof >/dev/null 2>&1 && [ -x /usr/bin/time ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq lsof >/dev/null; \
-	  else echo "make: lsof not found: install lsof"; exit 1; fi; }
+	    apt-get update -qq && apt-get install -y -qq lsof time >/dev/null; \
+	  else echo "make: lsof or /usr/bin/time not found: install lsof and time"; exit 1; fi; }
 
 test: deps
 	$(CARGO) test --workspace --all-features --locked
@@ -147,10 +147,13 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
-# The eBPF programs (feature `ebpf`). The object is committed, so cargo never needs clang;
-# these rebuild it. Debian's clang 14 / llvm / libbpf-dev headers; CO-RE, so no vmlinux.h from
-# the build machine. Paths are relative and the debug prefix mapped, so the bytes depend only on
-# the source and the toolchain: bpf-check rebuilds into a temp dir and compares.
+# The eBPF programs (feature `ebpf`): the event programs (portwatch.bpf.c), the owner iterator
+# (owners.bpf.c), the connection programs (connections.bpf.c), one object each so that each is
+# loaded alone. The objects are
+# committed, so cargo never needs clang; these rebuild them. Debian's clang 14 / llvm /
+# libbpf-dev headers; CO-RE, so no vmlinux.h from the build machine. Paths are relative and
+# the debug prefix mapped, so the bytes depend only on the source and the toolchain: bpf-check
+# rebuilds into a temp dir and compares.
 BPF_DIR := crates/core/bpf
 # Every crates/core/bpf/NAME.bpf.c builds to the committed NAME.bpf.o beside it.
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)

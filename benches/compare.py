@@ -2,10 +2,17 @@
 """Whole-process comparison: `portwatch list` against `ss -tulnp` and `lsof -iTCP -sTCP:LISTEN`.
 
 For each size LISTENERSxPROCESSES it forks PROCESSES holder processes that share LISTENERS TCP
-listeners on 127.0.0.1 between them (within RLIMIT_NOFILE), checks that every tool sees them,
-then runs the commands interleaved (A B C, B C A, ...) RUNS times and prints the median, min and
-max wall time of each. Run it as root for the numbers in BENCHMARKS.md (as another user, ss and
-lsof skip other users' processes and portwatch reports them unknown).
+listeners on 127.0.0.1 between them (within RLIMIT_NOFILE), checks that every tool sees them
+(portwatch with each owner lookup), then runs the commands interleaved (A B C, B C A, ...) RUNS
+times and prints the median, min and max wall time of each, and its peak resident memory (the
+largest ru_maxrss of its runs, from wait4). portwatch runs three ways: `--owners auto` (the
+default), `--owners bpf` (the BPF task_file iterator) and `--owners proc` (the /proc walk).
+Run it as root for the numbers in BENCHMARKS.md (as another user, ss and lsof skip other
+users' processes, portwatch reports them unknown and cannot load the iterator).
+
+Targets (issue 13): with the BPF path, portwatch <= 0.15 x ss at 10000/2000 and <= 0.5 x ss
+at the other sizes; never slower than the /proc path at any size; peak RSS < 20 MiB at
+10000/2000.
 
 Usage: compare.py [--runs N] [--sizes 10x1,1000x200,10000x2000] [--portwatch PATH]
 """
@@ -69,21 +76,42 @@ def release(release_w, pids):
 
 
 def timed(cmd):
+    """Wall time of one run, in ms."""
     t = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return (time.perf_counter() - t) * 1000.0
 
 
+GNU_TIME = "/usr/bin/time"
+
+
+def peak_rss_kib(cmd, runs=3):
+    """Largest peak resident set of `runs` runs, in KiB, measured by GNU time (%M). A child
+    of this script would report this script's own size: Linux counts the memory of the
+    process it was forked from, until exec, in ru_maxrss. GNU time is small, so what it
+    reports is the command's. Not timed: time's own fork and exec would be."""
+    if not os.access(GNU_TIME, os.X_OK):
+        return None
+    peak = 0
+    for _ in range(runs):
+        out = subprocess.run([GNU_TIME, "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, check=False).stderr
+        peak = max(peak, int(out.strip().splitlines()[-1]))
+    return peak
+
+
 def check_seen(portwatch, ports, pids):
     """Every tool must see every listener, with its owner, or the timing means nothing."""
-    out = subprocess.run([portwatch, "list", "--tcp", "-4", "--format", "json"],
-                         capture_output=True, check=True).stdout
-    listed = {s["port"]: s["pids"] for s in json.loads(out) if s["addr"] == "127.0.0.1"}
     pidset = set(pids)
-    missing = [p for p in ports if p not in listed]
-    unowned = [p for p in ports if p in listed and not pidset.intersection(listed[p])]
-    if missing or unowned:
-        sys.exit(f"portwatch missed {len(missing)} listeners, {len(unowned)} owners")
+    for owners in ("bpf", "proc"):
+        out = subprocess.run([portwatch, "list", "--tcp", "-4", "--format", "json",
+                              "--owners", owners], capture_output=True, check=True).stdout
+        listed = {s["port"]: s["pids"] for s in json.loads(out) if s["addr"] == "127.0.0.1"}
+        missing = [p for p in ports if p not in listed]
+        unowned = [p for p in ports if p in listed and not pidset.intersection(listed[p])]
+        if missing or unowned:
+            sys.exit(f"portwatch --owners {owners} missed {len(missing)} listeners, "
+                     f"{len(unowned)} owners")
     ss = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True).stdout
     seen = sum(1 for line in ss.splitlines() if "pid=" in line and "127.0.0.1:" in line)
     if seen < len(ports):
@@ -98,6 +126,8 @@ def main():
     args = ap.parse_args()
     tools = {
         "portwatch list": [args.portwatch, "list"],
+        "portwatch list --owners bpf": [args.portwatch, "list", "--owners", "bpf"],
+        "portwatch list --owners proc": [args.portwatch, "list", "--owners", "proc"],
         "ss -tulnp": ["ss", "-tulnp"],
         "lsof -iTCP -sTCP:LISTEN": ["lsof", "-nP", "-iTCP", "-sTCP:LISTEN"],
     }
@@ -105,13 +135,14 @@ def main():
         if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
             sys.exit(f"{name}: {cmd[0]} not found (make bench-compare builds portwatch; "
                      "apt-get install iproute2 lsof)")
-    print(f"# {args.runs} interleaved runs per command, wall time in ms, "
+    print(f"# {args.runs} interleaved runs per command, wall time in ms (peak RSS: 3 more runs "
+          f"under {GNU_TIME}), "
           f"{os.cpu_count()} CPUs, kernel {os.uname().release}, "
           f"{len(os.listdir('/proc'))} /proc entries before setup, uid {os.geteuid()}")
     print()
-    print("| listeners / processes | command | median | min | max | portwatch ÷ this |")
-    print("|---|---|---:|---:|---:|---:|")
-    failed = False
+    print("| listeners / processes | command | median | min | max | ÷ ss | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    failed = []
     for size in args.sizes.split(","):
         listeners, processes = (int(x) for x in size.split("x"))
         ports, pids, rel = spawn_holders(listeners, processes)
@@ -123,18 +154,32 @@ def main():
                 order = names[r % len(names):] + names[:r % len(names)]
                 for n in order:
                     times[n].append(timed(tools[n]))
-            ours = statistics.median(times["portwatch list"])
+            rss = {n: peak_rss_kib(tools[n]) for n in names}
+            med = {n: statistics.median(times[n]) for n in names}
+            ss = med["ss -tulnp"]
             for n in names:
-                med = statistics.median(times[n])
-                print(f"| {listeners} / {processes} | `{n}` | {med:.1f} | {min(times[n]):.1f} | "
-                      f"{max(times[n]):.1f} | {ours / med:.2f} |")
-            if ours > statistics.median(times["ss -tulnp"]) / 2:
-                failed = True
+                mib = "n/a" if rss[n] is None else f"{rss[n] / 1024:.1f}"
+                print(f"| {listeners} / {processes} | `{n}` | {med[n]:.1f} | {min(times[n]):.1f} | "
+                      f"{max(times[n]):.1f} | {med[n] / ss:.2f} | {mib} |")
+            bpf, proc, auto = (med["portwatch list --owners bpf"],
+                               med["portwatch list --owners proc"], med["portwatch list"])
+            limit = 0.15 if listeners >= 10000 else 0.5
+            if min(bpf, auto) > limit * ss:
+                failed.append(f"{size}: BPF path {min(bpf, auto) / ss:.2f} x ss > {limit}")
+            if auto > proc:
+                failed.append(f"{size}: auto {auto:.1f} ms slower than --owners proc {proc:.1f}")
+            if bpf > proc:
+                failed.append(f"{size}: --owners bpf {bpf:.1f} ms slower than --owners proc "
+                              f"{proc:.1f}")
+            peak = (rss["portwatch list --owners bpf"] or 0) / 1024
+            if listeners >= 10000 and peak >= 20:
+                failed.append(f"{size}: peak RSS {peak:.1f} MiB >= 20")
         finally:
             release(rel, pids)
     print()
-    print("target (portwatch median <= half of ss -tulnp at every size):",
-          "NOT MET" if failed else "met")
+    print("targets (BPF path <= 0.15 x ss at 10000 listeners, <= 0.5 x elsewhere; never slower "
+          "than --owners proc; < 20 MiB at 10000):", "NOT MET: " + "; ".join(failed) if failed
+          else "met")
 
 
 if __name__ == "__main__":

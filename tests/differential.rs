@@ -1,4 +1,5 @@
-//! `portwatch list` against `ss -tulnpH` and `ss -xlnpH`: the same sockets with the same pids.
+//! `portwatch list` against `ss -tulnpH` and `ss -xlnpH`: the same sockets with the same pids,
+//! with either owner lookup (`--owners proc`, the /proc walk; `--owners bpf`, the iterator).
 //!
 //! Other tests open and close sockets meanwhile, so the comparison covers the sockets that both
 //! `ss` runs around one `portwatch` run agree on, and is retried a few times.
@@ -7,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use crate::util::{Holder, json_list, private_dir, skip, system_tool, tool, wait_for};
+use crate::util::{Holder, is_root, json_list, private_dir, skip, system_tool, tool, wait_for};
 
 /// (proto, address or path, port) → pids.
 type Table = BTreeMap<(String, String, u16), BTreeSet<u32>>;
@@ -65,9 +66,9 @@ fn ss_unix() -> Table {
     t
 }
 
-fn portwatch_table() -> Table {
+fn portwatch_table(owners: &str) -> Table {
     let mut t = Table::new();
-    for s in json_list(&["--tcp", "--udp", "--unix"]) {
+    for s in json_list(&["--tcp", "--udp", "--unix", "--owners", owners]) {
         let proto = s["proto"].as_str().unwrap().to_owned();
         let key = if proto == "unix" {
             // Unnamed listeners show as `*` in ss; they have no path here.
@@ -82,7 +83,19 @@ fn portwatch_table() -> Table {
 }
 
 #[test]
-fn matches_ss() {
+fn matches_ss_through_proc() {
+    matches_ss("proc");
+}
+
+#[test]
+fn matches_ss_through_bpf() {
+    if !is_root() {
+        return skip("the BPF owner lookup needs root (or CAP_BPF and CAP_PERFMON)");
+    }
+    matches_ss("bpf");
+}
+
+fn matches_ss(owners: &str) {
     if !ss_available() {
         skip("ss (iproute2) is not installed; make deps installs it");
         return;
@@ -106,7 +119,7 @@ fn matches_ss() {
     let compared =
         wait_for("portwatch and ss to agree on our sockets", Duration::from_secs(20), || {
             let (before_i, before_u) = (ss_inet(), ss_unix());
-            let ours = portwatch_table();
+            let ours = portwatch_table(owners);
             let (after_i, after_u) = (ss_inet(), ss_unix());
             let mut problems = Vec::new();
             let mut compared = BTreeSet::new();
@@ -140,7 +153,7 @@ fn matches_ss() {
             if problems.is_empty() {
                 Some(compared)
             } else {
-                eprintln!("retrying, differences: {problems:#?}");
+                eprintln!("retrying (--owners {owners}), differences: {problems:#?}");
                 None
             }
         });

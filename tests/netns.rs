@@ -145,12 +145,15 @@ fn unshared_sandbox_shows_ns_pid_1() {
     let sb = Sandbox::unshared();
     assert_eq!(sb.ns_pid, 1, "the listener is init of its pid namespace");
     let inode = std::fs::metadata(sb.path()).unwrap().ino();
-    let list = json_list(&["--netns", &sb.host_pid.to_string()]);
-    assert_sandbox_listed(&list, &sb, inode);
-    let p = &list[0]["processes"][0];
-    assert_eq!(p["pid"], sb.host_pid);
-    assert_eq!(p["ns_pid"], 1, "pid inside the sandbox");
-    assert!(list[0]["netns_name"].is_null(), "not bound under /run/netns: no name");
+    // Both owner lookups name the owner by host pid, with its pid inside.
+    for owners in ["proc", "bpf"] {
+        let list = json_list(&["--netns", &sb.host_pid.to_string(), "--owners", owners]);
+        assert_sandbox_listed(&list, &sb, inode);
+        let p = &list[0]["processes"][0];
+        assert_eq!(p["pid"], sb.host_pid, "--owners {owners}");
+        assert_eq!(p["ns_pid"], 1, "pid inside the sandbox (--owners {owners})");
+        assert!(list[0]["netns_name"].is_null(), "not bound under /run/netns: no name");
+    }
 }
 
 #[test]

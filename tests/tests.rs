@@ -11,6 +11,7 @@ mod hostile;
 mod list;
 mod metrics;
 mod netns;
+mod owners;
 mod packaging;
 mod schema;
 mod util;

@@ -88,6 +88,9 @@ pub struct SocketFilter {
     /// Where to read sockets from.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+    /// How to find the processes holding each socket.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = OwnersArg::Auto)]
+    pub owners: OwnersArg,
     /// Read another network namespace: a path (/run/netns/NAME, /proc/PID/ns/net,
     /// /var/run/docker/netns/ID) or the pid of a process inside it.
     #[arg(long, value_name = "PATH|PID")]
@@ -145,6 +148,18 @@ pub enum BackendArg {
     /// sock_diag only.
     Netlink,
     /// /proc/net only (slower; no socket cookies).
+    Proc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OwnersArg {
+    /// The BPF iterator where it loads and pays (hundreds of processes), else /proc; says
+    /// once why it cannot load.
+    Auto,
+    /// One pass of a BPF task_file iterator over every open file (root, or CAP_BPF +
+    /// CAP_PERFMON; kernel BTF); an error if it cannot load.
+    Bpf,
+    /// A walk of /proc/*/fd (each process's first 1024 fds).
     Proc,
 }
 

@@ -3,16 +3,19 @@
 //! the commands decide what runs when.
 
 use portwatch_core::{
-    Backend, Family, Filter, Netns, Protocol, Query, Source, State, StateSet, Watcher,
+    Backend, Family, Filter, Netns, OwnerLookup, Protocol, Query, Source, State, StateSet, Watcher,
     WatcherBuilder, docker,
 };
 
 use crate::Result;
-use crate::args::{BackendArg, SocketFilter, SourceArg, StateArg, WatchArgs};
+use crate::args::{BackendArg, OwnersArg, SocketFilter, SourceArg, StateArg, WatchArgs};
 
 /// Builds the library query the filter flags describe.
 pub fn query(filter: &SocketFilter) -> Result<Query> {
-    let q = Query::new().filter(selection(filter)).backend(backend(filter));
+    let q = Query::new()
+        .filter(selection(filter))
+        .backend(backend(filter))
+        .owner_lookup(owner_lookup(filter));
     if filter.all_netns {
         raise_fd_limit();
         let q = q.all_netns();
@@ -73,6 +76,7 @@ pub fn watcher(args: &WatchArgs) -> Result<WatcherBuilder> {
     Ok(builder
         .filter(filter)
         .backend(backend(&args.filter))
+        .owner_lookup(owner_lookup(&args.filter))
         .report_initial(!args.no_initial)
         .source(source))
 }
@@ -170,5 +174,14 @@ fn backend(filter: &SocketFilter) -> Backend {
         BackendArg::Auto => Backend::Auto,
         BackendArg::Netlink => Backend::Netlink,
         BackendArg::Proc => Backend::Proc,
+    }
+}
+
+/// The owner lookup `--owners` names.
+fn owner_lookup(filter: &SocketFilter) -> OwnerLookup {
+    match filter.owners {
+        OwnersArg::Auto => OwnerLookup::Auto,
+        OwnersArg::Bpf => OwnerLookup::Bpf,
+        OwnersArg::Proc => OwnerLookup::Proc,
     }
 }

@@ -116,6 +116,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The BPF owner lookup was asked for ([`OwnerLookup::Bpf`](crate::OwnerLookup::Bpf))
+    /// and cannot load; the reason names what is missing (a capability, kernel BTF, the
+    /// host's pid namespace, …).
+    #[error("cannot look owners up with BPF: {reason}; or use the /proc walk (--owners proc)")]
+    OwnerLookupUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// `/proc` could not be read, so neither namespaces nor owners can be found.
     #[error("cannot read {}: {source} (is procfs mounted at /proc?)", path.display())]
     ProcUnavailable {

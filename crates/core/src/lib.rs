@@ -64,7 +64,8 @@
 //! held by another user's process needs to read that process's `/proc/PID/fd`: root, or
 //! `CAP_SYS_PTRACE` (`CAP_DAC_READ_SEARCH` is not enough since Linux 4.x's ptrace checks).
 //! Without it such sockets come back with [`UnknownReason::PermissionDenied`]. The destroy
-//! multicast groups a [`Watcher`] joins need no privilege either.
+//! multicast groups a [`Watcher`] joins need no privilege either. The BPF owner lookup
+//! ([`OwnerLookup::Bpf`], feature `ebpf`) needs root, or `CAP_BPF` and `CAP_PERFMON`.
 //!
 //! # Cargo features
 //!
@@ -77,7 +78,10 @@
 //! - `ebpf`: the kernel event source, [`Source::Ebpf`] (and what [`Source::Auto`] prefers).
 //!   Its eBPF programs are compiled in (committed as an object: no clang needed to build)
 //!   and loaded with [aya](https://docs.rs/aya). Loading needs root, or `CAP_BPF`,
-//!   `CAP_PERFMON` and `CAP_NET_ADMIN`; a kernel with BTF; a cgroup2 mount.
+//!   `CAP_PERFMON` and `CAP_NET_ADMIN`; a kernel with BTF; a cgroup2 mount. Also the owner
+//!   lookup through a BPF `iter/task_file` program, [`OwnerLookup::Bpf`] (and what
+//!   [`OwnerLookup::Auto`] prefers on a host with hundreds of processes): one pass over every
+//!   open file of every process instead of a `readlink` per fd.
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -111,6 +115,7 @@ pub use crate::{
     event::{Event, EventKind},
     filter::Filter,
     netns::Netns,
+    owners::OwnerLookup,
     query::Query,
     socket::{
         ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,

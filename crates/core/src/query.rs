@@ -7,7 +7,7 @@ use crate::discover::{self, Namer};
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::netns::Netns;
-use crate::owners;
+use crate::owners::{self, OwnerLookup};
 use crate::socket::{Family, Protocol, Socket, StateSet};
 use crate::source::{Backend, Scanner, Scope};
 
@@ -33,6 +33,7 @@ pub struct Query {
     /// The Docker daemon's socket, for naming containers found by `all_netns`.
     docker: Option<PathBuf>,
     owners: bool,
+    lookup: OwnerLookup,
     cmdlines: bool,
     backend: Backend,
     proc_root: PathBuf,
@@ -53,6 +54,7 @@ impl Query {
             scope: Scope::Current,
             docker: None,
             owners: true,
+            lookup: OwnerLookup::Auto,
             cmdlines: true,
             backend: Backend::Auto,
             proc_root: PathBuf::from("/proc"),
@@ -122,6 +124,15 @@ impl Query {
         self
     }
 
+    /// How owners are found (default [`OwnerLookup::Auto`]): one pass of a BPF iterator over
+    /// every process's open files, or a walk of `/proc/*/fd`. Either way the processes are
+    /// described from `/proc`, and an owner that cannot be found says why.
+    /// [`run`](Self::run) fails when [`OwnerLookup::Bpf`] cannot load.
+    pub fn owner_lookup(mut self, how: OwnerLookup) -> Query {
+        self.lookup = how;
+        self
+    }
+
     /// Whether to read each owner's command line (default true). Reading it costs about a
     /// fifth of the owner lookup; without it [`Process::cmdline`](crate::Process::cmdline) is
     /// empty.
@@ -165,7 +176,14 @@ impl Query {
         if self.owners {
             let detail = owners::Detail { cmdline: self.cmdlines };
             let threads = owners::worker_threads();
-            owners::resolve(&mut sockets, &self.proc_root, &self.passwd, detail, threads);
+            owners::resolve(
+                &mut sockets,
+                &self.proc_root,
+                &self.passwd,
+                detail,
+                threads,
+                self.lookup,
+            )?;
             log::debug!("resolved owners in {:?}", dumped.elapsed());
             sockets.retain(|s| filter.owner_matches(s, &self.proc_root));
         }

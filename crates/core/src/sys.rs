@@ -6,6 +6,10 @@
 //!
 //! nix has no wrapper for the namespace ioctl `NS_GET_OWNER_UID`, which says which user owns a
 //! namespace (to cap how many of one user's namespaces are watched).
+//!
+//! The owner iterator (feature `ebpf`) is loaded with three `bpf(2)` commands of its own
+//! (`BPF_PROG_LOAD`, `BPF_LINK_CREATE`, `BPF_ITER_CREATE`): a general loader's setup costs ten
+//! times a whole listing (see `owners/bpf`).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -56,4 +60,181 @@ pub(crate) fn ns_owner_uid(ns: impl AsFd) -> Result<u32, Errno> {
     };
     Errno::result(r)?;
     Ok(uid)
+}
+
+/// `bpf(2)` commands and constants from `<linux/bpf.h>` (a stable ABI).
+#[cfg(feature = "ebpf")]
+mod bpf_abi {
+    pub(super) const BPF_PROG_LOAD: nix::libc::c_long = 5;
+    pub(super) const BPF_LINK_CREATE: nix::libc::c_long = 28;
+    pub(super) const BPF_ITER_CREATE: nix::libc::c_long = 33;
+    pub(super) const BPF_PROG_TYPE_TRACING: u32 = 26;
+    pub(super) const BPF_TRACE_ITER: u32 = 28;
+}
+
+/// The attribute block of one `bpf(2)` command: `union bpf_attr`, zeroed, written by offset
+/// (the kernel requires every byte it does not know of to be zero).
+#[cfg(feature = "ebpf")]
+#[repr(C, align(8))]
+struct BpfAttr([u8; 128]);
+
+#[cfg(feature = "ebpf")]
+impl BpfAttr {
+    fn new() -> BpfAttr {
+        BpfAttr([0; 128])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+}
+
+/// Runs one `bpf(2)` command that returns a new file descriptor.
+///
+/// # Safety
+/// Every address in `attr` must point at memory valid for the command's reads and writes of
+/// the sizes given beside it, for the whole call.
+#[cfg(feature = "ebpf")]
+#[allow(unsafe_code)]
+unsafe fn bpf_fd(
+    cmd: nix::libc::c_long,
+    attr: &mut BpfAttr,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `attr` is a live, writable block of its size; the addresses inside are the
+    // caller's promise (above).
+    let r =
+        unsafe { nix::libc::syscall(nix::libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
+    let fd = i32::try_from(Errno::result(r)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns (close-on-exec: the
+    // kernel sets O_CLOEXEC on every bpf descriptor it hands out).
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_PROG_LOAD` of an `iter` tracing program (`BPF_PROG_TYPE_TRACING`, `BPF_TRACE_ITER`)
+/// attached to the kernel function with BTF id `attach_btf_id` (`bpf_iter_<target>`). `insns`
+/// are the program's 8-byte instructions; the verifier's log goes to `log` when one is given.
+#[cfg(feature = "ebpf")]
+pub(crate) fn bpf_load_iter(
+    insns: &[u64],
+    license: &CStr,
+    name: &[u8],
+    attach_btf_id: u32,
+    log: Option<&mut [u8]>,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    use bpf_abi::*;
+    let mut attr = BpfAttr::new();
+    let count = u32::try_from(insns.len()).map_err(|_| Errno::E2BIG)?;
+    attr.u32(0, BPF_PROG_TYPE_TRACING)
+        .u32(4, count)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64);
+    if let Some(log) = log {
+        let size = u32::try_from(log.len()).unwrap_or(u32::MAX);
+        attr.u32(24, 1).u32(28, size).u64(32, log.as_mut_ptr() as u64);
+    }
+    // prog_name: 16 bytes, NUL-terminated, [A-Za-z0-9_.] only.
+    for (i, b) in name.iter().take(15).enumerate() {
+        attr.0[48 + i] = *b;
+    }
+    attr.u32(68, BPF_TRACE_ITER).u32(108, attach_btf_id);
+    // SAFETY: `insns` and `license` are borrowed for the call, of the count given (the license
+    // NUL-terminated); `log`, when given, is writable for its length, which is what is passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        bpf_fd(BPF_PROG_LOAD, &mut attr)
+    }
+}
+
+/// `BPF_LINK_CREATE` of a loaded iterator program: the link every read of the iterator starts
+/// from.
+#[cfg(feature = "ebpf")]
+pub(crate) fn bpf_link_iter(prog: impl AsFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    use bpf_abi::*;
+    let mut attr = BpfAttr::new();
+    let fd = u32::try_from(prog.as_fd().as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    attr.u32(0, fd).u32(8, BPF_TRACE_ITER);
+    // SAFETY: no address is passed (iter_info stays NULL: task iterators take none).
+    #[allow(unsafe_code)]
+    unsafe {
+        bpf_fd(BPF_LINK_CREATE, &mut attr)
+    }
+}
+
+/// `BPF_ITER_CREATE`: a new pass of the iterator, read like a file until it returns 0.
+#[cfg(feature = "ebpf")]
+pub(crate) fn bpf_iter_create(link: impl AsFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    use bpf_abi::*;
+    let mut attr = BpfAttr::new();
+    let fd = u32::try_from(link.as_fd().as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    attr.u32(0, fd);
+    // SAFETY: no address is passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        bpf_fd(BPF_ITER_CREATE, &mut attr)
+    }
+}
+
+/// A read-only private mapping of a whole file whose contents never change while mapped (the
+/// kernel's BTF, `/sys/kernel/btf/vmlinux`: 5 MiB that sysfs reads out a page per `read`,
+/// ~3 ms, where a mapping costs ~0.1 ms). Unmapped on drop.
+#[cfg(feature = "ebpf")]
+pub(crate) struct Mapping {
+    addr: std::ptr::NonNull<nix::libc::c_void>,
+    len: usize,
+}
+
+#[cfg(feature = "ebpf")]
+impl Mapping {
+    /// Maps the first `len` bytes of `file`, read-only and private (sysfs refuses shared
+    /// mappings of the BTF). Callers fall back to reading the file when this fails (kernels
+    /// before 6.16 cannot map it).
+    pub(crate) fn of(file: &std::fs::File, len: usize) -> Result<Mapping, Errno> {
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (NULL hint), of a live descriptor;
+        // nothing else refers to the memory it returns.
+        #[allow(unsafe_code)]
+        let addr = unsafe {
+            nix::libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                nix::libc::PROT_READ,
+                nix::libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == nix::libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let addr = std::ptr::NonNull::new(addr).ok_or(Errno::EINVAL)?;
+        Ok(Mapping { addr, len })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `addr` is a live read-only mapping of `len` bytes until `self` drops, and
+        // the file behind it (the kernel's own BTF) never changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.addr.as_ptr().cast::<u8>(), self.len)
+        }
+    }
+}
+
+#[cfg(feature = "ebpf")]
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns; no borrow of it outlives `self`.
+        #[allow(unsafe_code)]
+        unsafe {
+            nix::libc::munmap(self.addr.as_ptr(), self.len);
+        }
+    }
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{
-    Detail, FdScan, WALK_BUDGET, describe, hidepid, list_pids, open_pid, open_proc, read_users,
-    scan_pids,
+    BpfIter, Detail, FdScan, WALK_BUDGET, describe, hidepid, list_pids, open_pid, open_proc,
+    read_users, scan_pids, try_iterator,
 };
 use crate::socket::{Owners, Process, Socket, UnknownReason};
 
@@ -20,6 +20,10 @@ use crate::socket::{Owners, Process, Socket, UnknownReason};
 /// then every other process. The parents of the holders found are then checked too, so a
 /// listener shared by a forked server lists the parent as well as the new workers. A watcher
 /// with no new sockets calls nothing here, and reads no `/proc/*/fd` at all.
+///
+/// With a BPF owner iterator, a lookup that would read every process — the first one (the
+/// watcher's first scan), or one whose sockets the new and same-user processes do not hold
+/// (after a reconciling dump, say) — is one pass of the iterator instead.
 pub(crate) struct OwnerIndex {
     proc_root: PathBuf,
     passwd: PathBuf,
@@ -27,6 +31,7 @@ pub(crate) struct OwnerIndex {
     seen_pids: HashSet<u32>,
     detail: Detail,
     threads: usize,
+    iter: Option<BpfIter>,
 }
 
 impl OwnerIndex {
@@ -43,7 +48,14 @@ impl OwnerIndex {
             seen_pids: HashSet::new(),
             detail,
             threads,
+            iter: None,
         }
+    }
+
+    /// Uses `iter` for the lookups that would read every process.
+    pub(crate) fn with_iterator(mut self, iter: Option<BpfIter>) -> OwnerIndex {
+        self.iter = iter;
+        self
     }
 
     /// Finds the owners of `sockets` (new ones: owners of known sockets are carried over by
@@ -72,8 +84,28 @@ impl OwnerIndex {
             &|pid| owner_uid(&proc_dir, pid).is_some_and(|u| uids.contains(&u)),
             &|_| true,
         ];
-        for phase in phases {
+        // The first lookup reads every process whatever the phases: one pass does it.
+        let first = self.seen_pids.is_empty();
+        let mut by_iterator = false;
+        for (i, phase) in phases.into_iter().enumerate() {
             if missing.is_empty() {
+                break;
+            }
+            // The first phase (new processes) is cheap; past it, every process may be read.
+            if (first || i > 0)
+                && let Some(scan) = try_iterator(
+                    self.iter.as_ref(),
+                    &self.proc_root,
+                    &pids,
+                    &wanted,
+                    users,
+                    self.detail,
+                    self.threads,
+                    deadline,
+                )
+            {
+                total = scan;
+                by_iterator = true;
                 break;
             }
             let batch: Vec<u32> =
@@ -86,7 +118,12 @@ impl OwnerIndex {
         }
         // Forked sharers: a holder's parent often holds the same socket (the listener was
         // opened before the fork). Walk up while parents keep holding something.
-        let mut parents: Vec<u32> = total.processes.values().filter_map(|p| p.ppid).collect();
+        // (The iterator's pass found every holder already.)
+        let mut parents: Vec<u32> = if by_iterator {
+            Vec::new()
+        } else {
+            total.processes.values().filter_map(|p| p.ppid).collect()
+        };
         while !parents.is_empty() {
             parents.retain(|p| *p > 1 && scanned.insert(*p));
             let scan = scan_pids(&proc_dir, &parents, &wanted, users, self.detail, 1, deadline);

@@ -15,6 +15,12 @@
 //! through one handle on its `/proc/PID` directory, so a pid reused between the reads of its fd
 //! table and its `status` cannot describe another process.
 //!
+//! The inode → pids map comes from one of two places ([`OwnerLookup`]): this walk, or (feature
+//! `ebpf`) one pass of a BPF `task_file` iterator (`bpf`), which reads every fd of every
+//! process inside the kernel. Either way the holders are then described here, from their
+//! `/proc/PID`, and a socket without a found owner says why: one pipeline, two ways of
+//! filling its map.
+//!
 //! Parsers (`parse_*`) take bytes and are tested on fixtures.
 
 use std::collections::{HashMap, HashSet};
@@ -34,11 +40,18 @@ use nix::sys::stat::Mode;
 use crate::socket::{Owners, Process, Socket, UnknownReason};
 use crate::sys;
 
+#[cfg(feature = "ebpf")]
+mod bpf;
 mod hidepid;
 mod index;
+mod lookup;
 mod parse;
 pub(crate) use self::index::OwnerIndex;
+pub use self::lookup::OwnerLookup;
+pub(crate) use self::lookup::{AUTO_BPF_MIN_PROCESSES, BpfIter, load_iterator, try_iterator};
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
+#[cfg(any(test, feature = "ebpf"))]
+pub(crate) use self::parse::status_name;
 #[cfg(test)]
 pub(crate) use self::parse::{CMDLINE_CUT, CMDLINE_MAX_ARGS, Status};
 pub(crate) use self::parse::{parse_cmdline, parse_passwd, parse_socket_link, parse_status};
@@ -226,7 +239,8 @@ pub(crate) fn open_proc(proc_root: &Path) -> nix::Result<OwnedFd> {
 }
 
 /// Finds and describes every process under `proc_root` holding one of `wanted`, over up to
-/// `threads` threads, within [`LIST_WALK_BUDGET`].
+/// `threads` threads, within [`LIST_WALK_BUDGET`] (the benches' entry to the walk).
+#[cfg(feature = "bench-internals")]
 pub(crate) fn scan_fds(
     proc_root: &Path,
     wanted: &HashSet<u64>,
@@ -260,13 +274,54 @@ pub(crate) fn scan_pids(
     if wanted.is_empty() || pids.is_empty() {
         return FdScan::default();
     }
+    for_each_pid(pids, threads, |pid, local, scratch| {
+        // One clock read (vDSO, tens of ns) per process: nothing beside its walk.
+        if Instant::now() >= deadline {
+            local.unread += 1;
+            return;
+        }
+        let Some(pid_dir) = open_pid(proc_dir, pid) else { return };
+        let mut holds = false;
+        let seen = scan_pid(&pid_dir, wanted, &mut scratch.fds, |inode| {
+            holds = true;
+            let v = local.holders.entry(inode).or_default();
+            if !v.contains(&pid) {
+                v.push(pid);
+            }
+        });
+        match seen {
+            PidScan::Done => {}
+            PidScan::Crowded => local.crowded += 1,
+            PidScan::Unreadable => local.unreadable += 1,
+        }
+        if let Some(p) =
+            holds.then(|| describe(&pid_dir, pid, users, detail, &mut scratch.buf)).flatten()
+        {
+            local.processes.insert(pid, p);
+        }
+    })
+}
+
+/// Buffers a worker keeps across the processes it reads.
+#[derive(Default)]
+struct Scratch {
+    fds: Vec<u32>,
+    buf: Vec<u8>,
+}
+
+/// Runs `work` for each of `pids` over up to `threads` threads (one below
+/// [`PARALLEL_MIN_PIDS`]), each worker filling its own [`FdScan`]; returns them merged.
+fn for_each_pid(
+    pids: &[u32],
+    threads: usize,
+    work: impl Fn(u32, &mut FdScan, &mut Scratch) + Sync,
+) -> FdScan {
     let threads = if pids.len() < PARALLEL_MIN_PIDS { 1 } else { threads.clamp(1, 16) };
     let next = AtomicUsize::new(0);
     let result = Mutex::new(FdScan::default());
     let worker = || {
         let mut local = FdScan::default();
-        let mut fds = Vec::new();
-        let mut buf = Vec::new();
+        let mut scratch = Scratch::default();
         loop {
             let start = next.fetch_add(CHUNK, Ordering::Relaxed);
             let Some(chunk) = pids.get(start..pids.len().min(start + CHUNK)) else { break };
@@ -274,30 +329,7 @@ pub(crate) fn scan_pids(
                 break;
             }
             for &pid in chunk {
-                // One clock read (vDSO, tens of ns) per process: nothing beside its walk.
-                if Instant::now() >= deadline {
-                    local.unread += 1;
-                    continue;
-                }
-                let Some(pid_dir) = open_pid(proc_dir, pid) else { continue };
-                let mut holds = false;
-                let seen = scan_pid(&pid_dir, wanted, &mut fds, |inode| {
-                    holds = true;
-                    let v = local.holders.entry(inode).or_default();
-                    if !v.contains(&pid) {
-                        v.push(pid);
-                    }
-                });
-                match seen {
-                    PidScan::Done => {}
-                    PidScan::Crowded => local.crowded += 1,
-                    PidScan::Unreadable => local.unreadable += 1,
-                }
-                if let Some(p) =
-                    holds.then(|| describe(&pid_dir, pid, users, detail, &mut buf)).flatten()
-                {
-                    local.processes.insert(pid, p);
-                }
+                work(pid, &mut local, &mut scratch);
             }
         }
         // A poisoned lock only means another worker panicked; its data is still a valid map.
@@ -417,21 +449,52 @@ pub(crate) fn holders_among(
     scan_pids(&proc_dir, pids, wanted, &HashMap::new(), detail, 1, deadline).holders
 }
 
-/// Fills in `owners` of every socket with one walk over all processes.
+/// Fills in `owners` of every socket with one pass over all processes: of the BPF iterator
+/// or of `/proc`, as `how` asks (with `Auto`, by the number of processes). An error only
+/// when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
 pub(crate) fn resolve(
     sockets: &mut [Socket],
     proc_root: &Path,
     passwd: &Path,
     detail: Detail,
     threads: usize,
-) {
+    how: OwnerLookup,
+) -> crate::error::Result<()> {
     let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
-    let users = if wanted.is_empty() { HashMap::new() } else { read_users(passwd) };
-    let mut scan = scan_fds(proc_root, &wanted, &users, detail, threads);
+    if wanted.is_empty() {
+        for socket in sockets.iter_mut() {
+            socket.owners = FdScan::default().owners_of(socket.inode);
+        }
+        return Ok(());
+    }
+    // With Auto, the number of processes decides: counting them is the readdir of /proc the
+    // walk starts with anyway.
+    let pids = list_pids(proc_root);
+    let how = match (how, &pids) {
+        (OwnerLookup::Auto, Ok(pids)) if pids.len() < AUTO_BPF_MIN_PROCESSES => OwnerLookup::Proc,
+        (how, _) => how,
+    };
+    let iter = load_iterator(how)?;
+    let users = read_users(passwd);
+    let deadline = Instant::now() + LIST_WALK_BUDGET;
+    let listed = pids.as_deref().unwrap_or_default();
+    let from_iter =
+        try_iterator(iter.as_ref(), proc_root, listed, &wanted, &users, detail, threads, deadline);
+    let mut scan = match (from_iter, open_proc(proc_root), pids) {
+        (Some(scan), ..) => scan,
+        (None, Ok(proc_dir), Ok(pids)) => {
+            scan_pids(&proc_dir, &pids, &wanted, &users, detail, threads, deadline)
+        }
+        (None, ..) => {
+            log::warn!("cannot read {}: process owners unknown", proc_root.display());
+            FdScan { unreadable: 1, ..FdScan::default() }
+        }
+    };
     scan.hidden = hidepid::explains_missing(&scan, &wanted, proc_root);
     for socket in sockets.iter_mut() {
         socket.owners = scan.owners_of(socket.inode);
     }
+    Ok(())
 }
 
 /// How many threads the owner walk may use: the CPUs this thread may run on. (One
@@ -518,6 +581,19 @@ NSpid:\t1\n";
         for cut in 0..STATUS_CONTAINER.len() {
             let _ = parse_status(&STATUS_CONTAINER.as_bytes()[..cut]);
         }
+    }
+
+    #[test]
+    fn names_as_status_shows_them() {
+        // What Linux 6.18.44 prints as `Name:` for these comms (proc_task_name escapes only
+        // `\n` and `\`), after parse_status's trim.
+        assert_eq!(status_name(b"nginx\0\0\0\0\0\0\0\0\0\0\0"), "nginx");
+        assert_eq!(status_name(b"a\nb\\c\td\0"), "a\\nb\\\\c\td");
+        assert_eq!(status_name(b" spaced \0"), "spaced");
+        assert_eq!(status_name(b"0123456789abcdef"), "0123456789abcdef", "no NUL: all 16");
+        assert_eq!(status_name(b"\xff\xfe"), "\u{fffd}\u{fffd}");
+        let status = b"Name:\ta\\nb\\\\c\td\nUid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status(status).unwrap().name, status_name(b"a\nb\\c\td"));
     }
 
     #[test]

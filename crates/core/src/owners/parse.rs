@@ -45,6 +45,23 @@ pub(crate) fn parse_status(bytes: &[u8]) -> Option<Status> {
     Some(Status { name: name?, uid: uid?, ppid, ns_pid })
 }
 
+/// A task's command name (`comm`, as the kernel keeps it: up to 16 bytes, NUL-padded) the way
+/// [`parse_status`] reads it from the `Name:` line: the kernel escapes `\n` and `\` there
+/// (`proc_task_name`), and the line's value is trimmed.
+#[cfg(any(test, feature = "ebpf"))]
+pub(crate) fn status_name(comm: &[u8]) -> String {
+    let comm = &comm[..comm.iter().position(|b| *b == 0).unwrap_or(comm.len())];
+    let mut escaped = Vec::with_capacity(comm.len());
+    for &b in comm {
+        match b {
+            b'\n' => escaped.extend_from_slice(b"\\n"),
+            b'\\' => escaped.extend_from_slice(b"\\\\"),
+            b => escaped.push(b),
+        }
+    }
+    String::from_utf8_lossy(escaped.trim_ascii()).into_owned()
+}
+
 fn first_number(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.split_ascii_whitespace().next()?.parse().ok()
 }

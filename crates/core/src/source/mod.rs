@@ -11,7 +11,7 @@
 mod destroy;
 mod diag;
 #[cfg(feature = "ebpf")]
-mod ebpf;
+pub(crate) mod ebpf;
 #[cfg(feature = "ebpf")]
 mod kernel;
 mod probe;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::owners::OwnerLookup;
 use crate::source::{Backend, Scope, Source};
 
 /// Shortest interval accepted: below it a cycle's own work (a dump, an owner lookup) takes
@@ -33,6 +34,8 @@ pub(super) struct Config {
     pub(super) destroy_buffer: Option<usize>,
     pub(super) change_probe: bool,
     pub(super) cmdlines: bool,
+    /// How owners are found (the BPF iterator serves the lookups that read every process).
+    pub(super) owner_lookup: OwnerLookup,
     pub(super) scope: Scope,
     /// Where sockets are learnt of.
     pub(super) source: Source,
@@ -61,6 +64,7 @@ impl Default for Config {
             destroy_buffer: None,
             change_probe: true,
             cmdlines: true,
+            owner_lookup: OwnerLookup::Auto,
             scope: Scope::Current,
             // The feature is the opt-in: a build with `ebpf` uses kernel events where it can.
             source: if cfg!(feature = "ebpf") { Source::Auto } else { Source::Scan },

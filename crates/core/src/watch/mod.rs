@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
 use crate::netns::Netns;
-use crate::owners::{Detail, OwnerIndex, worker_threads};
+use crate::owners::{Detail, OwnerIndex, OwnerLookup, load_iterator, worker_threads};
 use crate::snapshot;
 use crate::socket::Socket;
 use crate::source::{Backend, Feed, Scope, Source};
@@ -306,6 +306,16 @@ impl WatcherBuilder {
         self
     }
 
+    /// How owners are found (default [`OwnerLookup::Auto`]). With the BPF iterator, the
+    /// lookups that would read every process — the first scan's, and a reconciling dump's
+    /// when new processes do not explain its sockets — are one pass of it; the smaller
+    /// lookups stay incremental walks of `/proc`. [`build`](Self::build) fails when
+    /// [`OwnerLookup::Bpf`] cannot load; `Auto` then walks, with one warning.
+    pub fn owner_lookup(mut self, how: OwnerLookup) -> Self {
+        self.config.owner_lookup = how;
+        self
+    }
+
     /// Whether owners' command lines are read (default true).
     pub fn cmdlines(mut self, cmdlines: bool) -> Self {
         self.config.cmdlines = cmdlines;
@@ -349,6 +359,7 @@ impl WatcherBuilder {
             None => Default::default(),
         };
         let kernel = kernel_events(&cfg)?;
+        let iter = load_iterator(cfg.owner_lookup)?;
         let waiting = follow::waiting(follow.as_ref());
         let initial = namespaces::initial(&cfg, &proc_root, restored, waiting)?;
         // Close-on-exec: a hook the caller runs must not inherit it.
@@ -371,7 +382,7 @@ impl WatcherBuilder {
         let detail = Detail { cmdline: cfg.cmdlines };
         let index =
             || OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads());
-        let (owners, checker) = (index(), index());
+        let (owners, checker) = (index().with_iterator(iter), index());
         let parts = Parts {
             kernel,
             initial,

@@ -41,10 +41,10 @@
 // Nothing in the crate calls this source yet: the watcher will. Until then only the tests use it.
 #![cfg_attr(not(test), allow(dead_code))]
 
-mod host;
+pub(crate) mod host;
 mod record;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs::File;
 use std::io;

@@ -30,7 +30,7 @@ fn required() -> bool {
     std::env::var_os(REQUIRE).is_some_and(|v| v == "1")
 }
 
-fn skip(why: &str) {
+pub(crate) fn skip(why: &str) {
     assert!(!required(), "{REQUIRE}=1 but {why}");
     eprintln!("skipped: {why}");
 }

@@ -1,0 +1,503 @@
+//! Socket inode → holding processes through one pass of a BPF `iter/task_file` program
+//! (feature `ebpf`): another way of filling the map the `/proc/*/fd` walk fills, read in one
+//! pass inside the kernel instead of a `readlink` per fd (10 000 sockets of 2 000 processes:
+//! ~9 ms against ~70 ms). Each record also carries what `/proc/PID/status` would say of the
+//! holder (parent, uid, name, pid-namespace depth), read at the same instant as its fds.
+//! Everything after the map — describing each holder, completing it from `/proc` where the
+//! pass cannot (command lines, pids inside a child pid namespace), the reasons of unknown
+//! owners — is the walk's own code (`super`).
+//!
+//! Owns loading `crates/core/bpf/owners.bpf.o` and reading it. Loading is done here with three
+//! `bpf(2)` calls rather than aya: aya parses all of the kernel's BTF into owned values
+//! (~10 ms) and relocates the object generically (~30 ms), ten times a whole small listing.
+//! The object has one program and a few CO-RE field relocations; `btf` finds just those
+//! fields (and the iterator's attach point) in the kernel's BTF in one pass over its bytes.
+//! Nothing is pinned and nothing outlives the process: the program and its link are file
+//! descriptors, closed with [`OwnerIter`].
+//!
+//! The iterator sees every process of the host, whatever `/proc` hides; the limits of the
+//! walk still hold where they matter: a deadline between reads (the kernel yields every
+//! million objects), records kept only for wanted inodes, so memory follows the sockets
+//! asked about, not what others hold.
+
+mod btf;
+mod elf;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use self::btf::{Btf, BtfError, KIND_FUNC};
+use super::{Detail, FdScan, describe, for_each_pid, open_pid, open_proc, status_name};
+use crate::socket::Process;
+use crate::sys;
+
+/// The iterator's object, built from `crates/core/bpf/owners.bpf.c` by `make bpf`.
+static OBJECT: &[u8] = include_bytes!("../../../bpf/owners.bpf.o");
+
+/// Its program: ELF section, kernel name, and the kernel function it attaches to.
+const SECTION: &[u8] = b"iter/task_file";
+const PROGRAM_NAME: &[u8] = b"pw_owners";
+const ATTACH_FUNC: &[u8] = b"bpf_iter_task_file";
+/// One record (`struct pw_owner` in owners.bpf.c): tgid u32, fd u32, socket inode u64,
+/// ppid u32, uid u32, pid namespace level u32, described u32, comm [u8; 16].
+const RECORD: usize = 48;
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// `PROC_PID_INIT_INO`: the inode of the initial pid namespace, the same on every kernel.
+const INIT_PID_NS: u64 = 0xEFFF_FFFC;
+
+/// Why the owner iterator cannot be used here. Each says what would fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum Unavailable {
+    /// This process lacks the capabilities for a tracing program.
+    #[error(
+        "the BPF owner lookup needs root, or CAP_BPF + CAP_PERFMON (missing: {})",
+        missing.join(", ")
+    )]
+    Permission {
+        /// Missing capabilities, by name.
+        missing: Vec<&'static str>,
+    },
+    /// The kernel offers no BTF.
+    #[error(
+        "no kernel BTF at {BTF_PATH} ({source}): needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
+    NoBtf {
+        /// What reading it said.
+        source: std::io::Error,
+    },
+    /// The kernel's BTF lacks what the program needs (too old a kernel, or an unusual one).
+    #[error("this kernel cannot run the BPF owner lookup ({0}): Linux 5.11 or later is needed")]
+    Unsupported(String),
+    /// Not in the initial pid namespace: the iterator would see only this namespace's
+    /// processes and name them by their pids outside it.
+    #[error(
+        "portwatch runs in a pid namespace of its own: the BPF owner lookup needs the host's \
+         (docker run --pid=host)"
+    )]
+    PidNamespace,
+    /// The kernel refused the program or its link.
+    #[error("the kernel refused the BPF owner lookup ({step}: {errno}){}", log_tail(verifier_log))]
+    Refused {
+        /// What was refused.
+        step: &'static str,
+        /// The error.
+        errno: Errno,
+        /// The verifier's log, when it said something.
+        verifier_log: String,
+    },
+    /// The committed object is out of step with this code.
+    #[error("the BPF owner lookup's object does not match this build ({0}): run make bpf")]
+    Object(String),
+}
+
+fn log_tail(log: &str) -> String {
+    let log = log.trim();
+    if log.is_empty() { String::new() } else { format!("; verifier log:\n{log}") }
+}
+
+/// The loaded iterator: a link from which each pass starts. Dropping it unloads the program.
+#[derive(Debug)]
+pub(crate) struct OwnerIter {
+    link: OwnedFd,
+    /// How long loading took (read and index the kernel's BTF, relocate, verify, link).
+    pub(crate) load_time: Duration,
+}
+
+/// What one pass found.
+#[derive(Debug, Default)]
+pub(crate) struct Pass {
+    /// Wanted inode → pids holding it (each pid once).
+    pub(crate) holders: HashMap<u64, Vec<u32>>,
+    /// The deadline passed before the pass ended: processes from this pid on were not read.
+    pub(crate) stopped_at: Option<u32>,
+    /// Every process the pass walked (one with a socket, or a file among fds 0 to 2), with
+    /// what the kernel said of it when one of those fds was open.
+    pub(crate) walked: HashMap<u32, Option<Task>>,
+}
+
+/// What the pass read of a process, at the instant it read its fds: what
+/// `/proc/PID/status` says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Task {
+    /// Its parent's tgid.
+    pub(crate) ppid: u32,
+    /// Its real uid.
+    pub(crate) uid: u32,
+    /// The depth of its pid namespace: 0 in the initial one.
+    pub(crate) level: u32,
+    /// Its command name, NUL-padded.
+    pub(crate) comm: [u8; 16],
+}
+
+/// Below this fd, every file gets a record (a marker), so that a walked process is known to
+/// have been (`PW_MARKER_FDS` in owners.bpf.c).
+const MARKER_FDS: u32 = 3;
+
+impl OwnerIter {
+    /// Loads and links the iterator.
+    pub(crate) fn load() -> Result<OwnerIter, Unavailable> {
+        let start = Instant::now();
+        if std::fs::metadata("/proc/self/ns/pid")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != INIT_PID_NS)
+        {
+            return Err(Unavailable::PidNamespace);
+        }
+        let missing = missing_caps();
+        if !missing.is_empty() {
+            return Err(Unavailable::Permission { missing });
+        }
+        let object = Object::parse()?;
+        let kernel_blob = KernelBtf::open().map_err(|source| Unavailable::NoBtf { source })?;
+        let mut names = object.local.relocated_names(&object.relos);
+        names.push(ATTACH_FUNC);
+        let kernel = Btf::parse_naming(kernel_blob.bytes(), &names)
+            .map_err(|e| Unavailable::Unsupported(format!("kernel BTF: {e}")))?;
+        let program = object.relocated(&kernel)?;
+        let attach = kernel.find(KIND_FUNC, ATTACH_FUNC).ok_or_else(|| {
+            Unavailable::Unsupported("no task_file iterator (bpf_iter_task_file)".into())
+        })?;
+        let license = c"Dual MIT/GPL";
+        let prog = match sys::bpf_load_iter(&program.insns, license, PROGRAM_NAME, attach, None) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                // Again with the verifier's log, which says why: only on failure, as asking
+                // for it makes the verifier slower.
+                let mut log = vec![0u8; 64 << 10];
+                let again = sys::bpf_load_iter(
+                    &program.insns,
+                    license,
+                    PROGRAM_NAME,
+                    attach,
+                    Some(&mut log),
+                );
+                let log = CStr::from_bytes_until_nul(&log)
+                    .map(|c| c.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return Err(refused("loading the program", again.err().unwrap_or(errno), log));
+            }
+        };
+        let link = sys::bpf_link_iter(&prog)
+            .map_err(|errno| refused("linking it", errno, String::new()))?;
+        Ok(OwnerIter { link, load_time: start.elapsed() })
+    }
+
+    /// One pass over every open file of every process: the holders of `wanted`. Stops at
+    /// `deadline` (checked between reads), saying where.
+    pub(crate) fn pass(&self, wanted: &HashSet<u64>, deadline: Instant) -> std::io::Result<Pass> {
+        let iter = sys::bpf_iter_create(&self.link)?;
+        let mut file = std::fs::File::from(iter);
+        let mut pass = Pass::default();
+        // The kernel hands out at most its 32 KiB buffer a read; a multiple of the record.
+        let mut buf = vec![0u8; 32 << 10];
+        let mut filled = 0;
+        let mut last_pid = 0;
+        loop {
+            let n = match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                // A million objects without a record: the kernel yields; carry on.
+                Err(e) if e.raw_os_error() == Some(Errno::EAGAIN as i32) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            let whole = filled - filled % RECORD;
+            for rec in buf[..whole].chunks_exact(RECORD) {
+                let (pid, inode, task) = decode(rec);
+                if pid != last_pid || task.is_some() {
+                    let known = pass.walked.entry(pid).or_default();
+                    if known.is_none() {
+                        *known = task;
+                    }
+                    last_pid = pid;
+                }
+                if wanted.contains(&inode) {
+                    let v = pass.holders.entry(inode).or_default();
+                    if !v.contains(&pid) {
+                        v.push(pid);
+                    }
+                }
+            }
+            buf.copy_within(whole..filled, 0);
+            filled -= whole;
+            if Instant::now() >= deadline {
+                pass.stopped_at = Some(last_pid.saturating_add(1));
+                break;
+            }
+        }
+        Ok(pass)
+    }
+}
+
+/// One pass of the iterator: the holders of `wanted`, described as a walk would have
+/// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
+/// processes whose files the kernel hid from the pass in `unreadable`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan(
+    iter: &OwnerIter,
+    proc_root: &Path,
+    pids: &[u32],
+    wanted: &HashSet<u64>,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    threads: usize,
+    deadline: Instant,
+) -> std::io::Result<FdScan> {
+    let started = Instant::now();
+    let mut pass = iter.pass(wanted, deadline)?;
+    log::debug!("BPF owner pass: {} holders in {:?}", pass.holders.len(), started.elapsed());
+    let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
+    let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
+    holders.sort_unstable();
+    holders.dedup();
+    let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
+        let described = match pass.walked.get(&pid) {
+            Some(Some(task)) => {
+                describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf)
+            }
+            // None of its fds 0-2 open: /proc, as the walk would.
+            _ => open_pid(&proc_dir, pid)
+                .and_then(|dir| describe(&dir, pid, users, detail, &mut scratch.buf)),
+        };
+        if let Some(p) = described {
+            local.processes.insert(pid, p);
+        }
+    });
+    // A holder that cannot be described exited since, or /proc hides it (hidepid): either
+    // way the walk would not have found it, so the reasons below are the walk's.
+    for pids in pass.holders.values_mut() {
+        pids.retain(|p| scan.processes.contains_key(p));
+    }
+    pass.holders.retain(|_, pids| !pids.is_empty());
+    // Only when an owner is missing: which processes could it be in? Of those listed before
+    // the pass (a process started since was not there to be walked), those not walked.
+    if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
+        let from = pass.stopped_at.unwrap_or(u32::MAX);
+        if pass.stopped_at.is_some() {
+            scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
+        }
+        let sized = nix::sys::stat::fstatat(&proc_dir, "self/fd", nix::fcntl::AtFlags::empty())
+            .is_ok_and(|st| st.st_size > 0);
+        scan.unreadable = pids
+            .iter()
+            .filter(|&&p| p < from && !pass.walked.contains_key(&p))
+            .filter(|&&p| open_pid(&proc_dir, p).is_some_and(|dir| hid_files(&dir, sized)))
+            .count();
+    }
+    scan.holders = pass.holders;
+    Ok(scan)
+}
+
+/// Describes a holder the iterator found as [`describe`] would from its `/proc/PID`: from
+/// what the pass read of it (status's fields), completing from `/proc` only what the pass
+/// cannot give: the command line when asked for, and the pid in its own namespace when it is
+/// not the host's. Those reads are checked to be of the same process (its name and parent),
+/// since the pid may have been reused since the pass: `None` when it was. A process that
+/// exited since (or that `/proc` hides) is still named, without those two.
+fn describe_task(
+    proc_dir: &OwnedFd,
+    pid: u32,
+    task: &Task,
+    users: &HashMap<u32, String>,
+    detail: Detail,
+    buf: &mut Vec<u8>,
+) -> Option<Process> {
+    let mut p = Process {
+        pid,
+        ppid: Some(task.ppid),
+        comm: status_name(&task.comm),
+        cmdline: Vec::new(),
+        uid: task.uid,
+        user: users.get(&task.uid).cloned(),
+        ns_pid: None,
+    };
+    if (detail.cmdline || task.level > 0)
+        && let Some(now) =
+            open_pid(proc_dir, pid).and_then(|dir| describe(&dir, pid, users, detail, buf))
+    {
+        if now.comm != p.comm || now.ppid != p.ppid {
+            return None;
+        }
+        p.cmdline = now.cmdline;
+        p.ns_pid = now.ns_pid;
+    }
+    Some(p)
+}
+
+/// Whether a process the iterator did not walk has files it should have seen (one of its
+/// first fds): the kernel hid them from it. Kernel threads and zombies have none.
+/// `sized`: this kernel gives the number of open fds as the size of `/proc/PID/fd` (6.2+),
+/// so one stat tells a kernel thread (none) from a process without listing it.
+fn hid_files(pid_dir: &OwnedFd, sized: bool) -> bool {
+    let fds = |dir: &OwnedFd| {
+        nix::sys::stat::fstatat(dir, "fd", nix::fcntl::AtFlags::empty()).map_or(0, |st| st.st_size)
+    };
+    if sized && fds(pid_dir) == 0 {
+        return false;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(mut dir) = Dir::openat(pid_dir, "fd", flags, Mode::empty()) else { return false };
+    // Listed in ascending order: the first fd is the lowest.
+    dir.iter()
+        .flatten()
+        .find_map(|e| e.file_name().to_str().ok().and_then(|n| n.parse::<u32>().ok()))
+        .is_some_and(|fd| fd < MARKER_FDS)
+}
+
+/// The kernel's BTF: mapped where the kernel allows it (6.16+), else read.
+enum KernelBtf {
+    Mapped(sys::Mapping),
+    Read(Vec<u8>),
+}
+
+impl KernelBtf {
+    fn open() -> std::io::Result<KernelBtf> {
+        let file = std::fs::File::open(BTF_PATH)?;
+        let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
+        match sys::Mapping::of(&file, len) {
+            Ok(m) => Ok(KernelBtf::Mapped(m)),
+            Err(_) => {
+                let mut bytes = Vec::with_capacity(len);
+                (&file).read_to_end(&mut bytes)?;
+                Ok(KernelBtf::Read(bytes))
+            }
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            KernelBtf::Mapped(m) => m.bytes(),
+            KernelBtf::Read(v) => v,
+        }
+    }
+}
+
+/// (tgid, socket inode, the process) of one record (native byte order, as the program wrote
+/// it; `rec` is one whole record).
+fn decode(rec: &[u8]) -> (u32, u64, Option<Task>) {
+    let u32_at = |at: usize| btf::u32_at(rec, at).unwrap_or(0);
+    let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
+    let comm = rec.get(32..48).and_then(|b| b.try_into().ok()).unwrap_or([0; 16]);
+    let task = (u32_at(28) == 1).then(|| Task {
+        ppid: u32_at(16),
+        uid: u32_at(20),
+        level: u32_at(24),
+        comm,
+    });
+    (u32_at(0), inode, task)
+}
+
+fn refused(step: &'static str, errno: Errno, verifier_log: String) -> Unavailable {
+    match errno {
+        Errno::EPERM | Errno::EACCES if !missing_caps().is_empty() => {
+            Unavailable::Permission { missing: missing_caps() }
+        }
+        _ => Unavailable::Refused { step, errno, verifier_log },
+    }
+}
+
+/// Capabilities missing for loading a tracing program, by name: CAP_SYS_ADMIN covers all,
+/// otherwise CAP_BPF and CAP_PERFMON. Empty when `/proc` cannot tell (the kernel will).
+fn missing_caps() -> Vec<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Some(eff) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| crate::source::ebpf::host::effective_caps(&s))
+    else {
+        return Vec::new();
+    };
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(bit, _)| !has(bit))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// The program's instructions, relocated for the running kernel.
+struct Program {
+    insns: Vec<u64>,
+}
+
+/// The committed object, taken apart: the program's code, its BTF and CO-RE relocations.
+struct Object {
+    code: &'static [u8],
+    local: Btf<'static>,
+    relos: Vec<btf::CoreRelo>,
+}
+
+impl Object {
+    fn parse() -> Result<Object, Unavailable> {
+        let object = |what: &str| Unavailable::Object(what.to_owned());
+        let elf = elf::Elf::parse(OBJECT).ok_or_else(|| object("not an ELF64 object"))?;
+        let code = elf.section(SECTION).ok_or_else(|| object("no iter/task_file section"))?;
+        // A relocation section would mean maps or calls to patch, which this loader does not do.
+        if elf.has(&[b".rel", SECTION].concat()) {
+            return Err(object("the program needs ELF relocations"));
+        }
+        if code.len() % 8 != 0 {
+            return Err(object("instructions are not 8-byte aligned"));
+        }
+        let local_blob = elf.section(b".BTF").ok_or_else(|| object("no .BTF"))?;
+        let ext = elf.section(b".BTF.ext").ok_or_else(|| object("no .BTF.ext"))?;
+        let local = Btf::parse(local_blob).map_err(|e| object(&format!(".BTF: {e}")))?;
+        let relos = btf::core_relos(ext, &local, SECTION).map_err(|e| object(&e.to_string()))?;
+        Ok(Object { code, local, relos })
+    }
+
+    /// The instructions with every field offset the kernel's BTF gives.
+    fn relocated(&self, kernel: &Btf<'_>) -> Result<Program, Unavailable> {
+        let mut insns: Vec<u64> = self
+            .code
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        for relo in &self.relos {
+            let offset = btf::field_offset(relo, &self.local, kernel)
+                .map_err(|e: BtfError| Unavailable::Unsupported(e.to_string()))?;
+            let insn = insns
+                .get_mut(relo.insn_off as usize / 8)
+                .ok_or_else(|| Unavailable::Object("relocation outside the program".into()))?;
+            patch(insn, offset).map_err(Unavailable::Object)?;
+        }
+        Ok(Program { insns })
+    }
+}
+
+/// Writes a field's offset into the instruction that uses it: the 16-bit offset of a load or
+/// store, or the immediate of an `add`.
+fn patch(insn: &mut u64, offset: u32) -> Result<(), String> {
+    let mut b = insn.to_ne_bytes();
+    match b[0] & 0x07 {
+        // BPF_LDX, BPF_ST, BPF_STX: off is bytes 2..4.
+        1..=3 => {
+            let off = i16::try_from(offset).map_err(|_| format!("offset {offset} too large"))?;
+            b[2..4].copy_from_slice(&off.to_ne_bytes());
+        }
+        // BPF_ALU, BPF_ALU64 with an immediate: imm is bytes 4..8.
+        4 | 7 if b[0] & 0x08 == 0 => b[4..8].copy_from_slice(&offset.to_ne_bytes()),
+        _ => return Err(format!("cannot relocate instruction {:#04x}", b[0])),
+    }
+    *insn = u64::from_ne_bytes(b);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! `--owners auto|bpf|proc`: the BPF task_file iterator finds the same owners as the /proc
+//! walk (every holder of a socket shared by forked processes, `--pid` still filtering), the
+//! watcher's first scan uses it, and where it cannot load `bpf` is an error that says why and
+//! `auto` walks `/proc`, saying why once.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+
+use crate::util::{Holder, WatchCmd, is_root, json, json_list, pids_of, portwatch, skip};
+
+fn can_load() -> bool {
+    if !is_root() {
+        skip("the BPF owner lookup needs root (or CAP_BPF and CAP_PERFMON)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn every_holder_of_a_forked_listener_through_the_iterator() {
+    if !can_load() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (a, b) = (Holder::spawn(&[&l]), Holder::spawn(&[&l]));
+    let mut all = vec![std::process::id(), a.pid, b.pid];
+    all.sort_unstable();
+    let p = port.to_string();
+    for owners in ["bpf", "proc"] {
+        let list = json_list(&["--tcp", "--port", &p, "--owners", owners]);
+        assert_eq!(pids_of(&list, "tcp", "127.0.0.1", port), Some(all.clone()), "{owners}");
+        let s = &list[0];
+        assert!(s["owner_unknown_reason"].is_null(), "{owners}: {s}");
+        // Each holder is described from /proc, as the walk describes it.
+        let comms: Vec<&str> = s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["comm"].as_str().unwrap())
+            .collect();
+        assert_eq!(comms.len(), 3, "{owners}: {s}");
+        // --pid keeps only the sockets that process holds.
+        let only_a =
+            json_list(&["--tcp", "--port", &p, "--owners", owners, "--pid", &a.pid.to_string()]);
+        assert_eq!(only_a.len(), 1, "{owners}: {only_a:?}");
+        let not_held =
+            json_list(&["--tcp", "--owners", owners, "--pid", &b.pid.to_string(), "--port", "1"]);
+        assert!(not_held.is_empty(), "{owners}: {not_held:?}");
+    }
+}
+
+#[test]
+fn the_watchers_first_scan_finds_every_holder_through_the_iterator() {
+    if !can_load() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let child = Holder::spawn(&[&l]);
+    let mut want = vec![std::process::id(), child.pid];
+    want.sort_unstable();
+    let w = WatchCmd::start(&["--owners", "bpf", "--source", "scan", "--format", "json"]);
+    let line = w.expect("the listener open at start", |l| {
+        l.contains(&format!("\"port\":{port},")) && l.contains("\"initial\":true")
+    });
+    let ev = json(&line);
+    let pids: Vec<u32> =
+        ev["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u32).collect();
+    assert_eq!(pids, want, "{line}");
+    assert!(!w.stderr().contains("instead of the BPF iterator"), "it loaded: {}", w.stderr());
+    assert!(w.terminate().success());
+}
+
+#[test]
+fn bpf_that_cannot_load_is_an_error_and_auto_walks_proc_saying_why() {
+    if !is_root() {
+        return skip("running portwatch as nobody needs root");
+    }
+    // As nobody: --owners bpf is a run-time error naming what is missing and the way out.
+    let out = portwatch().args(["list", "--owners", "bpf"]).uid(65534).gid(65534).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot look owners up with BPF"), "{err}");
+    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON"), "names what is missing: {err}");
+    assert!(err.contains("--owners proc"), "names the way out: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // The same for a watcher.
+    let out = portwatch()
+        .args(["watch", "--owners", "bpf", "--source", "scan"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot look owners up with BPF"), "{err}");
+    // auto: the walk, with one warning saying why (a watcher always tries the iterator).
+    let mut auto = portwatch();
+    auto.args(["watch", "--owners", "auto", "--source", "scan", "--format", "json"])
+        .env("RUST_LOG", "warn")
+        .uid(65534)
+        .gid(65534);
+    let mut child = auto.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("owners from /proc instead of the BPF iterator"), "{line}");
+    assert!(line.contains("CAP_BPF"), "names what is missing: {line}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // A list with auto still lists (through /proc).
+    let out =
+        portwatch().args(["list", "--owners", "auto"]).uid(65534).gid(65534).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_bad_owners_value_is_a_usage_error() {
+    let out = portwatch().args(["list", "--owners", "ebpf"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--owners") && err.contains("bpf"), "{err}");
+}
+
+#[test]
+fn names_read_by_the_iterator_are_the_ones_proc_shows() {
+    if !can_load() {
+        return;
+    }
+    let Some(python) = crate::util::system_tool("python3") else {
+        return skip("python3 is not installed");
+    };
+    // A process naming itself with a newline, a backslash and a tab (PR_SET_NAME), holding a
+    // listener: /proc/PID/status escapes the first two, the iterator reads the raw bytes.
+    let script = "import ctypes, socket, sys\n\
+        ctypes.CDLL(None).prctl(15, b'pw\\nx\\\\y\\tz', 0, 0, 0)\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+        print(s.getsockname()[1], flush=True); sys.stdin.read()\n";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().to_owned();
+    let procs = |owners: &str, format: &str| {
+        let out = portwatch()
+            .args(["list", "--tcp", "--port", &port, "--owners", owners, "--format", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bpf = procs("bpf", "json");
+    assert_eq!(bpf, procs("proc", "json"));
+    assert!(bpf.contains(&format!("\"pids\":[{}]", child.id())), "{bpf}");
+    assert_eq!(procs("bpf", "table"), procs("proc", "table"));
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
