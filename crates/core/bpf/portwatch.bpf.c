@@ -135,9 +135,12 @@ int BPF_PROG(pw_tcp_listen, const struct sock *sk, int oldstate, int newstate)
 	__u16 family;
 	__u8 kind;
 
+	// A listener leaves LISTEN only for CLOSE (close, shutdown, a failed listen). The other
+	// change out of LISTEN is a connection's child socket, cloned from its listener with the
+	// listener's state and set to SYN_RECV: one per accepted connection, not a close.
 	if (newstate == PW_TCP_LISTEN)
 		kind = PW_KIND_LISTEN;
-	else if (oldstate == PW_TCP_LISTEN)
+	else if (oldstate == PW_TCP_LISTEN && newstate == PW_TCP_CLOSE)
 		kind = PW_KIND_UNLISTEN;
 	else
 		return 0;

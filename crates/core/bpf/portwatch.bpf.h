@@ -19,7 +19,8 @@
 #define SOCK_DGRAM 2
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-#define PW_TCP_LISTEN 10 /* TCP_LISTEN in include/net/tcp_states.h */
+#define PW_TCP_CLOSE 7   /* TCP_CLOSE in include/net/tcp_states.h */
+#define PW_TCP_LISTEN 10 /* TCP_LISTEN */
 
 struct in6_addr {
 	__u8 s6_addr[16];

@@ -301,3 +301,26 @@ fn the_exit_of_an_owner_asked_about_is_reported_once_its_last_thread_exits() {
     let exits = exits_until(&mut progs, again.id(), Duration::from_millis(500));
     assert!(exits.is_empty(), "no longer asked about, yet reported: {exits:?}");
 }
+
+#[test]
+fn accepted_connections_are_no_listener_closes() {
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Each accepted connection's socket is cloned from the listener, in LISTEN, then set to
+    // SYN_RECV: a change out of LISTEN that is not the listener closing.
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let accepted: Vec<_> = (0..3).map(|_| listener.accept().expect("accept").0).collect();
+    drop((clients, accepted));
+    drop(listener);
+    let netns = host_netns();
+    let ours = |e: &KernelEvent| e.netns == netns && e.port == port && e.protocol == Protocol::Tcp;
+    let mut seen = Vec::new();
+    collect_until(&mut progs, &mut seen, Duration::from_secs(5), |seen| {
+        seen.iter().any(|e| ours(e) && e.kind == Kind::Unlisten)
+    });
+    let kinds: Vec<Kind> = seen.iter().filter(|e| ours(e)).map(|e| e.kind).collect();
+    assert_eq!(kinds, [Kind::Listen, Kind::Unlisten], "the listener's; no event per accept");
+}
