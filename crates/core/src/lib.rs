@@ -79,6 +79,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![deny(unsafe_code)]
 
+mod connection;
 mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
@@ -103,6 +104,7 @@ mod users;
 mod watch;
 
 pub use crate::{
+    connection::{BadCidr, Cidr, Connections, Direction},
     error::{Error, Result, SnapshotProblem},
     event::{Event, EventKind},
     filter::Filter,

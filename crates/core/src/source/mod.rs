@@ -8,6 +8,7 @@
 //! source implements [`Feed`] (or produces a [`Observation::Census`]) and plugs in beside the
 //! others. Nothing here knows about owners beyond carrying them, or about events.
 
+mod conn;
 mod destroy;
 mod diag;
 #[cfg(feature = "ebpf")]
@@ -21,7 +22,12 @@ mod scan;
 use std::os::fd::BorrowedFd;
 use std::time::{Instant, SystemTime};
 
+#[cfg(feature = "ebpf")]
+pub(crate) use self::conn::ConnFeed;
+pub(crate) use self::conn::{ConnKind, Connection};
 pub(crate) use self::destroy::DestroyFeed;
+#[cfg(feature = "ebpf")]
+pub(crate) use self::ebpf::ConnOptions;
 #[cfg(feature = "ebpf")]
 pub(crate) use self::kernel::KernelFeed;
 pub(crate) use self::probe::ChangeProbe;

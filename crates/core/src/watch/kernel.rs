@@ -69,7 +69,7 @@ impl Loop {
     /// The watched namespace a socket is in. With `all_netns`, one not watched yet is opened
     /// now — through the process that made the socket, or, when it is already gone, tracked
     /// from kernel events alone until namespace discovery finds it.
-    fn target_for(&mut self, socket: &Socket) -> Option<usize> {
+    pub(super) fn target_for(&mut self, socket: &Socket) -> Option<usize> {
         if let Some(i) = self.targets.iter().position(|t| t.inode == socket.netns) {
             return Some(i);
         }

@@ -6,6 +6,7 @@
 //! (`follow`) and the start from a snapshot (`restore`).
 
 mod config;
+mod connections;
 mod follow;
 mod kernel;
 mod namespaces;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use self::config::Config;
 use self::scheduler::{Loop, Parts, Published, Sink};
+use crate::connection::{Cidr, Connections};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
@@ -243,6 +245,54 @@ impl WatcherBuilder {
         self
     }
 
+    /// Which TCP connections to report besides listeners (default [`Connections::None`]):
+    /// [`Event::Connect`] for outbound, [`Event::Accept`] for inbound, and
+    /// [`Event::Disconnect`] when one of them closes. In the namespaces watched.
+    ///
+    /// With kernel events (feature `ebpf`) every connection is seen, however short: a connect
+    /// with the process that called it, an accept with the listener's owners. The connection
+    /// programs are loaded only when this asks for them (a listener-only watcher, and the
+    /// host's socket calls, pay nothing for them), and they drop unwanted connections
+    /// (direction, [`remote`](Self::remote), [`ignore_remote`](Self::ignore_remote), this
+    /// process's own) in the kernel. When scanning, established sockets are dumped every
+    /// interval and closes come from the destroy feed: a connection shorter than the interval
+    /// can be missed and owners come from `/proc` (a warning says so once). Connections open
+    /// when watching begins are not reported, nor their closes.
+    pub fn connections(mut self, which: Connections) -> Self {
+        self.config.conns.which = which;
+        self
+    }
+
+    /// Report only connections whose remote address is in `prefix` (repeat for more: any of
+    /// them). At most 1024.
+    pub fn remote(mut self, prefix: Cidr) -> Self {
+        self.config.conns.only.push(prefix);
+        self
+    }
+
+    /// Do not report connections whose remote address is in `prefix` (repeatable; wins over
+    /// [`remote`](Self::remote)). At most 1024.
+    pub fn ignore_remote(mut self, prefix: Cidr) -> Self {
+        self.config.conns.ignore.push(prefix);
+        self
+    }
+
+    /// After a connection is reported, leave out further ones in the same direction with the
+    /// same remote address for `cooldown` (default zero: report every one), and their
+    /// disconnects — a notifier's per-source rate limit. At most a day.
+    pub fn connection_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.conns.cooldown = cooldown;
+        self
+    }
+
+    /// Whether this process's own connections are reported, and those of the processes it
+    /// starts and their children (default false: a watcher that runs a notifier per event
+    /// must not report the notifier's connections, nor loop on them).
+    pub fn own_connections(mut self, report: bool) -> Self {
+        self.config.conns.own = report;
+        self
+    }
+
     /// Whether an idle watcher may skip its dumps while the kernel's socket counters
     /// (`/proc/net/sockstat`) are unchanged and no destroy event came (default true; a full
     /// scan still runs every 2 s). It saves nearly all of an idle watcher's CPU, but a local
@@ -297,6 +347,7 @@ impl WatcherBuilder {
             None => Default::default(),
         };
         let kernel = kernel_events(&cfg)?;
+        let conns = connections::start(&cfg)?;
         let waiting = follow::waiting(follow.as_ref());
         let initial = namespaces::initial(&cfg, &proc_root, restored, waiting)?;
         // Close-on-exec: a hook the caller runs must not inherit it.
@@ -321,6 +372,7 @@ impl WatcherBuilder {
         let (owners, checker) = (index(), index());
         let parts = Parts {
             kernel,
+            conns,
             initial,
             follow,
             owners,

@@ -19,6 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::StopHandle;
 use super::config::Config;
+use super::connections::ConnWatch;
 use super::follow::Follow;
 use super::namespaces::Initial;
 use super::owner_checks::Checked;
@@ -53,6 +54,8 @@ pub(super) struct Loop {
     /// Kernel events (eBPF), when that is the source: every namespace's listeners as they
     /// open and close. Dumps then only reconcile.
     pub(super) kernel: Option<Box<dyn Feed + Send>>,
+    /// Connection events, when asked for.
+    pub(super) conns: Option<ConnWatch>,
     dumps: Vec<Dump>,
     pub(super) owners: OwnerIndex,
     /// The owner index of the owner checks; away on their thread while one runs.
@@ -100,6 +103,7 @@ pub(super) struct Loop {
 /// What the scheduler is started with, besides its config.
 pub(super) struct Parts {
     pub(super) kernel: Option<Box<dyn Feed + Send>>,
+    pub(super) conns: Option<ConnWatch>,
     pub(super) initial: Initial,
     pub(super) follow: Option<Follow>,
     pub(super) owners: OwnerIndex,
@@ -120,6 +124,7 @@ impl Loop {
             dumps: cfg.filter.dumps(),
             cfg,
             kernel: p.kernel,
+            conns: p.conns,
             owners: p.owners,
             checker: Some(p.checker),
             checking: None,
@@ -176,6 +181,8 @@ impl Loop {
                 // discovery): its first dump now, not at the next reconcile.
                 self.scan_some(&mut events, Target::never_dumped);
             }
+            // Connections without kernel events: established sockets dumped every cycle.
+            self.scan_connections(&mut events);
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
             }
@@ -271,11 +278,16 @@ impl Loop {
             // Round up so a sub-millisecond wait does not spin.
             let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-            let (woke, kernel, ready) = {
+            let (woke, kernel, conns, ready) = {
                 let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
-                if let Some(k) = &self.kernel {
+                let kernel_at = self.kernel.as_ref().map(|k| {
                     fds.push(PollFd::new(k.fd(), PollFlags::POLLIN));
-                }
+                    fds.len() - 1
+                });
+                let conns_at = self.conns.as_ref().and_then(ConnWatch::fd).map(|fd| {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    fds.len() - 1
+                });
                 let first_feed = fds.len();
                 let mut owners = Vec::new();
                 for (i, t) in self.targets.iter().enumerate() {
@@ -293,10 +305,11 @@ impl Loop {
                             .filter(|(f, _)| ready(f))
                             .map(|(_, i)| *i)
                             .collect();
-                        let kernel = first_feed == 2 && ready(&fds[1]);
-                        (ready(&fds[0]), kernel, feeds)
+                        let kernel = kernel_at.is_some_and(|i| ready(&fds[i]));
+                        let conns = conns_at.is_some_and(|i| ready(&fds[i]));
+                        (ready(&fds[0]), kernel, conns, feeds)
                     }
-                    Err(_) => (false, false, Vec::new()), // EINTR: loop again
+                    Err(_) => (false, false, false, Vec::new()), // EINTR: loop again
                 }
             };
             if woke {
@@ -306,6 +319,9 @@ impl Loop {
             // can reach a destroy feed.
             if kernel {
                 self.read_kernel(events);
+            }
+            if conns {
+                self.read_connections(events);
             }
             for i in ready {
                 self.read_feed(i, events);
@@ -321,9 +337,14 @@ impl Loop {
         let state = feed.read(&mut seen);
         // Any destroy message, even for a socket not tracked, may mean the set changed.
         t.destroyed_since_scan |= !seen.is_empty();
+        let netns = t.inode;
         for obs in seen {
-            t.tracker.observe(obs, events);
+            if let (Observation::Gone { cookie, at }, Some(c)) = (&obs, self.conns.as_mut()) {
+                c.gone(netns, *cookie, *at, events);
+            }
+            self.targets[i].tracker.observe(obs, events);
         }
+        let t = &mut self.targets[i];
         match state {
             Ok(s) if s.resync => {
                 log::debug!("destroy events overran the receive buffer: rescanning");
