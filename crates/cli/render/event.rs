@@ -78,13 +78,22 @@ pub fn text_line(event: &Event, own_netns: u64, reported: SystemTime) -> String 
             };
             let how = if *established { "closed" } else { "failed" };
             format!(
-                "[{ts}] Connection {how}: {from} -> {to} ({direction}, after {:.3} s, {}, last pids: {})",
-                duration.as_secs_f64(),
+                "[{ts}] Connection {how}: {from} -> {to} ({direction}, after {}, {}, last pids: {})",
+                duration_text(*duration),
                 conn_where(s, own_netns),
                 pids()
             )
         }
         _ => format!("[{ts}] Port event: {port} ({at})"),
+    }
+}
+
+/// `0.418 ms` below a second, `2.503 s` from there.
+fn duration_text(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(1) {
+        format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.3} s", d.as_secs_f64())
     }
 }
 
