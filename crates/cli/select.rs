@@ -3,8 +3,8 @@
 //! the commands decide what runs when.
 
 use portwatch_core::{
-    Backend, Connections, Family, Filter, Netns, Protocol, Query, Source, State, StateSet,
-    Watcher, WatcherBuilder, docker,
+    Backend, Connections, Family, Filter, Netns, Protocol, Query, Source, State, StateSet, Watcher,
+    WatcherBuilder, docker,
 };
 
 use crate::Result;

@@ -161,10 +161,9 @@ impl<'a> JsonLine<'a> {
             _ => None,
         };
         let (duration_ns, established) = match event {
-            Event::Disconnect { duration, established, .. } => (
-                Some(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)),
-                Some(*established),
-            ),
+            Event::Disconnect { duration, established, .. } => {
+                (Some(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)), Some(*established))
+            }
             _ => (None, None),
         };
         let remote = event.direction().and(event.socket().remote);

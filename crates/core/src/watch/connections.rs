@@ -237,25 +237,41 @@ fn listener_for<'a>(
 impl Loop {
     /// Reads the connection programs' records.
     pub(super) fn read_connections(&mut self, events: &mut Vec<Event>) {
+        for c in self.drain_connections() {
+            self.connection_event(c, events);
+        }
+        self.emit(events);
+    }
+
+    /// Every connection record waiting now, oldest first; after a loss, the connections
+    /// followed are checked against a dump.
+    pub(super) fn drain_connections(&mut self) -> Vec<Connection> {
+        let mut seen = Vec::new();
         #[cfg(feature = "ebpf")]
         {
-            let Some(mut cw) = self.conns.take() else { return };
-            let mut seen = Vec::new();
+            let Some(mut cw) = self.conns.take() else { return seen };
             if let Some(feed) = cw.feed.as_mut() {
                 let (lost, _) = feed.read(&mut seen);
                 cw.recheck |= lost > 0;
             }
-            for c in seen {
-                self.connection(&mut cw, c, events);
-            }
+            self.conns = Some(cw);
+        }
+        seen
+    }
+
+    /// One connection record: reported (or not) and followed.
+    pub(super) fn connection_event(&mut self, c: Connection, events: &mut Vec<Event>) {
+        #[cfg(feature = "ebpf")]
+        {
+            let Some(mut cw) = self.conns.take() else { return };
+            self.connection(&mut cw, c, events);
             if std::mem::take(&mut cw.recheck) {
                 self.recheck_followed(&mut cw, events);
             }
             self.conns = Some(cw);
-            self.emit(events);
         }
         #[cfg(not(feature = "ebpf"))]
-        let _ = events;
+        let _ = (c, events);
     }
 
     /// One connection from kernel events.

@@ -318,9 +318,11 @@ impl Loop {
             // Kernel events first: a listener's open is in the ring buffer before its close
             // can reach a destroy feed.
             if kernel {
-                self.read_kernel(events);
-            }
-            if conns {
+                // The connection ring is read too, after this one, ready or not: a record in it
+                // can precede one just read here (a listener's accept before its close).
+                let with_conns = self.conns.is_some();
+                self.read_kernel(events, with_conns);
+            } else if conns {
                 self.read_connections(events);
             }
             for i in ready {

@@ -213,3 +213,20 @@ fn the_loaders_own_connects_and_its_childrens_are_dropped_in_the_kernel() {
     assert!(hidden.iter().all(|e| e.pid != std::process::id()), "own connect left out");
     assert!(hidden.iter().all(|e| !want.contains(&e.cookie)), "a child's left out");
 }
+
+/// Not a test on its own: holds the connection programs for `make bench-connections`
+/// (benches/conn_cost.py) until stdin closes. Does nothing unless PORTWATCH_EBPF_HOLD=1.
+#[test]
+#[ignore = "helper process of benches/conn_cost.py"]
+fn hold_connections() {
+    if std::env::var_os(HOLD).is_none_or(|v| v != "1") {
+        return;
+    }
+    let progs = ConnPrograms::load(&ConnOptions::default()).expect("load in the helper");
+    let ids: Vec<String> = progs.program_ids().iter().map(u32::to_string).collect();
+    println!("PW_HOLD {}", ids.join(" "));
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    // The ring buffer fills while nobody reads it: what the kernel then dropped is counted.
+    println!("PW_LOST {:?}", progs.lost());
+}
