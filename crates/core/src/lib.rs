@@ -73,7 +73,9 @@
 //! - `ebpf`: the kernel event source, [`Source::Ebpf`] (and what [`Source::Auto`] prefers).
 //!   Its eBPF programs are compiled in (committed as an object: no clang needed to build)
 //!   and loaded with [aya](https://docs.rs/aya). Loading needs root, or `CAP_BPF`,
-//!   `CAP_PERFMON` and `CAP_NET_ADMIN`; a kernel with BTF; a cgroup2 mount.
+//!   `CAP_PERFMON` and `CAP_NET_ADMIN`; a kernel with BTF; a cgroup2 mount. With it,
+//!   [`WatcherBuilder::connections`] sees every TCP connection with its process (a second
+//!   set of programs, loaded only then); without it, connections are scanned.
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]

@@ -214,6 +214,36 @@ fn the_loaders_own_connects_and_its_childrens_are_dropped_in_the_kernel() {
     assert!(hidden.iter().all(|e| !want.contains(&e.cookie)), "a child's left out");
 }
 
+#[test]
+fn a_full_ring_buffer_is_counted_not_invented() {
+    let Some(python) = python_or_skip() else { return };
+    // One page: about 39 records, and nobody reads until the child is done (400 records).
+    let Some(mut progs) = load_conns(&ConnOptions { ring_bytes: 4096, ..Default::default() })
+    else {
+        return;
+    };
+    let c = run_connector(&[], &python, "4", "127.0.0.1", 100);
+    let seen = collect(&mut progs, Duration::from_millis(100), |_| false);
+    let (lost, _) = progs.lost();
+    assert!(lost > 0, "the kernel counted what did not fit");
+    let mine: HashSet<u64> = c.conns.iter().flat_map(|&(a, _, b)| [a, b]).collect();
+    let mut started = HashSet::new();
+    for e in seen.iter().filter(|e| mine.contains(&e.cookie)) {
+        match e.kind {
+            ConnKind::Connect => {
+                assert_eq!(e.pid, c.pid, "a connect names its caller even under loss");
+                started.insert(e.cookie);
+            }
+            ConnKind::Accept => {
+                started.insert(e.cookie);
+            }
+            // A connection whose start was dropped is forgotten by the kernel: no close of a
+            // connection nobody was told of.
+            ConnKind::Disconnect => assert!(started.contains(&e.cookie), "{e:?}"),
+        }
+    }
+}
+
 /// Not a test on its own: holds the connection programs for `make bench-connections`
 /// (benches/conn_cost.py) until stdin closes. Does nothing unless PORTWATCH_EBPF_HOLD=1.
 #[test]
