@@ -24,7 +24,9 @@ use std::time::{Instant, SystemTime};
 
 #[cfg(feature = "ebpf")]
 pub(crate) use self::conn::ConnFeed;
-pub(crate) use self::conn::{ConnKind, Connection};
+#[cfg(feature = "ebpf")]
+pub(crate) use self::conn::ConnKind;
+pub(crate) use self::conn::Connection;
 pub(crate) use self::destroy::DestroyFeed;
 #[cfg(feature = "ebpf")]
 pub(crate) use self::ebpf::ConnOptions;

@@ -18,9 +18,9 @@ use crate::event::Event;
 use crate::socket::{Family, Protocol, Socket, State, StateSet};
 #[cfg(feature = "ebpf")]
 use crate::socket::{Owners, UnknownReason};
-use crate::source::{At, Dump, Source};
 #[cfg(feature = "ebpf")]
-use crate::source::{ConnKind, Connection};
+use crate::source::ConnKind;
+use crate::source::{At, Connection, Dump, Source};
 
 /// Cooldown entries kept before the expired ones are swept out.
 const COOLDOWN_SWEEP: usize = 4096;
@@ -246,17 +246,16 @@ impl Loop {
     /// Every connection record waiting now, oldest first; after a loss, the connections
     /// followed are checked against a dump.
     pub(super) fn drain_connections(&mut self) -> Vec<Connection> {
-        let mut seen = Vec::new();
         #[cfg(feature = "ebpf")]
+        if let Some(cw) = self.conns.as_mut()
+            && let Some(feed) = cw.feed.as_mut()
         {
-            let Some(mut cw) = self.conns.take() else { return seen };
-            if let Some(feed) = cw.feed.as_mut() {
-                let (lost, _) = feed.read(&mut seen);
-                cw.recheck |= lost > 0;
-            }
-            self.conns = Some(cw);
+            let mut seen = Vec::new();
+            let (lost, _) = feed.read(&mut seen);
+            cw.recheck |= lost > 0;
+            return seen;
         }
-        seen
+        Vec::new()
     }
 
     /// One connection record: reported (or not) and followed.
