@@ -142,22 +142,23 @@ static __always_inline int wanted(const struct pw_conn_config *cfg, const struct
 }
 
 // Whether the current task is the watcher or one of its descendants (a hook it runs, and what
-// the hook starts), up to 8 generations.
+// the hook starts), up to 8 generations. The task is the kernel's BTF-typed pointer: walking
+// real_parent is plain loads the verifier guards, not helper calls (this runs on every connect).
 static __always_inline int is_own(const struct pw_conn_config *cfg)
 {
-	const struct task_struct *task = (const void *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 	int i;
 
 	if (!cfg->own_tgid)
 		return 0;
 	for (i = 0; i < 8 && task; i++) {
-		int tgid = BPF_CORE_READ(task, tgid);
+		int tgid = task->tgid;
 
 		if (tgid == (int)cfg->own_tgid)
 			return 1;
 		if (tgid <= 1)
 			return 0;
-		task = BPF_CORE_READ(task, real_parent);
+		task = task->real_parent;
 	}
 	return 0;
 }
