@@ -163,7 +163,8 @@ static __always_inline int is_own(const struct pw_conn_config *cfg)
 	return 0;
 }
 
-// Both ends, the family and the namespace, from the kernel socket (CO-RE reads).
+// Both ends, the family and the namespace, from the kernel socket, through CO-RE probe reads:
+// for a socket address known only as a number (the sock_ops hook's).
 static __always_inline void fill_tuple(struct pw_conn_event *e, const struct sock *sk)
 {
 	const struct sock_common___conn *c = (const void *)sk;
@@ -179,6 +180,27 @@ static __always_inline void fill_tuple(struct pw_conn_event *e, const struct soc
 	} else {
 		BPF_CORE_READ_INTO((struct in6_addr *)e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO((struct in6_addr *)e->raddr, c, skc_v6_daddr);
+	}
+}
+
+// The same from the tracepoint's socket, a BTF-typed pointer: plain loads (CO-RE relocated,
+// guarded by the verifier), no helper call per field. This runs for every accept and close.
+static __always_inline void fill_tuple_btf(struct pw_conn_event *e, const struct sock *sk,
+					   __u16 family)
+{
+	const struct sock_common___conn *c = (const void *)sk;
+
+	e->family = family;
+	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	e->lport = sk->__sk_common.skc_num;
+	e->rport = bpf_ntohs(c->skc_dport);
+	if (family == AF_INET) {
+		*(__u32 *)e->laddr = sk->__sk_common.skc_rcv_saddr;
+		*(__u32 *)e->raddr = c->skc_daddr;
+	} else {
+		// Whole-struct copies: s6_addr is a macro in the kernel, not a field to relocate.
+		*(struct in6_addr *)e->laddr = sk->__sk_common.skc_v6_rcv_saddr;
+		*(struct in6_addr *)e->raddr = c->skc_v6_daddr;
 	}
 }
 
@@ -240,13 +262,13 @@ static __always_inline void accepted(const struct pw_conn_config *cfg, const str
 	if (bpf_map_update_elem(&PW_CONNS, &cookie, &c, BPF_ANY))
 		count(1);
 	e->dir = PW_DIR_IN;
-	fill_tuple(e, sk);
+	fill_tuple_btf(e, sk, family);
 	bpf_ringbuf_submit(e, 0);
 }
 
 // -> CLOSE: the close of a connection reported (an unreported entry is a connect that failed
 // before its SYN: forgotten).
-static __always_inline void closed(const struct sock *sk, __u64 cookie)
+static __always_inline void closed(const struct sock *sk, __u16 family, __u64 cookie)
 {
 	struct pw_conn_event *e;
 	struct conn *c = bpf_map_lookup_elem(&PW_CONNS, &cookie);
@@ -261,7 +283,7 @@ static __always_inline void closed(const struct sock *sk, __u64 cookie)
 			e->dir = c->dir;
 			e->established = c->established;
 			e->duration_ns = now - c->start_ns;
-			fill_tuple(e, sk);
+			fill_tuple_btf(e, sk, family);
 			bpf_ringbuf_submit(e, 0);
 		}
 	}
@@ -286,14 +308,14 @@ int BPF_PROG(pw_conn_state, const struct sock *sk, int oldstate, int newstate)
 	} else if (newstate != PW_TCP_CLOSE) {
 		return 0;
 	}
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = sk->__sk_common.skc_family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	cookie = bpf_get_socket_cookie((void *)sk);
 	if (newstate == PW_TCP_CLOSE) {
-		closed(sk, cookie);
+		closed(sk, family, cookie);
 		return 0;
 	}
 	if (newstate == PW_TCP_ESTABLISHED && oldstate == PW_TCP_SYN_SENT) {

@@ -139,6 +139,11 @@ fn short_connections_in_the_host_are_all_reported_with_the_callers_pid() {
         let c = run_connector(&[], &python, fam, addr, 200);
         let seen = collect(&mut progs, Duration::from_secs(10), done_for(&c));
         assert_all_reported(&seen, &c, host_netns());
+        let ip: IpAddr = addr.parse().unwrap();
+        let mine: HashSet<u64> = c.conns.iter().flat_map(|&(a, _, b)| [a, b]).collect();
+        for e in seen.iter().filter(|e| mine.contains(&e.cookie)) {
+            assert_eq!((e.local.ip(), e.remote.ip()), (ip, ip), "both ends' addresses: {e:?}");
+        }
     }
     assert_eq!(progs.lost(), (0, 0));
 }
