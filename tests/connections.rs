@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::schema::assert_event_line;
 use crate::util::{PATIENCE, WatchCmd, is_root, json, skip, system_tool, tool};
 
-/// Makes N connections to its own listener on ADDR: each connected, accepted and closed at
+/// Makes N connections from ADDR to its own listener on ADDR: each connected, accepted and closed at
 /// once (well within a millisecond on loopback). Then prints `pid port` and one line per
 /// connection, `client_cookie client_port accepted_cookie`. With `hold`, it keeps the last
 /// connection open until its stdin closes, printing the line first.
@@ -30,6 +30,7 @@ port = l.getsockname()[1]
 lines = []
 for i in range(n):
     c = socket.socket(af, socket.SOCK_STREAM)
+    c.bind((addr, 0))  # so both ends are ADDR, whatever the loopback address
     c.connect((addr, port))
     a, _ = l.accept()
     lines.append("%d %d %d" % (cookie(c), c.getsockname()[1], cookie(a)))
@@ -278,6 +279,9 @@ fn cooldown_reports_one_connection_per_remote_address_and_direction() {
     if !can_run("loading eBPF programs") {
         return;
     }
+    // An address of our own in 127/8, so no other test's connections share its cooldown.
+    let pid = std::process::id();
+    let addr = format!("127.{}.{}.9", 100 + pid % 100, pid % 250);
     let w = WatchCmd::start(&[
         "--source",
         "ebpf",
@@ -289,10 +293,10 @@ fn cooldown_reports_one_connection_per_remote_address_and_direction() {
         "--cooldown",
         "60",
         "--remote",
-        "::1",
+        &addr,
     ]);
     w.ready();
-    let c = connect(&[], "6", "::1", 20);
+    let c = connect(&[], "4", &addr, 20);
     let (first_client, _, first_accepted) = c.conns[0];
     let seen = collect_until(&w, PATIENCE, |seen| {
         seen.contains_key(&("disconnect".to_owned(), first_client))
@@ -321,8 +325,9 @@ fn the_watchers_own_hooks_connections_are_left_out_unless_asked() {
     // reported (they would feed themselves), unless --own-connections.
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = target.local_addr().unwrap().port();
-    let accepting = std::thread::spawn(move || {
-        for s in target.incoming().take(64) {
+    // Accepts for as long as the test process lives (hooks connect at every event).
+    std::thread::spawn(move || {
+        for s in target.incoming() {
             drop(s);
         }
     });
@@ -365,7 +370,6 @@ fn the_watchers_own_hooks_connections_are_left_out_unless_asked() {
         }
         assert!(w.terminate().success());
     }
-    drop(accepting);
 }
 
 #[test]

@@ -92,6 +92,31 @@ struct {
 	__type(value, struct conn);
 } PW_CONNS SEC(".maps");
 
+// Listeners opened since loading, by namespace, port and family: who called listen(2), in
+// their context, so an accept can name the listener's owner even when the watcher has not
+// handled the listener's own event yet. A listen without a bind (port chosen after the event)
+// is not recorded.
+struct listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 family;
+};
+
+struct listener {
+	__u64 cookie;
+	__u32 pid;
+	__u32 uid;
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct listener_key);
+	__type(value, struct listener);
+} PW_CONN_LISTENERS SEC(".maps");
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *n = bpf_map_lookup_elem(&PW_CONN_LOST, &slot);
@@ -263,6 +288,17 @@ static __always_inline void accepted(const struct pw_conn_config *cfg, const str
 		count(1);
 	e->dir = PW_DIR_IN;
 	fill_tuple_btf(e, sk, family);
+	// Not the current task (softirq): the process that called listen(2) on the listener.
+	{
+		struct listener_key lk = { .netns = e->netns, .port = e->lport, .family = family };
+		struct listener *l = bpf_map_lookup_elem(&PW_CONN_LISTENERS, &lk);
+
+		if (l) {
+			e->pid = l->pid;
+			e->uid = l->uid;
+			__builtin_memcpy(e->comm, l->comm, sizeof(e->comm));
+		}
+	}
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -290,6 +326,32 @@ static __always_inline void closed(const struct sock *sk, __u16 family, __u64 co
 	bpf_map_delete_elem(&PW_CONNS, &cookie);
 }
 
+// A listener opened (listen(2), the caller's context) or closed: remembered for accepts.
+static __always_inline void listening(const struct sock *sk, __u16 family, __u64 cookie, int open)
+{
+	struct listener_key k = {
+		.netns = sk->__sk_common.skc_net.net->ns.inum,
+		.port = sk->__sk_common.skc_num,
+		.family = family,
+	};
+	struct listener *known;
+	struct listener l = {};
+
+	if (!k.port)
+		return;
+	if (!open) {
+		known = bpf_map_lookup_elem(&PW_CONN_LISTENERS, &k);
+		if (known && known->cookie == cookie)
+			bpf_map_delete_elem(&PW_CONN_LISTENERS, &k);
+		return;
+	}
+	l.cookie = cookie;
+	l.pid = bpf_get_current_pid_tgid() >> 32;
+	l.uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(l.comm, sizeof(l.comm));
+	bpf_map_update_elem(&PW_CONN_LISTENERS, &k, &l, BPF_ANY);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(pw_conn_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -305,7 +367,7 @@ int BPF_PROG(pw_conn_state, const struct sock *sk, int oldstate, int newstate)
 	} else if (newstate == PW_TCP_ESTABLISHED) {
 		if (oldstate != PW_TCP_SYN_RECV && oldstate != PW_TCP_SYN_SENT)
 			return 0;
-	} else if (newstate != PW_TCP_CLOSE) {
+	} else if (newstate != PW_TCP_CLOSE && newstate != PW_TCP_LISTEN) {
 		return 0;
 	}
 	if (sk->sk_protocol != IPPROTO_TCP)
@@ -314,6 +376,10 @@ int BPF_PROG(pw_conn_state, const struct sock *sk, int oldstate, int newstate)
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	cookie = bpf_get_socket_cookie((void *)sk);
+	if (newstate == PW_TCP_LISTEN || oldstate == PW_TCP_LISTEN) {
+		listening(sk, family, cookie, newstate == PW_TCP_LISTEN);
+		return 0;
+	}
 	if (newstate == PW_TCP_CLOSE) {
 		closed(sk, family, cookie);
 		return 0;

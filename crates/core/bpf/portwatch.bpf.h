@@ -121,6 +121,7 @@ _Static_assert(sizeof(struct pw_event) == 80, "pw_event layout is shared with re
 #define PW_TCP_SYN_SENT 2
 #define PW_TCP_SYN_RECV 3
 #define PW_TCP_CLOSE 7
+/* PW_TCP_LISTEN (10) is defined above */
 
 /* The fields the connection programs read beyond the listener ones. */
 struct sock_common___conn {
@@ -165,9 +166,11 @@ struct pw_cidr_key {
  *   off size field
  *     0    8 ts_ns       CLOCK_MONOTONIC ns: the connect (SYN_SENT), the accept or the close
  *     8    8 cookie      socket cookie (as in sock_diag's idiag_cookie)
- *    16    4 pid         connect: the caller's thread group id; accept, disconnect: 0
+ *    16    4 pid         connect: the caller's thread group id; accept: the process that
+ *                       called listen(2) on the listener, recorded then (0 if unknown);
+ *                       disconnect: 0. Never the task a softirq interrupted.
  *    20    4 tid         connect: the caller's thread id; else 0
- *    24    4 uid         connect: the caller's uid; else 0
+ *    24    4 uid         connect: the caller's uid; accept: the listen caller's; else 0
  *    28    4 netns       inode of the socket's network namespace
  *    32    1 kind        PW_CONN_*
  *    33    1 family      AF_INET or AF_INET6
@@ -177,7 +180,8 @@ struct pw_cidr_key {
  *    38    2 rport       remote port, host byte order
  *    40   16 laddr       local address, network byte order; IPv4 in the first 4 bytes
  *    56   16 raddr       remote address, likewise
- *    72   16 comm        connect: the calling thread's comm, NUL-padded; else zero
+ *    72   16 comm        connect: the calling thread's comm, NUL-padded; accept: the listen
+ *                       caller's; else zero
  *    88    8 duration_ns disconnect: since the connect or accept; else 0
  */
 struct pw_conn_event {

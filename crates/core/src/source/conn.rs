@@ -111,8 +111,9 @@ mod feed {
             .unwrap_or(wall)
     }
 
-    /// A record as an observation. Only a connect names a process: the others happen in
-    /// softirq context, where the current task is whoever was interrupted.
+    /// A record as an observation. A connect names its caller, an accept the process that
+    /// called listen(2) on its listener (recorded in that call): the accept and the closes
+    /// happen in softirq context, where the current task is whoever was interrupted.
     pub(super) fn connection(e: ConnEvent, at: At) -> Connection {
         let (kind, state) = match e.kind {
             ebpf::ConnKind::Connect => (ConnKind::Connect, State::SynSent),
@@ -122,7 +123,10 @@ mod feed {
             }
             ebpf::ConnKind::Disconnect => (ConnKind::Disconnect, State::SynSent),
         };
-        let owners = if kind == ConnKind::Connect {
+        // A connect's caller; an accept's listener as the process that called listen(2) on it
+        // (recorded then, in its context), when the programs saw that.
+        let named = kind == ConnKind::Connect || (kind == ConnKind::Accept && e.pid != 0);
+        let owners = if named {
             Owners::Known(vec![Process {
                 pid: e.pid,
                 ppid: None,
@@ -144,7 +148,7 @@ mod feed {
             remote: Some(e.remote),
             state,
             inode: 0,
-            uid: (kind == ConnKind::Connect).then_some(e.uid),
+            uid: named.then_some(e.uid),
             cookie: Some(e.cookie),
             netns: e.netns,
             netns_name: None,

@@ -22,8 +22,11 @@ use crate::socket::{Owners, UnknownReason};
 use crate::source::ConnKind;
 use crate::source::{At, Connection, Dump, Source};
 
-/// Cooldown entries kept before the expired ones are swept out.
+/// Cooldown entries (and listeners dumped) kept before the expired ones are swept out.
 const COOLDOWN_SWEEP: usize = 4096;
+/// How long a listener found by a dump stands for accepts on its endpoint.
+#[cfg(feature = "ebpf")]
+const LISTENER_MEMORY: Duration = Duration::from_secs(1);
 
 /// What the connection scan dumps: every TCP state a connection passes through while it has
 /// a full socket, and listeners (to tell inbound from outbound).
@@ -62,6 +65,9 @@ pub(super) struct ConnWatch {
     followed: HashMap<u64, Followed>,
     /// When a connection was last reported, per direction and remote address (cooldown).
     last: HashMap<(Direction, IpAddr), Instant>,
+    /// Listeners found by a dump for an accept, by namespace, family and port, and when.
+    #[cfg(feature = "ebpf")]
+    listeners: HashMap<(u64, Family, u16), (Socket, Instant)>,
     /// Kernel records were lost: followed connections are checked against a dump.
     #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     recheck: bool,
@@ -94,6 +100,8 @@ pub(super) fn start(cfg: &Config) -> Result<Option<ConnWatch>> {
         dumps,
         followed: HashMap::new(),
         last: HashMap::new(),
+        #[cfg(feature = "ebpf")]
+        listeners: HashMap::new(),
         recheck: false,
         settings,
     };
@@ -291,18 +299,21 @@ impl Loop {
         if kind == ConnKind::Accept {
             // The kernel finished the handshake in softirq context: no process did it. The
             // listener's owners are who it connected to.
-            let t = &self.targets[i];
-            match listener_for(&socket, t.tracker.current()) {
+            // The listener as the watcher knows it (its owners now) first; else the process
+            // that called listen(2) on it, as the kernel recorded it (the watcher has not
+            // handled that listen yet, or the filter left the listener out); else a dump.
+            match listener_for(&socket, self.targets[i].tracker.current()) {
                 Some(l) => {
                     socket.owners = l.owners.clone();
                     socket.uid = l.uid;
                 }
-                None => socket.owners = Owners::Unknown(UnknownReason::NotFound),
+                None if matches!(socket.owners, Owners::Known(_)) => {
+                    self.describe_owners(&mut socket);
+                }
+                None => self.listener_dumped(cw, i, &mut socket),
             }
-        } else if let Owners::Known(procs) = &mut socket.owners {
-            for p in procs.iter_mut() {
-                self.owners.describe(p);
-            }
+        } else {
+            self.describe_owners(&mut socket);
         }
         let t = &self.targets[i];
         socket.container = t.container.clone();
@@ -310,6 +321,52 @@ impl Loop {
         // Connects by this process and its children were left out in the kernel.
         let check_own = kind == ConnKind::Accept;
         self.report(cw, socket, direction, kernel_ns, at, check_own, events);
+    }
+
+    /// Completes the processes a kernel record named from /proc, while they are there.
+    #[cfg(feature = "ebpf")]
+    fn describe_owners(&mut self, socket: &mut Socket) {
+        if let Owners::Known(procs) = &mut socket.owners {
+            for p in procs.iter_mut() {
+                self.owners.describe(p);
+            }
+        }
+    }
+
+    /// The owners of an accept whose listener the tracker does not hold — the filter left it
+    /// out, or its open is still behind a record another CPU has not committed yet — from a
+    /// dump of the namespace's listeners and /proc, remembered for a second per listener
+    /// endpoint so a busy one costs one dump a second.
+    #[cfg(feature = "ebpf")]
+    fn listener_dumped(&mut self, cw: &mut ConnWatch, i: usize, socket: &mut Socket) {
+        let key = (socket.netns, socket.family, socket.port);
+        let now = Instant::now();
+        if let Some((l, when)) = cw.listeners.get(&key)
+            && now.saturating_duration_since(*when) < LISTENER_MEMORY
+        {
+            socket.owners = l.owners.clone();
+            socket.uid = l.uid;
+            return;
+        }
+        let dump = Dump::Inet {
+            protocol: Protocol::Tcp,
+            family: socket.family,
+            states: StateSet::of(&[State::Listen]),
+        };
+        let found = self.targets[i]
+            .dump_raw(&[dump])
+            .and_then(|all| listener_for(socket, all.iter()).cloned());
+        let Some(mut l) = found else {
+            socket.owners = Owners::Unknown(UnknownReason::NotFound);
+            return;
+        };
+        self.owners.resolve(std::slice::from_mut(&mut l));
+        socket.owners = l.owners.clone();
+        socket.uid = l.uid;
+        if cw.listeners.len() >= COOLDOWN_SWEEP {
+            cw.listeners.retain(|_, (_, t)| now.saturating_duration_since(*t) < LISTENER_MEMORY);
+        }
+        cw.listeners.insert(key, (l, now));
     }
 
     /// Reports a new connection if the filters and the cooldown let it through, and follows

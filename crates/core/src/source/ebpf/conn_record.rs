@@ -8,9 +8,9 @@
 //! |----:|-----:|---------------------------------------------------------------------|
 //! |   0 |    8 | `ts_ns`: CLOCK_MONOTONIC of the connect, the accept or the close    |
 //! |   8 |    8 | socket cookie                                                       |
-//! |  16 |    4 | pid: the connect's caller; 0 for accept and disconnect              |
+//! |  16 |    4 | pid: the connect's caller; an accept's listen(2) caller (0 unknown) |
 //! |  20 |    4 | tid (connect only)                                                  |
-//! |  24 |    4 | uid (connect only)                                                  |
+//! |  24 |    4 | uid (connect; accept: the listen caller's)                          |
 //! |  28 |    4 | netns inode                                                         |
 //! |  32 |    1 | kind (1 connect, 2 accept, 3 disconnect)                            |
 //! |  33 |    1 | family (2 `AF_INET`, 10 `AF_INET6`)                                 |
@@ -20,7 +20,7 @@
 //! |  38 |    2 | remote port, host byte order                                        |
 //! |  40 |   16 | local address, network byte order (IPv4: first 4 bytes)             |
 //! |  56 |   16 | remote address, likewise                                            |
-//! |  72 |   16 | comm of the connecting thread, NUL-padded (connect only)            |
+//! |  72 |   16 | comm of the connecting (accept: listening) thread, NUL-padded       |
 //! |  88 |    8 | disconnect: nanoseconds since the connect or accept                 |
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,7 +36,8 @@ pub(crate) const CONN_RECORD_SIZE: usize = 96;
 pub(crate) enum ConnKind {
     /// An outbound connect sent its SYN; the record names the caller.
     Connect,
-    /// An inbound connection reached ESTABLISHED (no pid: softirq context).
+    /// An inbound connection reached ESTABLISHED (softirq context: the pid is the listen
+    /// caller's, recorded at listen).
     Accept,
     /// A connection reported by a `Connect` or `Accept` reached CLOSE (no pid).
     Disconnect,
@@ -57,11 +58,13 @@ pub(crate) struct ConnEvent {
     /// CLOSE_MONOTONIC nanoseconds: the connect (`SYN_SENT`), the accept or the close.
     pub(crate) ts_ns: u64,
     pub(crate) cookie: u64,
-    /// The connecting process; 0 for accept and disconnect (never the interrupted task's).
+    /// The connecting process; for an accept, the process that called listen(2) on the
+    /// listener (0 if the programs did not see it); 0 for a disconnect. Never the task a
+    /// softirq interrupted.
     pub(crate) pid: u32,
     pub(crate) tid: u32,
     pub(crate) uid: u32,
-    /// The connecting thread's comm (connect only). Attacker-controlled.
+    /// The connecting (accept: listening) thread's comm. Attacker-controlled.
     pub(crate) comm: Vec<u8>,
     pub(crate) netns: u64,
     pub(crate) family: Family,

@@ -92,8 +92,8 @@ fn collect(
     }
 }
 
-/// Every connection of `c` reported: connect with its pid, comm, both ends; accept and both
-/// disconnects with pid 0; durations from the kernel.
+/// Every connection of `c` reported: connect with its pid, comm, both ends; accept with the
+/// listener's (the same process); both disconnects with pid 0; durations from the kernel.
 fn assert_all_reported(seen: &[ConnEvent], c: &Connector, netns: u64) {
     let by_cookie: HashMap<(u64, u8), &ConnEvent> =
         seen.iter().map(|e| ((e.cookie, e.kind as u8), e)).collect();
@@ -110,7 +110,9 @@ fn assert_all_reported(seen: &[ConnEvent], c: &Connector, netns: u64) {
         let accept = by_cookie
             .get(&(accepted, ConnKind::Accept as u8))
             .unwrap_or_else(|| panic!("no accept for cookie {accepted}"));
-        assert_eq!(accept.pid, 0, "no pid from softirq context");
+        // The process that called listen(2) on the listener, recorded then: never the task a
+        // softirq happened to interrupt.
+        assert_eq!(accept.pid, c.pid, "the listener's owner");
         assert_eq!(accept.dir, Dir::In);
         assert_eq!((accept.local.port(), accept.remote.port()), (c.port, client_port));
         for (cookie, dir) in [(client, Dir::Out), (accepted, Dir::In)] {
