@@ -421,3 +421,58 @@ fn scanning_sees_a_long_lived_connection_and_its_close_and_says_it_is_coarser() 
     assert!(d["duration_ns"].as_u64().is_some_and(|n| n > 0), "{d}");
     assert!(w.terminate().success());
 }
+
+#[test]
+fn the_library_reports_its_own_connections_only_when_asked() {
+    if !can_run("loading eBPF programs") {
+        return;
+    }
+    use portwatch_core::{Connections, Direction, Event, Source, Watcher};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for own in [false, true] {
+        let w = Watcher::builder()
+            .source(Source::Ebpf)
+            .connections(Connections::Out)
+            .own_connections(own)
+            .remote("127.0.0.1".parse().unwrap())
+            .report_initial(false)
+            .build()
+            .expect("a watcher with connection events");
+        // Connects until one is reported (the programs are attached by the time build returns,
+        // but a few tries cost nothing), then one more that lives a moment, then closes.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let local = conn.local_addr().unwrap().port();
+            let _ = listener.accept().unwrap();
+            drop(conn);
+            while let Some(e) = w.recv_timeout(Duration::from_millis(100)) {
+                if e.socket().port == local {
+                    seen.push(e);
+                }
+            }
+            if seen.len() >= 2 {
+                break;
+            }
+        }
+        if !own {
+            assert!(seen.is_empty(), "own connections are left out by default: {seen:?}");
+            continue;
+        }
+        let Some(Event::Connect { socket, kernel_ns, .. }) = seen.first() else {
+            panic!("no connect: {seen:?}");
+        };
+        assert_eq!(socket.pids(), vec![std::process::id()]);
+        assert_eq!(socket.remote.map(|r| r.port()), Some(port));
+        assert!(kernel_ns.is_some());
+        assert!(
+            matches!(
+                seen.get(1),
+                Some(Event::Disconnect { direction: Direction::Out, established: true, .. })
+            ),
+            "{seen:?}"
+        );
+    }
+}
