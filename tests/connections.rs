@@ -476,3 +476,38 @@ fn the_library_reports_its_own_connections_only_when_asked() {
         );
     }
 }
+
+#[test]
+fn hooks_get_the_connection_in_their_environment() {
+    if !can_run("loading eBPF programs") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hook = "echo \"hook $PORTWATCH_EVENT $PORTWATCH_DIRECTION $PORTWATCH_REMOTE_ADDR \
+                $PORTWATCH_REMOTE_PORT ${PORTWATCH_DURATION_NS:+has-duration}\" >&2";
+    let w = WatchCmd::start(&[
+        "--source",
+        "ebpf",
+        "--connections",
+        "out",
+        "--no-initial",
+        "--remote",
+        "127.0.0.1/32",
+        "--exec",
+        hook,
+    ]);
+    w.ready();
+    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = listener.accept().unwrap();
+    drop(conn);
+    let want = [
+        format!("hook connect out 127.0.0.1 {port} \n"),
+        format!("hook disconnect out 127.0.0.1 {port} has-duration\n"),
+    ];
+    crate::util::wait_for("both hooks", PATIENCE, || {
+        let err = w.stderr();
+        want.iter().all(|l| err.contains(l.as_str())).then_some(())
+    });
+    assert!(w.terminate().success());
+}

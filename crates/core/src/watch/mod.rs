@@ -240,6 +240,8 @@ impl WatcherBuilder {
 
     /// The kernel events' ring buffer in bytes: a power of two, at least 4096 (default
     /// 1 MiB, about 13 000 events). Events that find it full are counted and a dump follows.
+    /// With [`connections`](Self::connections), the connection events' own ring buffer gets
+    /// the same size (about 10 000 records); those lost are counted and said, not made up.
     pub fn ring_buffer(mut self, bytes: u32) -> Self {
         self.config.ring_bytes = Some(bytes);
         self
