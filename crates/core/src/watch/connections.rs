@@ -27,6 +27,9 @@ const COOLDOWN_SWEEP: usize = 4096;
 /// How long a listener found by a dump stands for accepts on its endpoint.
 #[cfg(feature = "ebpf")]
 const LISTENER_MEMORY: Duration = Duration::from_secs(1);
+/// How long a process described from /proc stands for its next connects.
+#[cfg(feature = "ebpf")]
+const DESCRIBED_FOR: Duration = Duration::from_secs(1);
 
 /// What the connection scan dumps: every TCP state a connection passes through while it has
 /// a full socket, and listeners (to tell inbound from outbound).
@@ -68,6 +71,9 @@ pub(super) struct ConnWatch {
     /// Listeners found by a dump for an accept, by namespace, family and port, and when.
     #[cfg(feature = "ebpf")]
     listeners: HashMap<(u64, Family, u16), (Socket, Instant)>,
+    /// Processes described from /proc for a connect, by pid and thread name, and when.
+    #[cfg(feature = "ebpf")]
+    described: HashMap<(u32, String), (crate::socket::Process, Instant)>,
     /// Kernel records were lost: followed connections are checked against a dump.
     #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     recheck: bool,
@@ -102,6 +108,8 @@ pub(super) fn start(cfg: &Config) -> Result<Option<ConnWatch>> {
         last: HashMap::new(),
         #[cfg(feature = "ebpf")]
         listeners: HashMap::new(),
+        #[cfg(feature = "ebpf")]
+        described: HashMap::new(),
         recheck: false,
         settings,
     };
@@ -308,12 +316,12 @@ impl Loop {
                     socket.uid = l.uid;
                 }
                 None if matches!(socket.owners, Owners::Known(_)) => {
-                    self.describe_owners(&mut socket);
+                    self.describe_owners(cw, &mut socket);
                 }
                 None => self.listener_dumped(cw, i, &mut socket),
             }
         } else {
-            self.describe_owners(&mut socket);
+            self.describe_owners(cw, &mut socket);
         }
         let t = &self.targets[i];
         socket.container = t.container.clone();
@@ -323,13 +331,27 @@ impl Loop {
         self.report(cw, socket, direction, kernel_ns, at, check_own, events);
     }
 
-    /// Completes the processes a kernel record named from /proc, while they are there.
+    /// Completes the processes a kernel record named from /proc, while they are there. A
+    /// process that connects again within a second (a client in a loop, a proxy) is described
+    /// once: the same pid and thread name then is the same process.
     #[cfg(feature = "ebpf")]
-    fn describe_owners(&mut self, socket: &mut Socket) {
-        if let Owners::Known(procs) = &mut socket.owners {
-            for p in procs.iter_mut() {
-                self.owners.describe(p);
+    fn describe_owners(&mut self, cw: &mut ConnWatch, socket: &mut Socket) {
+        let Owners::Known(procs) = &mut socket.owners else { return };
+        let now = Instant::now();
+        for p in procs.iter_mut() {
+            let key = (p.pid, std::mem::take(&mut p.comm));
+            if let Some((known, when)) = cw.described.get(&key)
+                && now.saturating_duration_since(*when) < DESCRIBED_FOR
+            {
+                *p = known.clone();
+                continue;
             }
+            p.comm = key.1.clone();
+            self.owners.describe(p);
+            if cw.described.len() >= COOLDOWN_SWEEP {
+                cw.described.retain(|_, (_, t)| now.saturating_duration_since(*t) < DESCRIBED_FOR);
+            }
+            cw.described.insert(key, (p.clone(), now));
         }
     }
 
