@@ -1,5 +1,5 @@
-//! Connection events in the watcher: where they come from (the connection programs, or
-//! dumps of established sockets plus the destroy feed when scanning), which are reported
+//! Connection events in the watcher: where they come from (the connection programs; when
+//! scanning, `conn_scan`), which are reported
 //! (direction, remote prefixes, the socket filter, the watcher's own, the cooldown), who owns
 //! them (the caller of a connect; a listener's owners for an accept; for a disconnect the
 //! owners recorded at its connect or accept), and the connections followed until they close.
@@ -31,26 +31,12 @@ const LISTENER_MEMORY: Duration = Duration::from_secs(1);
 #[cfg(feature = "ebpf")]
 const DESCRIBED_FOR: Duration = Duration::from_secs(1);
 
-/// What the connection scan dumps: every TCP state a connection passes through while it has
-/// a full socket, and listeners (to tell inbound from outbound).
-const SCAN_STATES: [State; 9] = [
-    State::Established,
-    State::SynSent,
-    State::SynRecv,
-    State::FinWait1,
-    State::FinWait2,
-    State::CloseWait,
-    State::LastAck,
-    State::Closing,
-    State::Listen,
-];
-
 /// A connection reported, followed until it closes.
 #[derive(Debug)]
-struct Followed {
-    socket: Socket,
-    direction: Direction,
-    since: Instant,
+pub(super) struct Followed {
+    pub(super) socket: Socket,
+    pub(super) direction: Direction,
+    pub(super) since: Instant,
 }
 
 /// The connection side of a watcher.
@@ -61,11 +47,11 @@ pub(super) struct ConnWatch {
     #[cfg(feature = "ebpf")]
     feed: Option<crate::source::ConnFeed>,
     /// Scanning: each namespace's connection cookies in its last dump (`None` with kernel
-    /// events).
-    scanned: Option<HashMap<u64, HashSet<u64>>>,
-    dumps: Vec<Dump>,
+    /// events; see `conn_scan`).
+    pub(super) scanned: Option<HashMap<u64, HashSet<u64>>>,
+    pub(super) dumps: Vec<Dump>,
     /// Connections reported and not closed yet, by cookie.
-    followed: HashMap<u64, Followed>,
+    pub(super) followed: HashMap<u64, Followed>,
     /// When a connection was last reported, per direction and remote address (cooldown).
     last: HashMap<(Direction, IpAddr), Instant>,
     /// Listeners found by a dump for an accept, by namespace, family and port, and when.
@@ -95,7 +81,7 @@ pub(super) fn start(cfg: &Config) -> Result<Option<ConnWatch>> {
         .map(|&family| Dump::Inet {
             protocol: Protocol::Tcp,
             family,
-            states: StateSet::of(&SCAN_STATES),
+            states: StateSet::of(&super::conn_scan::SCAN_STATES),
         })
         .collect();
     let mut watch = ConnWatch {
@@ -160,22 +146,9 @@ impl ConnWatch {
         None
     }
 
-    /// The destroy feed of namespace `netns` says `cookie` was freed: when scanning, a
-    /// connection reported there is closed now. (With kernel events their own close record,
-    /// with the kernel's duration, says it.)
-    pub(super) fn gone(&mut self, netns: u64, cookie: u64, at: At, events: &mut Vec<Event>) {
-        let Some(scanned) = self.scanned.as_mut() else { return };
-        if let Some(set) = scanned.get_mut(&netns) {
-            set.remove(&cookie);
-        }
-        if let Some(f) = self.followed.remove(&cookie) {
-            events.push(disconnect(f, at, None, None, true));
-        }
-    }
-
     /// Whether a connection going `dir` to `remote` may be reported: the direction and the
     /// remote prefixes.
-    fn wants(&self, dir: Direction, remote: Option<std::net::SocketAddr>) -> bool {
+    pub(super) fn wants(&self, dir: Direction, remote: Option<std::net::SocketAddr>) -> bool {
         let s = &self.settings;
         if !s.which.includes(dir) {
             return false;
@@ -211,7 +184,7 @@ impl ConnWatch {
 }
 
 /// The disconnect of a followed connection.
-fn disconnect(
+pub(super) fn disconnect(
     f: Followed,
     at: At,
     kernel_ns: Option<u64>,
@@ -237,7 +210,7 @@ fn disconnect(
 
 /// The listener an inbound connection came in through: same namespace, protocol, family and
 /// port, and its address or a wildcard.
-fn listener_for<'a>(
+pub(super) fn listener_for<'a>(
     conn: &Socket,
     mut listeners: impl Iterator<Item = &'a Socket>,
 ) -> Option<&'a Socket> {
@@ -305,11 +278,11 @@ impl Loop {
         }
         let Some(i) = self.target_for(&socket) else { return };
         if kind == ConnKind::Accept {
-            // The kernel finished the handshake in softirq context: no process did it. The
-            // listener's owners are who it connected to.
-            // The listener as the watcher knows it (its owners now) first; else the process
-            // that called listen(2) on it, as the kernel recorded it (the watcher has not
-            // handled that listen yet, or the filter left the listener out); else a dump.
+            // The kernel finished the handshake in softirq context: no process did it; the
+            // listener's owners are who was connected to. The listener as the watcher knows it
+            // (its owners now) first; else the process that called listen(2) on it, as the
+            // kernel recorded it (the watcher has not handled that listen yet, or the filter
+            // left the listener out); else a dump.
             match listener_for(&socket, self.targets[i].tracker.current()) {
                 Some(l) => {
                     socket.owners = l.owners.clone();
@@ -394,7 +367,7 @@ impl Loop {
     /// Reports a new connection if the filters and the cooldown let it through, and follows
     /// it until it closes.
     #[allow(clippy::too_many_arguments)]
-    fn report(
+    pub(super) fn report(
         &mut self,
         cw: &mut ConnWatch,
         socket: Socket,
@@ -449,58 +422,6 @@ impl Loop {
                 events.push(disconnect(f, at, None, None, true));
             }
         }
-    }
-
-    /// Scanning for connections: each namespace's established sockets, compared with its last
-    /// dump. New ones are reported (owners from /proc), those gone are closed.
-    pub(super) fn scan_connections(&mut self, events: &mut Vec<Event>) {
-        let Some(mut cw) = self.conns.take() else { return };
-        let Some(mut scanned) = cw.scanned.take() else {
-            self.conns = Some(cw);
-            return;
-        };
-        let at = At::now(Source::Scan);
-        let mut new: Vec<(Socket, Direction)> = Vec::new();
-        for t in &mut self.targets {
-            let Some(sockets) = t.dump_raw(&cw.dumps) else { continue };
-            let (listeners, conns): (Vec<Socket>, Vec<Socket>) =
-                sockets.into_iter().partition(|s| s.state == State::Listen);
-            let now: HashSet<u64> = conns.iter().filter_map(|s| s.cookie).collect();
-            let first = !scanned.contains_key(&t.inode);
-            let before = scanned.entry(t.inode).or_default();
-            for cookie in before.difference(&now) {
-                if let Some(f) = cw.followed.remove(cookie) {
-                    events.push(disconnect(f, at, None, None, true));
-                }
-            }
-            if !first {
-                for mut s in
-                    conns.into_iter().filter(|s| s.cookie.is_some_and(|c| !before.contains(&c)))
-                {
-                    let dir = if listener_for(&s, listeners.iter()).is_some() {
-                        Direction::In
-                    } else {
-                        Direction::Out
-                    };
-                    if cw.wants(dir, s.remote) {
-                        s.container = t.container.clone();
-                        s.netns_name = t.netns_name.clone();
-                        new.push((s, dir));
-                    }
-                }
-            }
-            *before = now;
-        }
-        // Namespaces no longer watched: forgotten.
-        scanned.retain(|ns, _| self.targets.iter().any(|t| t.inode == *ns));
-        let (mut sockets, dirs): (Vec<Socket>, Vec<Direction>) = new.into_iter().unzip();
-        self.owners.resolve(&mut sockets);
-        for (s, dir) in sockets.into_iter().zip(dirs) {
-            self.report(&mut cw, s, dir, None, at, true, events);
-        }
-        cw.scanned = Some(scanned);
-        self.conns = Some(cw);
-        self.emit(events);
     }
 }
 

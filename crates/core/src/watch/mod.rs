@@ -3,9 +3,11 @@
 //! Public face (this file): [`Watcher`], [`WatcherBuilder`], [`StopHandle`]. Behind it: the
 //! validated settings (`config`), the scan thread (`scheduler`), one watched namespace
 //! (`target`), the namespaces watched and found (`namespaces`), a followed container
-//! (`follow`) and the start from a snapshot (`restore`).
+//! (`follow`), the start from a snapshot (`restore`) and connection events (`connections`,
+//! `conn_scan`).
 
 mod config;
+mod conn_scan;
 mod connections;
 mod follow;
 mod kernel;
