@@ -21,6 +21,7 @@
 #   make bpf            rebuild the committed eBPF objects crates/core/bpf/*.bpf.o
 #   make bpf-check      fail if an object is not what its source builds to
 #   make bench-ebpf     what the attached eBPF programs add to socket calls (run as root)
+#   make bench-connections  what the connection programs add to a TCP connection (run as root)
 #   make image          the offline container image; then run, run-sv, run-hf, run-host,
 #                       test-http, kill-port, verify-suite, ... (docker/docker.mk)
 
@@ -45,7 +46,7 @@ CROWD_FDS ?= 20000
 BLINDING_RUNS ?= 9
 
 .PHONY: all build man test lint fmt doc bench bench-compare bench-fidelity bench-netns bench-metrics soak fuzz deps deps-bench clean \
-	bpf bpf-check bpf-deps bench-ebpf bench-blinding
+	bpf bpf-check bpf-deps bench-ebpf bench-connections bench-blinding
 
 all: build
 
@@ -196,6 +197,15 @@ bench-ebpf:
 	   if m.get("reason") == "compiler-artifact" and m.get("executable") \
 	   and m["target"]["name"] == "portwatch_core"]' | tail -1) && \
 	test -n "$$bin" && python3 benches/ebpf_cost.py --holder "$$bin" --rounds $(RUNS)
+
+# What the connection programs (watch --connections) add to a TCP connection; same holder binary.
+bench-connections:
+	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
+	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \
+	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
+	   if m.get("reason") == "compiler-artifact" and m.get("executable") \
+	   and m["target"]["name"] == "portwatch_core"]' | tail -1) && \
+	test -n "$$bin" && python3 benches/conn_cost.py --holder "$$bin" --rounds $(RUNS)
 
 # Containers, volumes and the image (when Docker answers), then the build.
 clean:

@@ -33,7 +33,7 @@ CONTEXT := target/docker/context
 # Every source file, the eBPF object included: a shallower list let `make image` ship a binary
 # older than crates/core/src/source/ebpf/.
 $(STATIC_DIR)/portwatch $(STATIC_DIR)/examples/hold_port: $(shell find crates examples -name '*.rs') \
-  crates/core/bpf/portwatch.bpf.o crates/core/bpf/owners.bpf.o Cargo.toml crates/core/Cargo.toml Cargo.lock
+  $(wildcard crates/core/bpf/*.bpf.o) Cargo.toml crates/core/Cargo.toml Cargo.lock
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
 	  --target $(HOST_TRIPLE) --bin portwatch --example hold_port
 

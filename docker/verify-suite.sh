@@ -87,6 +87,36 @@ else
     fail "host-side watcher's /metrics lacks portwatch_listening for TCP 5000 of portwatcher"
 fi
 
+echo "== connections in the container, seen from the host through kernel events"
+# 1000 short connections inside the container (busybox wget to httpd on 5000: connect, accept,
+# answer, close within milliseconds), each a new wget process: every connect is reported with
+# a wget's pid (the caller, one per connection), every accept with httpd's (the listener's
+# owner, never a task the kernel happened to interrupt), and every close of both ends.
+docker exec portwatcher sh -c 'i=0; while [ $i -lt 1000 ]; do
+    wget -q -O /dev/null http://127.0.0.1:5000/ 2>/dev/null; i=$((i + 1)); done'
+conn_in='"container":\{"id":"[0-9a-f]+","name":"portwatcher"\},"pids":\[[0-9]+\],"processes":\[\{"pid":[0-9]+,"ppid":(null|[0-9]+),"comm":'
+count_host() { docker logs portwatch-host 2>/dev/null | grep -Ec "$1"; }
+_tries=0
+while [ "$(count_host '"event":"disconnect",.*"direction":"out",.*"remote_port":5000,')" -lt 1000 ] &&
+    [ "$_tries" -lt 100 ]; do
+    sleep 0.1
+    _tries=$((_tries + 1))
+done
+for c in \
+    "connect to 5000 by wget|\"event\":\"connect\",.*\"remote_port\":5000,.*$conn_in\"wget\"" \
+    "accept on 5000 by httpd|\"event\":\"accept\",.*\"port\":5000,.*$conn_in\"httpd\"" \
+    "disconnect of a connect to 5000|\"event\":\"disconnect\",.*\"direction\":\"out\",.*\"remote_port\":5000,.*$conn_in\"wget\"" \
+    "disconnect of an accept on 5000|\"event\":\"disconnect\",.*\"direction\":\"in\",.*\"port\":5000,.*$conn_in\"httpd\""; do
+    name=${c%%|*}
+    n=$(count_host "${c#*|}")
+    if [ "$n" -eq 1000 ]; then pass "1000/1000 $name, from kernel events"; else fail "$n/1000 $name"; fi
+done
+if docker logs portwatch-host 2>&1 | grep -q "connection event(s)"; then
+    fail "the host-side watcher lost connection events"
+else
+    pass "no connection event lost"
+fi
+
 # Every namespace from the host, the container named through the Docker API.
 triple=$(rustc -vV | sed -n 's/^host: //p')
 if "target/$triple/release/portwatch" list --all-netns -p 5000 2>/dev/null |

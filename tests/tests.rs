@@ -2,6 +2,7 @@
 //! processes. One test binary, several modules (link once).
 
 mod cli;
+mod connections;
 mod differential;
 mod ebpf;
 mod escaping;

@@ -18,7 +18,7 @@ pub enum Command {
     /// List listening sockets and their processes, like `ss -tulnp`.
     List(ListArgs),
     /// Report sockets opening and closing, with their processes, as they happen.
-    Watch(WatchArgs),
+    Watch(Box<WatchArgs>),
     /// Print a shell completion script: `portwatch completions bash > /etc/bash_completion.d/portwatch`.
     Completions {
         /// The shell to complete for.
@@ -288,6 +288,28 @@ pub struct WatchArgs {
     /// and counted in portwatch_listening_series_dropped.
     #[arg(long, env = "PORTWATCH_METRICS_MAX_SERIES", value_name = "N", requires = "metrics", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub metrics_max_series: Option<u32>,
+    /// Also report TCP connections: `in` (accept: a peer connected to a listener here; owners
+    /// are the listener's), `out` (connect: a process here connected out; the caller), or
+    /// `all`, each with its disconnect. With --source scan (or where eBPF cannot load), dumps
+    /// of established sockets every --interval: short connections are missed.
+    #[arg(long, value_enum, value_name = "in|out|all")]
+    pub connections: Option<ConnectionsArg>,
+    /// With --connections, only connections whose remote address is in this prefix
+    /// (10.0.0.0/8, 2001:db8::/32, or one address); repeat for more.
+    #[arg(long = "remote", value_name = "CIDR", requires = "connections", value_parser = parse_cidr)]
+    pub remotes: Vec<portwatch_core::Cidr>,
+    /// With --connections, leave out connections whose remote address is in this prefix;
+    /// repeatable, wins over --remote.
+    #[arg(long = "ignore-remote", value_name = "CIDR", requires = "connections", value_parser = parse_cidr)]
+    pub ignore_remotes: Vec<portwatch_core::Cidr>,
+    /// With --connections, after reporting a connection leave out the next ones in the same
+    /// direction with the same remote address for SECONDS (and their disconnects).
+    #[arg(long, value_name = "SECONDS", requires = "connections", value_parser = parse_seconds)]
+    pub cooldown: Option<std::time::Duration>,
+    /// With --connections, also report portwatch's own connections and those of its --exec
+    /// hooks (left out by default: a hook that notifies over the network would report itself).
+    #[arg(long, requires = "connections")]
+    pub own_connections: bool,
 }
 
 /// A `--metrics-labels` value.
@@ -307,6 +329,21 @@ fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
              0.0.0.0:9184"
         )
     })
+}
+
+/// A `--connections` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConnectionsArg {
+    /// Inbound: accepted connections.
+    In,
+    /// Outbound: connects.
+    Out,
+    /// Both.
+    All,
+}
+
+fn parse_cidr(s: &str) -> Result<portwatch_core::Cidr, String> {
+    s.parse().map_err(|e: portwatch_core::BadCidr| e.to_string())
 }
 
 /// A `--source` value.

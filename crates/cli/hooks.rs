@@ -111,6 +111,17 @@ fn hook_env(event: &Event) -> Vec<(&'static str, String)> {
         ("PORTWATCH_PATH", s.path.as_deref().map(escape).unwrap_or_default().into_owned()),
         ("PORTWATCH_PIDS", s.pids().iter().map(u32::to_string).collect::<Vec<_>>().join(" ")),
     ]);
+    if let Some(direction) = event.direction() {
+        let remote = s.remote;
+        env.extend([
+            ("PORTWATCH_DIRECTION", direction.to_string()),
+            ("PORTWATCH_REMOTE_ADDR", remote.map(|r| r.ip().to_string()).unwrap_or_default()),
+            ("PORTWATCH_REMOTE_PORT", remote.map(|r| r.port().to_string()).unwrap_or_default()),
+        ]);
+    }
+    if let Event::Disconnect { duration, .. } = event {
+        env.push(("PORTWATCH_DURATION_NS", duration.as_nanos().to_string()));
+    }
     env
 }
 

@@ -3,12 +3,14 @@
 //! the commands decide what runs when.
 
 use portwatch_core::{
-    Backend, Family, Filter, Netns, OwnerLookup, Protocol, Query, Source, State, StateSet, Watcher,
-    WatcherBuilder, docker,
+    Backend, Connections, Family, Filter, Netns, OwnerLookup, Protocol, Query, Source, State,
+    StateSet, Watcher, WatcherBuilder, docker,
 };
 
 use crate::Result;
-use crate::args::{BackendArg, OwnersArg, SocketFilter, SourceArg, StateArg, WatchArgs};
+use crate::args::{
+    BackendArg, ConnectionsArg, OwnersArg, SocketFilter, SourceArg, StateArg, WatchArgs,
+};
 
 /// Builds the library query the filter flags describe.
 pub fn query(filter: &SocketFilter) -> Result<Query> {
@@ -73,6 +75,23 @@ pub fn watcher(args: &WatchArgs) -> Result<WatcherBuilder> {
         SourceArg::Ebpf => Source::Ebpf,
         SourceArg::Scan => Source::Scan,
     };
+    if let Some(which) = args.connections {
+        builder = builder.connections(match which {
+            ConnectionsArg::In => Connections::In,
+            ConnectionsArg::Out => Connections::Out,
+            ConnectionsArg::All => Connections::All,
+        });
+        for cidr in &args.remotes {
+            builder = builder.remote(*cidr);
+        }
+        for cidr in &args.ignore_remotes {
+            builder = builder.ignore_remote(*cidr);
+        }
+        if let Some(v) = args.cooldown {
+            builder = builder.connection_cooldown(v);
+        }
+        builder = builder.own_connections(args.own_connections);
+    }
     Ok(builder
         .filter(filter)
         .backend(backend(&args.filter))

@@ -1,9 +1,10 @@
 //! One `watch` event as a text line or a JSON Lines object.
 
 use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
-use portwatch_core::{Event, Socket};
+use portwatch_core::{Direction, Event, Socket};
 use serde::Serialize;
 
 use super::{
@@ -56,12 +57,70 @@ pub fn text_line(event: &Event, own_netns: u64, reported: SystemTime) -> String 
             pids(),
             processes_text(previous, &LINE_OWNERS)
         ),
+        Event::Connect { .. } => format!(
+            "[{ts}] Outbound connection: {} -> {} ({}, pids: {})",
+            endpoint(s.addr, s.port),
+            remote_text(s),
+            conn_where(s, own_netns),
+            pids()
+        ),
+        Event::Accept { .. } => format!(
+            "[{ts}] Inbound connection: {} -> {} ({}, pids: {})",
+            remote_text(s),
+            endpoint(s.addr, s.port),
+            conn_where(s, own_netns),
+            pids()
+        ),
+        Event::Disconnect { direction, duration, established, .. } => {
+            let (from, to) = match direction {
+                Direction::In => (remote_text(s), endpoint(s.addr, s.port)),
+                _ => (endpoint(s.addr, s.port), remote_text(s)),
+            };
+            let how = if *established { "closed" } else { "failed" };
+            format!(
+                "[{ts}] Connection {how}: {from} -> {to} ({direction}, after {}, {}, last pids: {})",
+                duration_text(*duration),
+                conn_where(s, own_netns),
+                pids()
+            )
+        }
         _ => format!("[{ts}] Port event: {port} ({at})"),
     }
 }
 
+/// `0.418 ms` below a second, `2.503 s` from there.
+fn duration_text(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(1) {
+        format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.3} s", d.as_secs_f64())
+    }
+}
+
+/// `1.2.3.4:80`, `[::1]:80`.
+fn endpoint(addr: Option<IpAddr>, port: u16) -> String {
+    match addr {
+        Some(a) => SocketAddr::new(a, port).to_string(),
+        None => format!("*:{port}"),
+    }
+}
+
+fn remote_text(s: &Socket) -> String {
+    s.remote.map_or_else(|| "?".to_owned(), |r| r.to_string())
+}
+
+/// `tcp`, then the container or namespace when it is not this process's own.
+fn conn_where(s: &Socket, own_netns: u64) -> String {
+    match (&s.container, namespace_text(s, own_netns)) {
+        (Some(_), Some(name)) => format!("{}, container {name}", s.protocol),
+        (None, Some(ns)) => format!("{}, {ns}", s.protocol),
+        _ => s.protocol.to_string(),
+    }
+}
+
 /// One JSON Lines object: `ts`, `reported`, `event`, `initial`, `source` (and, for owner changes,
-/// `previous_pids`), then the fields of the socket object `list --format json` prints, in
+/// `previous_pids`; for connection events `direction`, `remote_addr`, `remote_port`,
+/// `kernel_ns`, and for a disconnect `duration_ns` and `established`), then the fields of the socket object `list --format json` prints, in
 /// that order. Field names are an interface: add, never rename.
 #[derive(Serialize)]
 pub struct JsonLine<'a> {
@@ -73,6 +132,23 @@ pub struct JsonLine<'a> {
     source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_pids: Option<Vec<u32>>,
+    /// Connection events only: `in` or `out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
+    /// Connection events: the peer's address and port (also in `remote`, as one string).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_port: Option<u16>,
+    /// Connection events with kernel events: the kernel's CLOCK_MONOTONIC timestamp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_ns: Option<u64>,
+    /// Disconnect: how long the connection lived, in nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ns: Option<u64>,
+    /// Disconnect: whether it was ever established (false: a connect that failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    established: Option<bool>,
     #[serde(flatten)]
     socket: &'a Socket,
 }
@@ -84,7 +160,20 @@ impl<'a> JsonLine<'a> {
             Event::OwnersChanged { previous, .. } => Some(previous.iter().map(|p| p.pid).collect()),
             _ => None,
         };
+        let (duration_ns, established) = match event {
+            Event::Disconnect { duration, established, .. } => {
+                (Some(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)), Some(*established))
+            }
+            _ => (None, None),
+        };
+        let remote = event.direction().and(event.socket().remote);
         JsonLine {
+            direction: event.direction().map(Direction::as_str),
+            remote_addr: remote.map(|r| r.ip().to_string()),
+            remote_port: remote.map(|r| r.port()),
+            kernel_ns: event.kernel_ns(),
+            duration_ns,
+            established,
             ts: timestamp(event.at()),
             reported: timestamp(reported),
             event: event_name(event),

@@ -125,12 +125,15 @@ pub fn timestamp(t: SystemTime) -> String {
 }
 
 /// The `event` field of JSON lines and `PORTWATCH_EVENT` of hooks: `open`, `close`,
-/// `owners`. The CLI owns this vocabulary, not the library's domain type.
+/// `owners`; `connect`, `accept`, `disconnect`. The CLI owns this vocabulary, not the library's domain type.
 pub fn event_name(event: &Event) -> &'static str {
     match event {
         Event::Opened { .. } => "open",
         Event::Closed { .. } => "close",
         Event::OwnersChanged { .. } => "owners",
+        Event::Connect { .. } => "connect",
+        Event::Accept { .. } => "accept",
+        Event::Disconnect { .. } => "disconnect",
         // A kind of event this CLI predates: still a line, never a crash.
         _ => "event",
     }

@@ -245,6 +245,31 @@ impl Filter {
             && self.matches(s)
     }
 
+    /// Whether this family is selected.
+    pub(crate) fn selects_family(&self, family: Family) -> bool {
+        self.families.contains(&family)
+    }
+
+    /// Whether this selection can report connections: they are TCP.
+    pub(crate) fn has_tcp(&self) -> bool {
+        self.protocols.contains(&Protocol::Tcp)
+    }
+
+    /// Whether a connection passes the checks that do not need its owners: its family, and
+    /// [`Self::matches`] with the service port standing for the port — the local one for an
+    /// inbound connection (the listener's), the remote one for an outbound (where it goes).
+    pub(crate) fn matches_connection(&self, s: &Socket, outbound: bool) -> bool {
+        if !self.families.contains(&s.family) {
+            return false;
+        }
+        match (outbound, s.remote) {
+            (true, Some(remote)) if !self.ports.is_empty() => {
+                self.matches(&Socket { port: remote.port(), ..s.clone() })
+            }
+            _ => self.matches(s),
+        }
+    }
+
     /// Whether a dumped socket passes the checks that do not need its owners.
     pub(crate) fn matches(&self, s: &Socket) -> bool {
         if !self.ports.is_empty()

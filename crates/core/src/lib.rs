@@ -82,11 +82,15 @@
 //!   lookup through a BPF `iter/task_file` program, [`OwnerLookup::Bpf`] (and what
 //!   [`OwnerLookup::Auto`] prefers on a host with hundreds of processes): one pass over every
 //!   open file of every process instead of a `readlink` per fd.
+//!   With the eBPF source, [`WatcherBuilder::connections`] sees every TCP connection with its
+//!   process (a second set of programs, loaded only then); without it, connections are
+//!   scanned.
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 #![deny(unsafe_code)]
 
+mod connection;
 mod discover;
 #[cfg(feature = "docker")]
 pub mod docker;
@@ -111,6 +115,7 @@ mod users;
 mod watch;
 
 pub use crate::{
+    connection::{BadCidr, Cidr, Connections, Direction},
     error::{Error, Result, SnapshotProblem},
     event::{Event, EventKind},
     filter::Filter,

@@ -451,6 +451,7 @@ mod tests {
             Event::Opened { .. } => "open",
             Event::Closed { .. } => "close",
             Event::OwnersChanged { .. } => "owners",
+            _ => "connection",
         };
         events.iter().map(|e| (kind(e), e.socket().port)).collect()
     }

@@ -8,6 +8,7 @@
 //! source implements [`Feed`] (or produces a [`Observation::Census`]) and plugs in beside the
 //! others. Nothing here knows about owners beyond carrying them, or about events.
 
+mod conn;
 mod destroy;
 mod diag;
 #[cfg(feature = "ebpf")]
@@ -22,7 +23,14 @@ use std::collections::HashSet;
 use std::os::fd::BorrowedFd;
 use std::time::{Instant, SystemTime};
 
+#[cfg(feature = "ebpf")]
+pub(crate) use self::conn::ConnFeed;
+#[cfg(feature = "ebpf")]
+pub(crate) use self::conn::ConnKind;
+pub(crate) use self::conn::Connection;
 pub(crate) use self::destroy::DestroyFeed;
+#[cfg(feature = "ebpf")]
+pub(crate) use self::ebpf::ConnOptions;
 #[cfg(feature = "ebpf")]
 pub(crate) use self::kernel::KernelFeed;
 pub(crate) use self::probe::ChangeProbe;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::connection::{Cidr, Connections};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::owners::OwnerLookup;
@@ -47,6 +48,28 @@ pub(super) struct Config {
     pub(super) docker: Option<PathBuf>,
     /// The container to follow across restarts (with `docker`).
     pub(super) follow: Option<String>,
+    /// Connection events: which, and how they are selected.
+    pub(super) conns: ConnSettings,
+}
+
+/// Most remote prefixes per list: what the kernel-side tries hold.
+const MAX_PREFIXES: usize = 1024;
+/// Longest cooldown accepted: a day.
+const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+
+/// Which connections are reported.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ConnSettings {
+    pub(super) which: Connections,
+    /// Only connections whose remote address is in one of these (empty: any).
+    pub(super) only: Vec<Cidr>,
+    /// No connection whose remote address is in one of these.
+    pub(super) ignore: Vec<Cidr>,
+    /// After a connection is reported, others with the same remote address and direction
+    /// are not, for this long (zero: every one is).
+    pub(super) cooldown: Duration,
+    /// Whether this process's own connections (and its children's) are reported.
+    pub(super) own: bool,
 }
 
 impl Default for Config {
@@ -72,6 +95,7 @@ impl Default for Config {
             ring_bytes: None,
             docker: None,
             follow: None,
+            conns: ConnSettings::default(),
         }
     }
 }
@@ -112,6 +136,22 @@ impl Config {
         }
         if self.reconcile.is_zero() || self.reconcile > MAX_INTERVAL {
             return bad("reconcile", format!("{:?} is not between 1 ns and 24 h", self.reconcile));
+        }
+        let c = &self.conns;
+        if c.only.len() > MAX_PREFIXES || c.ignore.len() > MAX_PREFIXES {
+            return bad("remote", format!("more than {MAX_PREFIXES} remote prefixes"));
+        }
+        if c.cooldown > MAX_COOLDOWN {
+            return bad("connection_cooldown", format!("{:?} is longer than a day", c.cooldown));
+        }
+        if c.which.any() && !self.filter.has_tcp() {
+            return bad("connections", "connections are TCP: the filter selects no TCP".into());
+        }
+        if c.which.any() && self.backend == Backend::Proc {
+            return bad(
+                "connections",
+                "/proc/net has no socket cookies to follow connections by: use sock_diag".into(),
+            );
         }
         if self.source == Source::Ebpf {
             if !cfg!(feature = "ebpf") {

@@ -12,7 +12,10 @@ use crate::tracker::Key;
 impl Loop {
     /// Reads the kernel events: each socket seen goes to its namespace's tracker (a namespace
     /// not watched yet is opened at once with `all_netns`), each cookie gone to every tracker.
-    pub(super) fn read_kernel(&mut self, events: &mut Vec<Event>) {
+    /// With `connections`, the connection records waiting are read after them and the two
+    /// handled in the order they happened: an accept finds its listener open even when the
+    /// watcher fell behind and the listener's close is read in the same batch.
+    pub(super) fn read_kernel(&mut self, events: &mut Vec<Event>, connections: bool) {
         let Some(kernel) = self.kernel.as_mut() else { return };
         let mut seen = Vec::new();
         let mut state = kernel.read(&mut seen);
@@ -22,7 +25,17 @@ impl Loop {
             self.exited.extend(s.exited.drain(..));
             dump = std::mem::take(&mut s.dump);
         }
+        let conns = if connections { self.drain_connections() } else { Vec::new() };
+        let mut conns = conns.into_iter().peekable();
         for obs in seen {
+            let at = match &obs {
+                Observation::Seen { at, .. }
+                | Observation::Gone { at, .. }
+                | Observation::Census { at, .. } => at.mono,
+            };
+            while let Some(c) = conns.next_if(|c| c.at.mono <= at) {
+                self.connection_event(c, events);
+            }
             match obs {
                 Observation::Seen { socket, at } => self.kernel_seen(socket, at, events),
                 gone @ Observation::Gone { .. } => {
@@ -34,6 +47,9 @@ impl Loop {
                     log::debug!("kernel events gave a census, ignored: {census:?}");
                 }
             }
+        }
+        for c in conns {
+            self.connection_event(c, events);
         }
         match state {
             Ok(s) if s.resync => {
@@ -98,7 +114,7 @@ impl Loop {
     /// The watched namespace `netns` (where a socket is). With `all_netns`, one not watched
     /// yet is opened now — through `pid`, the process that made the socket, or, when it is
     /// already gone, tracked from kernel events alone until namespace discovery finds it.
-    fn target_of(&mut self, netns: u64, pid: Option<u32>) -> Option<usize> {
+    pub(super) fn target_of(&mut self, netns: u64, pid: Option<u32>) -> Option<usize> {
         if let Some(i) = self.targets.iter().position(|t| t.inode == netns) {
             return Some(i);
         }

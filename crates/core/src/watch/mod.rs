@@ -4,9 +4,12 @@
 //! (with `stats`: its counters). Behind it: the
 //! validated settings (`config`), the scan thread (`scheduler`), one watched namespace
 //! (`target`), the namespaces watched and found (`namespaces`), a followed container
-//! (`follow`) and the start from a snapshot (`restore`).
+//! (`follow`), the start from a snapshot (`restore`) and connection events (`connections`,
+//! `conn_scan`).
 
 mod config;
+mod conn_scan;
+mod connections;
 mod follow;
 mod kernel;
 mod namespaces;
@@ -29,6 +32,7 @@ use std::time::Duration;
 use self::config::Config;
 use self::scheduler::{Loop, Parts, Published, Sink};
 use self::stats::Counters;
+use crate::connection::{Cidr, Connections};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::filter::Filter;
@@ -290,8 +294,58 @@ impl WatcherBuilder {
 
     /// The kernel events' ring buffer in bytes: a power of two, at least 4096 (default
     /// 1 MiB, about 13 000 events). Events that find it full are counted and a dump follows.
+    /// With [`connections`](Self::connections), the connection events' own ring buffer gets
+    /// the same size (about 10 000 records); those lost are counted and said, not made up.
     pub fn ring_buffer(mut self, bytes: u32) -> Self {
         self.config.ring_bytes = Some(bytes);
+        self
+    }
+
+    /// Which TCP connections to report besides listeners (default [`Connections::None`]):
+    /// [`Event::Connect`] for outbound, [`Event::Accept`] for inbound, and
+    /// [`Event::Disconnect`] when one of them closes. In the namespaces watched.
+    ///
+    /// With kernel events (feature `ebpf`) every connection is seen, however short: a connect
+    /// with the process that called it, an accept with the listener's owners. The connection
+    /// programs are loaded only when this asks for them (a listener-only watcher, and the
+    /// host's socket calls, pay nothing for them), and they drop unwanted connections
+    /// (direction, [`remote`](Self::remote), [`ignore_remote`](Self::ignore_remote), this
+    /// process's own) in the kernel. When scanning, established sockets are dumped every
+    /// interval and closes come from the destroy feed: a connection shorter than the interval
+    /// can be missed and owners come from `/proc` (a warning says so once). Connections open
+    /// when watching begins are not reported, nor their closes.
+    pub fn connections(mut self, which: Connections) -> Self {
+        self.config.conns.which = which;
+        self
+    }
+
+    /// Report only connections whose remote address is in `prefix` (repeat for more: any of
+    /// them). At most 1024.
+    pub fn remote(mut self, prefix: Cidr) -> Self {
+        self.config.conns.only.push(prefix);
+        self
+    }
+
+    /// Do not report connections whose remote address is in `prefix` (repeatable; wins over
+    /// [`remote`](Self::remote)). At most 1024.
+    pub fn ignore_remote(mut self, prefix: Cidr) -> Self {
+        self.config.conns.ignore.push(prefix);
+        self
+    }
+
+    /// After a connection is reported, leave out further ones in the same direction with the
+    /// same remote address for `cooldown` (default zero: report every one), and their
+    /// disconnects — a notifier's per-source rate limit. At most a day.
+    pub fn connection_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.conns.cooldown = cooldown;
+        self
+    }
+
+    /// Whether this process's own connections are reported, and those of the processes it
+    /// starts and their children (default false: a watcher that runs a notifier per event
+    /// must not report the notifier's connections, nor loop on them).
+    pub fn own_connections(mut self, report: bool) -> Self {
+        self.config.conns.own = report;
         self
     }
 
@@ -360,6 +414,7 @@ impl WatcherBuilder {
         };
         let kernel = kernel_events(&cfg)?;
         let iter = load_iterator(cfg.owner_lookup)?;
+        let conns = connections::start(&cfg)?;
         let waiting = follow::waiting(follow.as_ref());
         let initial = namespaces::initial(&cfg, &proc_root, restored, waiting)?;
         // Close-on-exec: a hook the caller runs must not inherit it.
@@ -385,6 +440,7 @@ impl WatcherBuilder {
         let (owners, checker) = (index().with_iterator(iter), index());
         let parts = Parts {
             kernel,
+            conns,
             initial,
             follow,
             owners,

@@ -19,6 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::StopHandle;
 use super::config::Config;
+use super::connections::ConnWatch;
 use super::follow::Follow;
 use super::namespaces::Initial;
 use super::owner_checks::{CheckDone, Checked};
@@ -55,6 +56,8 @@ pub(super) struct Loop {
     /// Kernel events (eBPF), when that is the source: every namespace's listeners as they
     /// open and close. Dumps then only reconcile.
     pub(super) kernel: Option<Box<dyn Feed + Send>>,
+    /// Connection events, when asked for.
+    pub(super) conns: Option<ConnWatch>,
     dumps: Vec<Dump>,
     pub(super) owners: OwnerIndex,
     /// The owner index of the owner checks; away on their thread while one runs.
@@ -117,6 +120,7 @@ pub(super) struct Loop {
 /// What the scheduler is started with, besides its config.
 pub(super) struct Parts {
     pub(super) kernel: Option<Box<dyn Feed + Send>>,
+    pub(super) conns: Option<ConnWatch>,
     pub(super) initial: Initial,
     pub(super) follow: Option<Follow>,
     pub(super) owners: OwnerIndex,
@@ -138,6 +142,7 @@ impl Loop {
             dumps: cfg.filter.dumps(),
             cfg,
             kernel: p.kernel,
+            conns: p.conns,
             owners: p.owners,
             checker: Some(p.checker),
             checking: None,
@@ -207,6 +212,8 @@ impl Loop {
                 // discovery): its first dump now, not at the next reconcile.
                 self.scan_some(&mut events, ScanReason::Namespace, Target::never_dumped);
             }
+            // Connections without kernel events: established sockets dumped every cycle.
+            self.scan_connections(&mut events);
             if self.last_liveness.elapsed() >= LIVENESS_EVERY {
                 self.check_owners(&mut events);
             }
@@ -352,7 +359,7 @@ impl Loop {
             let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
             let had_kernel = self.kernel.is_some();
-            let (woke, checked, kernel, ready) = {
+            let (woke, checked, kernel, conns, ready) = {
                 let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
                 let check_at =
                     self.check_done.as_ref().filter(|_| self.checking.is_some()).map(|d| {
@@ -361,6 +368,10 @@ impl Loop {
                     });
                 let kernel_at = self.kernel.as_ref().map(|k| {
                     fds.push(PollFd::new(k.fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let conns_at = self.conns.as_ref().and_then(ConnWatch::fd).map(|fd| {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     fds.len() - 1
                 });
                 let first_feed = fds.len();
@@ -381,9 +392,9 @@ impl Loop {
                             .map(|(_, i)| *i)
                             .collect();
                         let at = |i: Option<usize>| i.is_some_and(|i| ready(&fds[i]));
-                        (ready(&fds[0]), at(check_at), at(kernel_at), feeds)
+                        (ready(&fds[0]), at(check_at), at(kernel_at), at(conns_at), feeds)
                     }
-                    Err(_) => (false, false, false, Vec::new()), // EINTR: loop again
+                    Err(_) => (false, false, false, false, Vec::new()), // EINTR: loop again
                 }
             };
             if woke {
@@ -402,10 +413,15 @@ impl Loop {
             // Kernel events first: a listener's open is in the ring buffer before its close
             // can reach a destroy feed.
             if kernel {
-                self.read_kernel(events);
+                // The connection ring is read too, after this one, ready or not: a record in it
+                // can precede one just read here (a listener's accept before its close).
+                let with_conns = self.conns.is_some();
+                self.read_kernel(events, with_conns);
                 if had_kernel && self.kernel.is_none() {
                     return; // they failed: the next cycle scans at the scan interval
                 }
+            } else if conns {
+                self.read_connections(events);
             }
             for i in ready {
                 self.read_feed(i, events);
@@ -421,9 +437,14 @@ impl Loop {
         let state = feed.read(&mut seen);
         // Any destroy message, even for a socket not tracked, may mean the set changed.
         t.destroyed_since_scan |= !seen.is_empty();
+        let netns = t.inode;
         for obs in seen {
-            t.tracker.observe(obs, events);
+            if let (Observation::Gone { cookie, at }, Some(c)) = (&obs, self.conns.as_mut()) {
+                c.gone(netns, *cookie, *at, events);
+            }
+            self.targets[i].tracker.observe(obs, events);
         }
+        let t = &mut self.targets[i];
         match state {
             Ok(s) if s.resync => {
                 log::debug!("destroy events overran the receive buffer: rescanning");

@@ -149,6 +149,13 @@ impl Target {
             && self.last_full_scan.is_some_and(|t| t.elapsed() < FULL_SCAN_EVERY)
     }
 
+    /// Dumps what `dumps` asks for, whatever the filter says (the connection scan); `None`
+    /// when the namespace has no scanner or the dump failed (a failing dump is already
+    /// reported by the listener scan).
+    pub(super) fn dump_raw(&mut self, dumps: &[Dump]) -> Option<Vec<Socket>> {
+        self.scanner.as_mut()?.scan(dumps).ok()
+    }
+
     /// Dumps the namespace: the sockets the filter keeps, split into those already known
     /// (owners carried over) and new ones. `None` when the dump failed (logged once).
     pub(super) fn dump(&mut self, dumps: &[Dump], filter: &Filter) -> Option<Dumped> {

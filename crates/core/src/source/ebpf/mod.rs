@@ -41,6 +41,8 @@
 // Nothing in the crate calls this source yet: the watcher will. Until then only the tests use it.
 #![cfg_attr(not(test), allow(dead_code))]
 
+mod conn_record;
+mod connections;
 pub(crate) mod host;
 mod record;
 #[cfg(test)]
@@ -59,6 +61,8 @@ use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr,
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 
 // What the watcher will match on; only the tests do so far.
+pub(crate) use self::conn_record::{ConnEvent, ConnKind, Dir};
+pub(crate) use self::connections::{ConnOptions, ConnPrograms};
 #[cfg_attr(not(test), allow(unused_imports))]
 pub(crate) use self::record::{KernelEvent, Kind, decode, exit_of};
 
@@ -241,7 +245,7 @@ fn io_error_in(err: &(dyn std::error::Error + 'static)) -> Option<io::Error> {
     found
 }
 
-fn program_error(
+pub(super) fn program_error(
     program: &'static str,
     target: &str,
     attaching: bool,
@@ -307,26 +311,8 @@ impl Programs {
     /// cgroup2 root) and opens the ring buffer. Either all are attached or none stays.
     pub(crate) fn load(opts: &LoadOptions) -> Result<Programs, LoadError> {
         let start = Instant::now();
-        let bytes = opts.ring_bytes;
-        if !bytes.is_power_of_two() || bytes < 4096 {
-            return Err(LoadError::RingBufferSize { bytes });
-        }
-        let btf = Btf::from_sys_fs().map_err(|source| LoadError::NoBtf { source })?;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let cgroup = host::cgroup2_mount(&mountinfo).ok_or(LoadError::NoCgroup2)?;
-        let cgroup_dir = File::open(&cgroup)
-            .map_err(|source| LoadError::Cgroup { path: cgroup.clone(), source })?;
-
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .map_max_entries(EVENTS_MAP, bytes)
-            .load(OBJECT)
-            .map_err(|err| match io_error_in(&err) {
-                Some(io) => permission_or("creating the maps", io, |_| LoadError::Object {
-                    source: Box::new(err),
-                }),
-                None => LoadError::Object { source: Box::new(err) },
-            })?;
+        let Prepared { mut ebpf, btf, cgroup, cgroup_dir } =
+            prepare(OBJECT, &[(EVENTS_MAP, opts.ring_bytes)], Some(opts.ring_bytes))?;
 
         for (name, tracepoint) in TRACEPOINT_PROGRAMS {
             let prog: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
@@ -456,7 +442,46 @@ impl AsFd for Programs {
     }
 }
 
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+/// An object parsed and relocated against the kernel's BTF, its maps created, and the cgroup2
+/// root its cgroup programs attach to: what every program set needs before loading programs.
+pub(super) struct Prepared {
+    pub(super) ebpf: Ebpf,
+    pub(super) btf: Btf,
+    pub(super) cgroup: PathBuf,
+    pub(super) cgroup_dir: File,
+}
+
+/// Prepares `object` with the map sizes given (`ring`: a ring buffer size to check first).
+pub(super) fn prepare(
+    object: &[u8],
+    sizes: &[(&'static str, u32)],
+    ring: Option<u32>,
+) -> Result<Prepared, LoadError> {
+    if let Some(bytes) = ring
+        && (!bytes.is_power_of_two() || bytes < 4096)
+    {
+        return Err(LoadError::RingBufferSize { bytes });
+    }
+    let btf = Btf::from_sys_fs().map_err(|source| LoadError::NoBtf { source })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup = host::cgroup2_mount(&mountinfo).ok_or(LoadError::NoCgroup2)?;
+    let cgroup_dir =
+        File::open(&cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.clone(), source })?;
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(&btf));
+    for (map, size) in sizes {
+        loader.map_max_entries(map, *size);
+    }
+    let ebpf = loader.load(object).map_err(|err| match io_error_in(&err) {
+        Some(io) => {
+            permission_or("creating the maps", io, |_| LoadError::Object { source: Box::new(err) })
+        }
+        None => LoadError::Object { source: Box::new(err) },
+    })?;
+    Ok(Prepared { ebpf, btf, cgroup, cgroup_dir })
+}
+
+pub(super) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
 {

@@ -19,6 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::*;
 use crate::socket::{Family, Protocol};
 
+mod connections;
 mod events;
 mod lifecycle;
 
