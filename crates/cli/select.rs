@@ -152,6 +152,9 @@ fn selection(filter: &SocketFilter) -> Filter {
     for (first, last) in &filter.ports {
         f = f.port_range(*first, *last);
     }
+    for scope in &filter.scopes {
+        f = f.scope(*scope);
+    }
     if let Some(pid) = filter.pid {
         f = f.pid(pid, filter.children);
     }

@@ -9,11 +9,12 @@ use crate::socket::{Owners, Process, Socket, UnknownReason};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Socket", 19)?;
+        let mut s = serializer.serialize_struct("Socket", 20)?;
         s.serialize_field("proto", self.protocol.as_str())?;
         s.serialize_field("family", self.family.as_str())?;
         s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
         s.serialize_field("port", &self.port)?;
+        s.serialize_field("scope", &self.scope().map(|sc| sc.as_str()))?;
         s.serialize_field("path", &self.path)?;
         s.serialize_field("remote", &self.remote.map(|r| r.to_string()))?;
         s.serialize_field("state", self.state.as_str())?;
@@ -97,6 +98,7 @@ mod tests {
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["addr"], "::");
         assert_eq!(v["port"], 8080);
+        assert_eq!(v["scope"], "wildcard");
         assert_eq!(v["state"], "LISTEN");
         assert_eq!(v["pids"], serde_json::json!([10]));
         assert_eq!(v["processes"][0]["cmdline"], "srv -p 8080");

@@ -155,10 +155,10 @@ impl State {
 }
 
 /// A name that is not one of a type's names: returned by the `FromStr` impls of [`State`],
-/// [`Protocol`] and [`Family`].
+/// [`Protocol`], [`Family`] and [`AddressScope`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownName {
-    /// What was parsed: `"state"`, `"protocol"`, `"family"`.
+    /// What was parsed: `"state"`, `"protocol"`, `"family"`, `"scope"`.
     pub what: &'static str,
     /// The name given.
     pub name: String,
@@ -348,6 +348,91 @@ impl Socket {
     /// The pids of the processes holding the socket, ascending.
     pub fn pids(&self) -> Vec<u32> {
         self.processes().iter().map(|p| p.pid).collect()
+    }
+
+    /// Which local addresses it accepts on; `None` for unix sockets.
+    pub fn scope(&self) -> Option<AddressScope> {
+        self.addr.map(AddressScope::of)
+    }
+}
+
+/// Which local addresses an inet socket accepts on: what a port forwarder needs to know first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum AddressScope {
+    /// Bound to a loopback address (`127.0.0.0/8`, `::1`, or `::ffff:127.x.y.z`): reachable
+    /// only from inside its network namespace.
+    Loopback,
+    /// Bound to a link-local address (`169.254.0.0/16`, `fe80::/10`): reachable only from
+    /// the link the address is on (an IPv6 one is bound to one interface).
+    LinkLocal,
+    /// Bound to one specific address: reachable through the interface that holds it.
+    Address,
+    /// Bound to the wildcard (`0.0.0.0`, `::`): reachable on every address of the
+    /// namespace, loopback included (an IPv6 wildcard that is not [`Socket::v6only`] takes
+    /// IPv4 too).
+    Wildcard,
+}
+
+impl AddressScope {
+    /// Every scope, narrowest first.
+    pub const ALL: [AddressScope; 4] = [
+        AddressScope::Loopback,
+        AddressScope::LinkLocal,
+        AddressScope::Address,
+        AddressScope::Wildcard,
+    ];
+
+    /// The scope of a socket bound to `addr`. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// has the scope of its IPv4 address.
+    pub fn of(addr: IpAddr) -> AddressScope {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        let link_local = match addr {
+            IpAddr::V4(a) => a.is_link_local(),
+            IpAddr::V6(a) => a.is_unicast_link_local(),
+        };
+        if addr.is_unspecified() {
+            AddressScope::Wildcard
+        } else if addr.is_loopback() {
+            AddressScope::Loopback
+        } else if link_local {
+            AddressScope::LinkLocal
+        } else {
+            AddressScope::Address
+        }
+    }
+
+    /// The name the JSON output and `--scope` use: `loopback`, `link_local`, `address`,
+    /// `wildcard`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressScope::Loopback => "loopback",
+            AddressScope::LinkLocal => "link_local",
+            AddressScope::Address => "address",
+            AddressScope::Wildcard => "wildcard",
+        }
+    }
+}
+
+impl fmt::Display for AddressScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AddressScope {
+    type Err = UnknownName;
+
+    /// `loopback`, `link_local` (or `link-local`), `address`, `wildcard`, case-insensitive.
+    fn from_str(name: &str) -> Result<AddressScope, UnknownName> {
+        let wanted = name.to_ascii_lowercase().replace('-', "_");
+        AddressScope::ALL
+            .into_iter()
+            .find(|s| s.as_str() == wanted)
+            .ok_or_else(|| UnknownName { what: "scope", name: name.to_owned() })
     }
 }
 
@@ -572,6 +657,36 @@ mod tests {
             assert_eq!(f.as_str().parse(), Ok(f));
         }
         assert!("ipx".parse::<Family>().is_err());
+    }
+
+    #[test]
+    fn address_scopes() {
+        for (addr, scope) in [
+            ("127.0.0.1", AddressScope::Loopback),
+            ("127.1.2.3", AddressScope::Loopback),
+            ("::1", AddressScope::Loopback),
+            ("::ffff:127.0.0.1", AddressScope::Loopback),
+            ("0.0.0.0", AddressScope::Wildcard),
+            ("::", AddressScope::Wildcard),
+            ("::ffff:0.0.0.0", AddressScope::Wildcard),
+            ("169.254.1.2", AddressScope::LinkLocal),
+            ("fe80::1", AddressScope::LinkLocal),
+            ("febf::1", AddressScope::LinkLocal),
+            ("fec0::1", AddressScope::Address),
+            ("10.0.0.1", AddressScope::Address),
+            ("::ffff:10.0.0.1", AddressScope::Address),
+            ("2001:db8::1", AddressScope::Address),
+        ] {
+            assert_eq!(AddressScope::of(addr.parse().unwrap()), scope, "{addr}");
+        }
+        for s in AddressScope::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
+        }
+        assert_eq!("Link-Local".parse(), Ok(AddressScope::LinkLocal));
+        assert_eq!(
+            "host".parse::<AddressScope>().unwrap_err().to_string(),
+            "unknown scope \"host\""
+        );
     }
 
     #[test]
