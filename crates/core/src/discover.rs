@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::owners::list_pids;
-use crate::socket::ContainerRef;
+use crate::owners::{self, list_pids};
+use crate::socket::{ContainerRef, Runtime, Socket};
 
 pub(crate) use crate::netns::NAMED_NETNS_DIR;
 
@@ -295,22 +295,10 @@ pub(crate) fn all(proc_root: &Path, namer: &mut Namer) -> Result<Vec<Netns>> {
     Ok(out)
 }
 
-/// The container id in a `/proc/PID/cgroup` file: the 64-hex-digit segment Docker,
-/// containerd, CRI-O and Podman put in the cgroup path (`/docker/ID`,
-/// `docker-ID.scope`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`).
+/// The container id a `/proc/PID/cgroup` file names (see [`owners::parse_cgroup`] for which
+/// part of the path counts).
 pub(crate) fn container_id(cgroup: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(cgroup).ok()?;
-    for line in text.lines() {
-        let path = line.splitn(3, ':').nth(2)?;
-        for part in path.split('/').rev() {
-            let part = part.strip_suffix(".scope").unwrap_or(part);
-            let id = part.rsplit(['-', ':']).next().unwrap_or(part);
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_owned());
-            }
-        }
-    }
-    None
+    owners::parse_cgroup(cgroup)?.container_id
 }
 
 /// Names the containers namespaces belong to: the id from the cgroup of a process inside,
@@ -368,6 +356,36 @@ impl Namer {
             }
             None => Some(ContainerRef::new(id.clone(), &id[..12])),
         }
+    }
+
+    /// The container of a socket read from a namespace no container was found for (the host's,
+    /// shared by `--network host` containers and pods): the one its owners' cgroups name, when
+    /// every owner is in it. Named by the Docker daemon when it runs the container (the id
+    /// comes from a path only dockerd creates: no confirmation needed), by short id otherwise
+    /// and always for a user's delegated cgroup, which the system daemon does not run.
+    pub(crate) fn attribute(&mut self, socket: &mut Socket) {
+        if socket.container.is_some() {
+            return;
+        }
+        let mut cgroups = socket.processes().iter().map(|p| p.cgroup.as_ref());
+        let Some(Some(first)) = cgroups.next() else { return };
+        let Some(id) = first.container_id.clone() else { return };
+        if !cgroups.all(|c| c.is_some_and(|c| c.container_id.as_ref() == Some(&id))) {
+            return;
+        }
+        let ask = first.runtime == Some(Runtime::Docker) && first.delegated_uid.is_none();
+        let name = if ask { self.name_of(&id) } else { None };
+        let name = name.unwrap_or_else(|| id[..12].to_owned());
+        socket.container = Some(std::sync::Arc::new(ContainerRef::new(id, name)));
+    }
+
+    /// The name the daemon gives container `id`, asked once.
+    fn name_of(&mut self, id: &str) -> Option<String> {
+        if !self.known.contains_key(id) {
+            let answer = self.ask(id);
+            self.known.insert(id.to_owned(), answer);
+        }
+        self.known.get(id)?.as_ref().map(|(name, _)| name.clone())
     }
 
     /// The container's name and init pid, from the daemon.

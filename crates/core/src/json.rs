@@ -5,7 +5,7 @@
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::socket::{Owners, Process, Socket, UnknownReason};
+use crate::socket::{Cgroup, Owners, Process, Socket, UnknownReason};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -61,7 +61,7 @@ fn reason_code(r: UnknownReason) -> &'static str {
 
 impl Serialize for Process {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Process", 7)?;
+        let mut s = serializer.serialize_struct("Process", 8)?;
         s.serialize_field("pid", &self.pid)?;
         s.serialize_field("ppid", &self.ppid)?;
         s.serialize_field("comm", &self.comm)?;
@@ -69,6 +69,20 @@ impl Serialize for Process {
         s.serialize_field("uid", &self.uid)?;
         s.serialize_field("user", &self.user)?;
         s.serialize_field("ns_pid", &self.ns_pid)?;
+        s.serialize_field("cgroup", &self.cgroup)?;
+        s.end()
+    }
+}
+
+impl Serialize for Cgroup {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Cgroup", 6)?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("runtime", &self.runtime.map(|r| r.as_str()))?;
+        s.serialize_field("container_id", &self.container_id)?;
+        s.serialize_field("pod_uid", &self.pod_uid)?;
+        s.serialize_field("unit", &self.unit)?;
+        s.serialize_field("delegated_uid", &self.delegated_uid)?;
         s.end()
     }
 }
@@ -103,7 +117,19 @@ mod tests {
         assert_eq!(v["pids"], serde_json::json!([10]));
         assert_eq!(v["processes"][0]["cmdline"], "srv -p 8080");
         assert_eq!(v["processes"][0]["ns_pid"], 1);
+        assert!(v["processes"][0]["cgroup"].is_null());
         assert!(v["owner_unknown_reason"].is_null());
+
+        let mut in_pod = fixtures::process(11);
+        in_pod.cgroup = crate::owners::parse_cgroup(
+            b"0::/kubepods/burstable/pod0b7c2b8e-6f35-4a9d-9d4b-2c1f6e7a8d90/\
+              481ac8d844c2db99e6ee0246a0ec8bb5ba47aa6460e2737e22d0660a12acd010\n",
+        );
+        let v = serde_json::to_value(&in_pod).unwrap();
+        assert_eq!(v["cgroup"]["runtime"], "cri");
+        assert_eq!(v["cgroup"]["pod_uid"], "0b7c2b8e-6f35-4a9d-9d4b-2c1f6e7a8d90");
+        assert_eq!(v["cgroup"]["container_id"].as_str().map(str::len), Some(64));
+        assert!(v["cgroup"]["unit"].is_null() && v["cgroup"]["delegated_uid"].is_null());
 
         let unknown = Socket { owners: Owners::Unknown(UnknownReason::NotFound), ..s };
         let v = serde_json::to_value(&unknown).unwrap();

@@ -109,8 +109,8 @@ pub use crate::{
     netns::Netns,
     query::Query,
     socket::{
-        AddressScope, ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet,
-        UnixType, UnknownName, UnknownReason,
+        AddressScope, Cgroup, ContainerRef, Family, Owners, Process, Protocol, Runtime, Socket,
+        State, StateSet, UnixType, UnknownName, UnknownReason,
     },
     source::{Backend, Source},
     users::Users,

@@ -211,6 +211,8 @@ fn decode_process(f: &[&str]) -> Result<Process, String> {
         user: if f[5] == "-" { None } else { Some(unescape(f[5])?) },
         comm: unescape(f[6])?,
         cmdline: f[7..].iter().map(|a| unescape(a)).collect::<Result<_, _>>()?,
+        // Not kept: read again when the owners are looked up again.
+        cgroup: None,
     })
 }
 

@@ -453,6 +453,74 @@ impl ContainerRef {
     }
 }
 
+/// What a process's cgroup says about who runs it: its container runtime and container, its
+/// Kubernetes pod, its systemd service. Read from `/proc/PID/cgroup` alone, without asking a
+/// runtime.
+///
+/// Cgroup names are chosen by whoever creates the cgroup, so only the part of the path a
+/// runtime owns counts: the outermost container segment (what lies below it the container
+/// may write), never one below a systemd service (a service with `Delegate=` writes its own
+/// subtree). Below `user@UID.service`, the subtree systemd delegates to user UID, the names
+/// are that user's: a rootless container, or a claim, and [`Cgroup::delegated_uid`] says so.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Cgroup {
+    /// The cgroup path the rest was read from, as `/proc/PID/cgroup` shows it (the unified
+    /// hierarchy's, else the first v1 hierarchy's that names a runtime).
+    pub path: String,
+    /// The container runtime, or [`Runtime::Systemd`] for a service outside any container.
+    pub runtime: Option<Runtime>,
+    /// The 64-hex-digit container id.
+    pub container_id: Option<String>,
+    /// The Kubernetes pod's UID (`metadata.uid`, with dashes), for a container of a pod.
+    pub pod_uid: Option<String>,
+    /// The systemd service (`nginx.service`) the process runs in, outside any container.
+    pub unit: Option<String>,
+    /// The user whose delegated subtree (`user@UID.service`) holds the cgroup: its names are
+    /// that user's to choose.
+    pub delegated_uid: Option<u32>,
+}
+
+/// A container runtime (or systemd), as a cgroup path names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Runtime {
+    /// Docker (`/docker/ID`, `docker-ID.scope`), also as a Kubernetes runtime.
+    Docker,
+    /// containerd: Kubernetes CRI (`cri-containerd-ID.scope`) or nerdctl (`nerdctl-ID.scope`).
+    Containerd,
+    /// CRI-O (`crio-ID.scope`, `crio-ID`).
+    CriO,
+    /// Podman (`libpod-ID.scope`, `libpod-ID`).
+    Podman,
+    /// A Kubernetes container whose runtime the path does not name (the cgroupfs driver's
+    /// `kubepods/QOS/podUID/ID`).
+    Cri,
+    /// A systemd service, outside any container.
+    Systemd,
+}
+
+impl Runtime {
+    /// The name the JSON output uses: `docker`, `containerd`, `cri-o`, `podman`, `cri`,
+    /// `systemd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Podman => "podman",
+            Runtime::Cri => "cri",
+            Runtime::Systemd => "systemd",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Unix domain socket type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -573,6 +641,9 @@ pub struct Process {
     pub user: Option<String>,
     /// Pid inside the process's own pid namespace, when it differs from `pid` (a container).
     pub ns_pid: Option<u32>,
+    /// What its cgroup says: container runtime and id, pod, systemd service (`None` when
+    /// `/proc/PID/cgroup` could not be read, or the process is known from a kernel event only).
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Process {
@@ -625,6 +696,7 @@ pub(crate) mod fixtures {
             uid: 0,
             user: None,
             ns_pid: None,
+            cgroup: None,
         }
     }
 }

@@ -34,9 +34,11 @@ use nix::sys::stat::Mode;
 use crate::socket::{Owners, Process, Socket, UnknownReason};
 use crate::sys;
 
+mod cgroup;
 mod hidepid;
 mod index;
 mod parse;
+pub(crate) use self::cgroup::parse_cgroup;
 pub(crate) use self::index::OwnerIndex;
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(test)]
@@ -366,8 +368,8 @@ impl FdScan {
     }
 }
 
-/// Describes one process from `status` and `cmdline` of its open `/proc/PID`; `None` if it
-/// exited. `buf` is a scratch buffer kept across calls.
+/// Describes one process from `status`, `cmdline` and `cgroup` of its open `/proc/PID`; `None`
+/// if it exited. `buf` is a scratch buffer kept across calls.
 pub(super) fn describe(
     pid_dir: &OwnedFd,
     pid: u32,
@@ -382,6 +384,8 @@ pub(super) fn describe(
             Some(Some(())) => parse_cmdline(buf),
             _ => Vec::new(),
         };
+    let cgroup = read_proc_file(pid_dir, "cgroup", cgroup::CGROUP_MAX_BYTES, buf)
+        .and_then(|()| parse_cgroup(buf));
     Some(Process {
         pid,
         ppid: status.ppid,
@@ -390,6 +394,7 @@ pub(super) fn describe(
         uid: status.uid,
         user: users.get(&status.uid).cloned(),
         ns_pid: status.ns_pid.filter(|n| *n != pid),
+        cgroup,
     })
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
         uid: e.uid,
         user: None,
         ns_pid: None,
+        cgroup: None,
     };
     let socket = Socket {
         protocol: e.protocol,
