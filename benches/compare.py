@@ -7,7 +7,11 @@ then runs the commands interleaved (A B C, B C A, ...) RUNS times and prints the
 max wall time of each. Run it as root for the numbers in BENCHMARKS.md (as another user, ss and
 lsof skip other users' processes and portwatch reports them unknown).
 
+With --baseline PATH, another portwatch binary (an earlier build) is timed in the same
+interleaving, so a change's cost is measured against the noise of the same moments.
+
 Usage: compare.py [--runs N] [--sizes 10x1,1000x200,10000x2000] [--portwatch PATH]
+                  [--baseline PATH]
 """
 
 import argparse
@@ -91,9 +95,11 @@ def main():
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--sizes", default="10x1,1000x200,10000x2000")
     ap.add_argument("--portwatch", default="target/release/portwatch")
+    ap.add_argument("--baseline", help="another portwatch binary to time alongside")
     args = ap.parse_args()
     tools = {
         "portwatch list": [args.portwatch, "list"],
+        **({"baseline list": [args.baseline, "list"]} if args.baseline else {}),
         "ss -tulnp": ["ss", "-tulnp"],
         "lsof -iTCP -sTCP:LISTEN": ["lsof", "-nP", "-iTCP", "-sTCP:LISTEN"],
     }

@@ -89,6 +89,66 @@ else
     fail "list --all-netns on the host does not show portwatcher's TCP 5000 with its owner"
 fi
 
+echo "== containers from cgroups, and published ports, seen from the host"
+# The owner's cgroup names its container with no daemon asked.
+cid=$(docker inspect -f '{{.Id}}' portwatcher)
+if "target/$triple/release/portwatch" list --all-netns -p 5000 --format json 2>/dev/null |
+    grep -Eq "\"cgroup\":\{\"path\":\"[^\"]*$cid[^\"]*\",\"runtime\":\"docker\",\"container_id\":\"$cid\""; then
+    pass "the owner of TCP 5000 is in container portwatcher by its cgroup (runtime docker, its id)"
+else
+    fail "list --all-netns does not give TCP 5000's owner the cgroup of container portwatcher"
+fi
+image=${PORTWATCH_IMAGE:-portwatch:local}
+docker rm -f portwatch-published portwatch-hostnet >/dev/null 2>&1
+# A host-network container: its listener is in the host's namespace, its owner in its cgroup.
+docker run -d --name portwatch-hostnet --network host --entrypoint /bin/httpd "$image" \
+    -f -p 18081 -h /tmp >/dev/null
+# A published port: docker-proxy holds host port 18080 and relays to the container's 80.
+docker run -d --name portwatch-published -p 18080:80 --entrypoint /bin/httpd "$image" \
+    -f -p 80 -h /tmp >/dev/null
+listed() { # PORT REGEX [ENV]: the host's `list --format json` for PORT matches REGEX, within 10 s
+    _tries=0
+    while [ "$_tries" -lt 100 ]; do
+        env ${3:-PORTWATCH_UNUSED=1} "target/$triple/release/portwatch" list -p "$1" --format json \
+            2>/dev/null | grep -Eq -- "$2" && return 0
+        sleep 0.1
+        _tries=$((_tries + 1))
+    done
+    return 1
+}
+if listed 18081 '"port":18081,.*"container":\{"id":"[0-9a-f]{64}","name":"portwatch-hostnet"\}'; then
+    pass "a host-network container's listener (TCP 18081) carries its container, from its cgroup"
+else
+    fail "TCP 18081 of host-network container portwatch-hostnet is not attributed to it"
+fi
+proxy=$(grep -lx docker-proxy /proc/[0-9]*/comm 2>/dev/null | head -1)
+if [ -z "$proxy" ]; then
+    # dockerd with "userland-proxy": false publishes through NAT alone: no socket to report.
+    echo "SKIP  published ports: this Docker engine runs no docker-proxy (userland-proxy is off)"
+else
+    pcid=$(docker inspect -f '{{.Id}}' portwatch-published)
+    fwd="\"port\":18080,.*\"forwards_to\":\{\"container\":\{\"id\":\"$pcid\",\"name\":\"NAME\"\},\"addr\":\"[0-9.]+\",\"port\":80,\"proto\":\"tcp\",\"via\":\"docker-proxy\"\}"
+    if listed 18080 "$(echo "$fwd" | sed "s/NAME/portwatch-published/")"; then
+        pass "host TCP 18080, held by docker-proxy, forwards to container portwatch-published port 80 (daemon)"
+    else
+        fail "host TCP 18080 has no forwards_to naming portwatch-published and port 80"
+    fi
+    # Without the daemon: the container from the namespace holding the address, by short id.
+    if listed 18080 "$(echo "$fwd" | sed "s/NAME/$(echo "$pcid" | cut -c1-12)/")" \
+        DOCKER_HOST=unix:///nonexistent; then
+        pass "without the daemon, TCP 18080 forwards to that container (found by its namespace)"
+    else
+        fail "without the daemon, TCP 18080's forwards_to does not name container $pcid"
+    fi
+    if "target/$triple/release/portwatch" list -p 18080 2>/dev/null |
+        grep -Eq '^tcp +LISTEN +any +0\.0\.0\.0:18080 +root +[0-9]+/docker-proxy -> portwatch-published:80$'; then
+        pass "the table shows 18080's scope and where it forwards (docker-proxy -> portwatch-published:80)"
+    else
+        fail "the table does not show TCP 18080 as any, docker-proxy -> portwatch-published:80"
+    fi
+fi
+docker rm -f portwatch-published portwatch-hostnet >/dev/null 2>&1
+
 m kill-port PORT=5000
 m kill-port PORT=5361
 check "TCP 5000 closed after kill-port" portwatcher "$(closed 5000 tcp httpd)"

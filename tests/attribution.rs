@@ -136,3 +136,136 @@ fn owners_cgroups_name_their_container_and_delegated_names_stay_claims() {
     assert_eq!(e["processes"][0]["cgroup"]["container_id"], host_id.as_str(), "{line}");
     crate::schema::assert_event_line(&line);
 }
+
+/// A process whose executable is named `docker-proxy` (a copy of python3) listening on
+/// 127.0.0.1:`port` with docker-proxy's command line for `container_ip`:80; run as `nobody`
+/// with `as_nobody`.
+fn fake_proxy(dir: &std::path::Path, port: u16, container_ip: &str, nobody: bool) -> Child {
+    let script = "import os, socket, sys\na = sys.argv\nport = int(a[a.index('-host-port') + 1])\n\
+                  s = socket.socket(); s.bind(('127.0.0.1', port)); s.listen()\n\
+                  print(os.getpid(), flush=True)\nsys.stdin.read()";
+    let mut cmd = std::process::Command::new(dir.join("docker-proxy"));
+    cmd.args(["-c", script, "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port"])
+        .arg(port.to_string())
+        .args(["-container-ip", container_ip, "-container-port", "80"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = if nobody { crate::hostile::as_nobody(cmd) } else { cmd }.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(!line.is_empty(), "the fake docker-proxy started");
+    child
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process that waits in a new network namespace holding `addr` on its loopback, moved into
+/// cgroup `group`; as `nobody` in a user namespace of its own with `user`.
+fn namespace_holding(addr: &str, group: PathBuf, user: bool) -> InCgroup {
+    std::fs::create_dir_all(&group).unwrap();
+    let ip = system_tool("ip").unwrap();
+    let script = format!(
+        "{0} link set lo up && {0} addr add {addr}/32 dev lo && echo $$ && exec cat",
+        ip.display()
+    );
+    let mut cmd = tool("unshare");
+    cmd.arg(if user { "-Urn" } else { "--net" }).args(["/bin/sh", "-c", &script]);
+    let mut child = if user { crate::hostile::as_nobody(cmd) } else { cmd }
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::fs::write(group.join("cgroup.procs"), line.trim()).unwrap();
+    InCgroup { child, port: 0, group }
+}
+
+#[test]
+fn a_published_port_forwards_to_the_container_holding_its_address() {
+    if !is_root() {
+        return skip("namespaces created by root, cgroups and other users' processes need root");
+    }
+    let (Some(root), Some(python), Some(_)) =
+        (cgroup2_root(), system_tool("python3"), system_tool("ip"))
+    else {
+        return skip("no cgroup2 mount, or python3 or ip is not installed");
+    };
+    let me = std::process::id();
+    let base = root.join(format!("portwatch-test-{me}-published"));
+    let (id, claimed) = ("0a1b".repeat(16), "2c3d".repeat(16));
+    // The container: root's namespace holding 10.213.7.2, its process in docker-ID.scope.
+    let _container =
+        namespace_holding("10.213.7.2", base.join(format!("docker-{id}.scope")), false);
+    // A user's namespace holding 10.213.7.3, in a cgroup named after a container too.
+    let _claim =
+        namespace_holding("10.213.7.3", base.join(format!("docker-{claimed}.scope")), true);
+    let dir = private_dir();
+    std::fs::copy(std::fs::canonicalize(&python).unwrap(), dir.path().join("docker-proxy"))
+        .unwrap();
+    // nobody may run the copy (the directory is private to root otherwise; nobody may not
+    // write in it).
+    let open = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open).unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut proxies = vec![
+        fake_proxy(dir.path(), ports[0], "10.213.7.2", false),
+        fake_proxy(dir.path(), ports[1], "10.213.7.3", false),
+        // The same executable and command line, but run by nobody: not believed.
+        fake_proxy(dir.path(), ports[2], "10.213.7.2", true),
+    ];
+    let list = |docker_host: &str| -> Vec<serde_json::Value> {
+        let mut cmd = portwatch();
+        cmd.args(["list", "-t", "--format", "json"]);
+        for p in ports {
+            cmd.args(["-p", &p.to_string()]);
+        }
+        let out = cmd.env("DOCKER_HOST", docker_host).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let on = |list: &[serde_json::Value], port: u16| {
+        list.iter()
+            .find(|s| s["port"] == port)
+            .unwrap_or_else(|| panic!("{port}: {list:?}"))
+            .clone()
+    };
+
+    // No daemon: found from the namespaces.
+    let found = list("unix:///nonexistent");
+    let f = &on(&found, ports[0])["forwards_to"];
+    assert_eq!(
+        *f,
+        serde_json::json!({"container": {"id": id, "name": &id[..12]}, "addr": "10.213.7.2",
+                           "port": 80, "proto": "tcp", "via": "docker-proxy"}),
+        "{found:?}"
+    );
+    let f = &on(&found, ports[1])["forwards_to"];
+    assert_eq!(f["addr"], "10.213.7.3");
+    assert!(f["container"].is_null(), "a namespace a user made is no container: {f}");
+    assert!(on(&found, ports[2])["forwards_to"].is_null(), "nobody's docker-proxy is not believed");
+
+    // A daemon: it says which container holds which address (and it knows no 10.213.7.2).
+    let sock = dir.path().join("docker.sock");
+    let listed = claimed.clone();
+    fake_daemon(&sock, move |line| {
+        assert!(line.starts_with("GET /containers/json "), "{line}");
+        format!(
+            "HTTP/1.0 200 OK\r\n\r\n[{{\"Id\":\"{listed}\",\"Names\":[\"/web\"],\
+             \"NetworkSettings\":{{\"Networks\":{{\"bridge\":{{\"IPAddress\":\"10.213.7.3\"}}}}}}}}]"
+        )
+    });
+    let named = list(&format!("unix://{}", sock.display()));
+    assert_eq!(on(&named, ports[1])["forwards_to"]["container"]["name"], "web", "{named:?}");
+    assert!(
+        on(&named, ports[0])["forwards_to"]["container"].is_null(),
+        "the daemon is authoritative: an address it does not list is no container's"
+    );
+    for p in &mut proxies {
+        drop(p.stdin.take());
+        let _ = p.wait();
+    }
+}

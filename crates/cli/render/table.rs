@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use portwatch_core::{AddressScope, Owners, Socket, State, UnknownReason, Users};
 
-use super::{TABLE_OWNERS, escape, namespace_text, owners_text};
+use super::{TABLE_OWNERS, escape, forward_text, namespace_text, owners_text};
 
 /// The user column: the owning process's user, else the socket's uid; by name whenever
 /// `/etc/passwd` has one, so root is `root` on every line, owners known or not.
@@ -132,7 +132,12 @@ pub fn table(
                 cell(out, text, width)?;
             }
         }
-        writeln!(out, "{}", owners_text(&s.owners, &TABLE_OWNERS))?;
+        match &s.forwards_to {
+            Some(f) => {
+                writeln!(out, "{} -> {}", owners_text(&s.owners, &TABLE_OWNERS), forward_text(f))?
+            }
+            None => writeln!(out, "{}", owners_text(&s.owners, &TABLE_OWNERS))?,
+        }
     }
     Ok(())
 }

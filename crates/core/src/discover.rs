@@ -14,14 +14,17 @@
 //! warning.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::forward;
 use crate::netns::Netns;
 use crate::owners::{self, list_pids};
-use crate::socket::{ContainerRef, Runtime, Socket};
+use crate::socket::{ContainerRef, Forward, Forwarder, Runtime, Socket};
 
 pub(crate) use crate::netns::NAMED_NETNS_DIR;
 
@@ -301,6 +304,46 @@ pub(crate) fn container_id(cgroup: &[u8]) -> Option<String> {
     owners::parse_cgroup(cgroup)?.container_id
 }
 
+/// Largest `fib_trie` read: a container's is well under a page; a host's with many routes
+/// grows, but it is never read (the host's namespace is skipped).
+const FIB_TRIE_MAX: u64 = 1 << 20;
+
+/// A process in the namespace, created by root, that holds `ip` as a local address (the
+/// lowest pid found): `(pid, netns inode)`. The caller's own namespace is not looked in, nor
+/// one another user created (anyone may make a namespace and give it any address).
+fn netns_holding(ip: IpAddr, proc_root: &Path) -> Option<(u32, u64)> {
+    use std::io::Read;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    let mut seen = HashSet::from([own]);
+    let mut pids = list_pids(proc_root).ok()?;
+    pids.sort_unstable();
+    for pid in pids {
+        let dir = proc_root.join(pid.to_string());
+        let Some(netns) = ns_of(proc_root, pid) else { continue };
+        if !seen.insert(netns) {
+            continue;
+        }
+        let Ok(ns_file) = std::fs::File::open(dir.join("ns/net")) else { continue };
+        if crate::sys::ns_owner_uid(&ns_file).ok() != Some(0) {
+            continue;
+        }
+        let file = if ip.is_ipv4() { "net/fib_trie" } else { "net/if_inet6" };
+        let mut bytes = Vec::new();
+        let Ok(f) = std::fs::File::open(dir.join(file)) else { continue };
+        if f.take(FIB_TRIE_MAX).read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        let holds = match ip {
+            IpAddr::V4(a) => forward::parse_fib_trie_locals(&bytes).contains(&a),
+            IpAddr::V6(a) => forward::parse_if_inet6(&bytes).contains(&a),
+        };
+        if holds {
+            return Some((pid, netns));
+        }
+    }
+    None
+}
+
 /// Names the containers namespaces belong to: the id from the cgroup of a process inside,
 /// and the name from the Docker daemon when one is configured and answers (else the short
 /// id, as `docker ps` shows it).
@@ -316,11 +359,20 @@ pub(crate) struct Namer {
     pub(crate) docker: Option<PathBuf>,
     /// Container id → its name and init pid, as the daemon said; `None`: it did not say.
     known: HashMap<String, Option<(String, u32)>>,
+    /// Every running container's addresses as the daemon last listed them (`None`: it did not
+    /// answer), and when it was asked.
+    addresses: Option<(Instant, Option<HashMap<IpAddr, ContainerRef>>)>,
 }
+
+/// How long the daemon's list of container addresses (or its silence) stands for an address
+/// missing from it before it is asked again: a container that just started is found at once,
+/// and addresses no container has, or a daemon that does not answer, cost at most one request
+/// per this.
+const ADDRESSES_FRESH: Duration = Duration::from_millis(500);
 
 impl Namer {
     pub(crate) fn new(docker: Option<PathBuf>) -> Namer {
-        Namer { docker, known: HashMap::new() }
+        Namer { docker, known: HashMap::new(), addresses: None }
     }
 
     /// The container of namespace `netns`, from the cgroup of process `pid` inside it.
@@ -363,7 +415,22 @@ impl Namer {
     /// every owner is in it. Named by the Docker daemon when it runs the container (the id
     /// comes from a path only dockerd creates: no confirmation needed), by short id otherwise
     /// and always for a user's delegated cgroup, which the system daemon does not run.
-    pub(crate) fn attribute(&mut self, socket: &mut Socket) {
+    ///
+    /// And a socket a root docker-proxy holds for a published port gets `forwards_to`: the
+    /// container holding its `-container-ip`, from the daemon when it answers (it is
+    /// authoritative: an address it does not list is no container's), else from the network
+    /// namespace that holds the address.
+    pub(crate) fn attribute(&mut self, socket: &mut Socket, proc_root: &Path) {
+        if let Some(spec) = forward::docker_proxy_of(socket, proc_root) {
+            let container = self.container_at(spec.container_ip, proc_root).map(Arc::new);
+            socket.forwards_to = Some(Arc::new(Forward {
+                via: Forwarder::DockerProxy,
+                protocol: spec.protocol,
+                addr: spec.container_ip,
+                port: spec.container_port,
+                container,
+            }));
+        }
         if socket.container.is_some() {
             return;
         }
@@ -376,7 +443,60 @@ impl Namer {
         let ask = first.runtime == Some(Runtime::Docker) && first.delegated_uid.is_none();
         let name = if ask { self.name_of(&id) } else { None };
         let name = name.unwrap_or_else(|| id[..12].to_owned());
-        socket.container = Some(std::sync::Arc::new(ContainerRef::new(id, name)));
+        socket.container = Some(Arc::new(ContainerRef::new(id, name)));
+    }
+
+    /// The Docker container that holds address `ip`: from the daemon's list when it answers
+    /// (asked again at most every [`ADDRESSES_FRESH`] while an address is missing from it),
+    /// else from the namespaces.
+    fn container_at(&mut self, ip: IpAddr, proc_root: &Path) -> Option<ContainerRef> {
+        let stale = self.addresses.as_ref().is_none_or(|(at, list)| {
+            !list.as_ref().is_some_and(|l| l.contains_key(&ip)) && at.elapsed() >= ADDRESSES_FRESH
+        });
+        if stale {
+            self.addresses = Some((Instant::now(), self.list_addresses()));
+        }
+        if let Some((_, Some(list))) = &self.addresses {
+            return list.get(&ip).cloned();
+        }
+        let Some((pid, netns)) = netns_holding(ip, proc_root) else {
+            log::debug!("no network namespace created by root holds {ip}");
+            return None;
+        };
+        let cgroup = std::fs::read(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        let c = owners::parse_cgroup(&cgroup)?;
+        if c.runtime != Some(Runtime::Docker) || c.delegated_uid.is_some() {
+            log::debug!(
+                "{ip} is in network namespace {netns}, whose process {pid} is in no Docker container"
+            );
+            return None;
+        }
+        self.container_of(proc_root, pid, netns)
+    }
+
+    /// Every running container's addresses, from the daemon; `None` when it does not answer.
+    #[cfg(feature = "docker")]
+    fn list_addresses(&self) -> Option<HashMap<IpAddr, ContainerRef>> {
+        let socket = self.docker.as_ref()?;
+        match crate::docker::running_addresses(socket) {
+            Ok(list) => Some(
+                list.into_iter()
+                    .flat_map(|c| {
+                        let r = ContainerRef::new(c.id, c.name);
+                        c.addrs.into_iter().map(move |a| (a, r.clone()))
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                log::debug!("{e}; containers of published ports found from their namespaces");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(feature = "docker"))]
+    fn list_addresses(&self) -> Option<HashMap<IpAddr, ContainerRef>> {
+        None
     }
 
     /// The name the daemon gives container `id`, asked once.

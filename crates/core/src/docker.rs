@@ -200,8 +200,60 @@ fn connect(socket: &Path, deadline: Instant) -> io::Result<UnixStream> {
     }
 }
 
+/// A running container and its addresses on its networks, as `GET /containers/json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Addressed {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) addrs: Vec<std::net::IpAddr>,
+}
+
+/// Every running container with its network addresses, in one request, within [`DEADLINE`].
+pub(crate) fn running_addresses(socket: &Path) -> Result<Vec<Addressed>> {
+    let request = b"GET /containers/json HTTP/1.0\r\nHost: docker\r\n\r\n";
+    let response = exchange(socket, request, Instant::now() + DEADLINE)?;
+    parse_list(&response)
+}
+
+/// Parses the daemon's answer to `GET /containers/json`; a container without a well-formed id
+/// or address is left out.
+pub(crate) fn parse_list(response: &[u8]) -> Result<Vec<Addressed>> {
+    let v = json_body(response, "")?;
+    let Some(list) = v.as_array() else {
+        return Err(DockerError::BadAnswer { what: "the container list is not an array" }.into());
+    };
+    let mut out = Vec::new();
+    for c in list {
+        let Some(id) = c["Id"].as_str() else { continue };
+        let name = c["Names"][0].as_str().unwrap_or("").trim_start_matches('/').to_owned();
+        let networks = c["NetworkSettings"]["Networks"].as_object();
+        let addrs = networks
+            .into_iter()
+            .flat_map(|n| n.values())
+            .flat_map(|n| [&n["IPAddress"], &n["GlobalIPv6Address"]])
+            .filter_map(|a| a.as_str()?.parse().ok())
+            .collect();
+        out.push(Addressed { id: id.to_owned(), name, addrs });
+    }
+    Ok(out)
+}
+
 /// Parses the daemon's answer to `GET /containers/{id}/json`.
 pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
+    let bad = |what: &'static str| Error::from(DockerError::BadAnswer { what });
+    let v = json_body(response, asked)?;
+    let id = v["Id"].as_str().ok_or_else(|| bad("no Id"))?.to_owned();
+    let name = v["Name"].as_str().unwrap_or("").trim_start_matches('/').to_owned();
+    let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
+    if v["State"]["Running"] != true || pid == 0 {
+        return Err(DockerError::NotRunning { name: asked.to_owned() }.into());
+    }
+    let pid = u32::try_from(pid).map_err(|_| bad("pid out of range"))?;
+    Ok(Container { id, name, pid })
+}
+
+/// The JSON body of a 200 answer; another status is an error (404: no container `asked`).
+fn json_body(response: &[u8], asked: &str) -> Result<serde_json::Value> {
     let bad = |what: &'static str| Error::from(DockerError::BadAnswer { what });
     let split =
         response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no headers"))?;
@@ -222,15 +274,7 @@ pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
             return Err(DockerError::Api { status, message }.into());
         }
     }
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
-    let id = v["Id"].as_str().ok_or_else(|| bad("no Id"))?.to_owned();
-    let name = v["Name"].as_str().unwrap_or("").trim_start_matches('/').to_owned();
-    let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
-    if v["State"]["Running"] != true || pid == 0 {
-        return Err(DockerError::NotRunning { name: asked.to_owned() }.into());
-    }
-    let pid = u32::try_from(pid).map_err(|_| bad("pid out of range"))?;
-    Ok(Container { id, name, pid })
+    serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))
 }
 
 #[cfg(test)]
@@ -248,6 +292,28 @@ mod tests {
             c,
             Container { id: "4f1c0e2b9d8a".into(), name: "portwatcher".into(), pid: 4242 }
         );
+    }
+
+    /// Docker Engine 20.10.24 `GET /containers/json` with one container run with
+    /// `-p 18080:80` on the default bridge (abridged: Image, Command, Labels, Mounts cut).
+    const LIST: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n\
+[{\"Id\":\"d7915cd55de8d0c6d3b3449c16b39c2387604edb72161fbf83c936015544e810\",\"Names\":[\"/pwattr-probe\"],\
+\"Ports\":[{\"IP\":\"0.0.0.0\",\"PrivatePort\":80,\"PublicPort\":18080,\"Type\":\"tcp\"}],\"State\":\"running\",\
+\"NetworkSettings\":{\"Networks\":{\"bridge\":{\"Gateway\":\"172.17.0.1\",\"IPAddress\":\"172.17.0.2\",\
+\"IPPrefixLen\":16,\"IPv6Gateway\":\"\",\"GlobalIPv6Address\":\"\",\"GlobalIPv6PrefixLen\":0}}}},\
+{\"Id\":\"e1\",\"Names\":[\"/host-net\"],\"NetworkSettings\":{\"Networks\":{\"host\":{\"IPAddress\":\"\"}}}}]";
+
+    #[test]
+    fn lists_running_containers_with_their_addresses() {
+        let list = parse_list(LIST.as_bytes()).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].name, "pwattr-probe");
+        assert_eq!(list[0].addrs, ["172.17.0.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert!(list[1].addrs.is_empty(), "a host-network container has no address of its own");
+        for cut in 0..LIST.len() {
+            let _ = parse_list(&LIST.as_bytes()[..cut]);
+        }
+        assert!(parse_list(b"HTTP/1.0 200 OK\r\n\r\n{}").is_err());
     }
 
     #[test]

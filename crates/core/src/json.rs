@@ -5,11 +5,11 @@
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::socket::{Cgroup, Owners, Process, Socket, UnknownReason};
+use crate::socket::{Cgroup, Forward, Owners, Process, Socket, UnknownReason};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Socket", 20)?;
+        let mut s = serializer.serialize_struct("Socket", 21)?;
         s.serialize_field("proto", self.protocol.as_str())?;
         s.serialize_field("family", self.family.as_str())?;
         s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
@@ -30,6 +30,7 @@ impl Serialize for Socket {
             "container",
             &self.container.as_deref().map(|c| Container { id: &c.id, name: &c.name }),
         )?;
+        s.serialize_field("forwards_to", &self.forwards_to.as_deref().map(ForwardsTo::of))?;
         s.serialize_field("pids", &self.pids())?;
         s.serialize_field("processes", self.processes())?;
         let reason = match &self.owners {
@@ -46,6 +47,28 @@ impl Serialize for Socket {
 struct Container<'a> {
     id: &'a str,
     name: &'a str,
+}
+
+/// `{"container": …, "addr": …, "port": …, "proto": …, "via": …}`.
+#[derive(serde::Serialize)]
+struct ForwardsTo<'a> {
+    container: Option<Container<'a>>,
+    addr: String,
+    port: u16,
+    proto: &'static str,
+    via: &'static str,
+}
+
+impl ForwardsTo<'_> {
+    fn of(f: &Forward) -> ForwardsTo<'_> {
+        ForwardsTo {
+            container: f.container.as_deref().map(|c| Container { id: &c.id, name: &c.name }),
+            addr: f.addr.to_string(),
+            port: f.port,
+            proto: f.protocol.as_str(),
+            via: f.via.as_str(),
+        }
+    }
 }
 
 /// A short machine-readable code; the `Display` text says more.
@@ -130,6 +153,22 @@ mod tests {
         assert_eq!(v["cgroup"]["pod_uid"], "0b7c2b8e-6f35-4a9d-9d4b-2c1f6e7a8d90");
         assert_eq!(v["cgroup"]["container_id"].as_str().map(str::len), Some(64));
         assert!(v["cgroup"]["unit"].is_null() && v["cgroup"]["delegated_uid"].is_null());
+
+        assert!(v["forwards_to"].is_null());
+        let mut published = s.clone();
+        published.forwards_to = Some(std::sync::Arc::new(Forward {
+            via: Forwarder::DockerProxy,
+            protocol: Protocol::Tcp,
+            addr: "172.17.0.2".parse().unwrap(),
+            port: 80,
+            container: Some(std::sync::Arc::new(ContainerRef::new("d791", "web"))),
+        }));
+        let v = serde_json::to_value(&published).unwrap();
+        assert_eq!(
+            v["forwards_to"],
+            serde_json::json!({"container": {"id": "d791", "name": "web"}, "addr": "172.17.0.2",
+                               "port": 80, "proto": "tcp", "via": "docker-proxy"})
+        );
 
         let unknown = Socket { owners: Owners::Unknown(UnknownReason::NotFound), ..s };
         let v = serde_json::to_value(&unknown).unwrap();

@@ -85,6 +85,7 @@ pub mod docker;
 mod error;
 mod event;
 mod filter;
+mod forward;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 #[allow(missing_docs)]
@@ -109,8 +110,8 @@ pub use crate::{
     netns::Netns,
     query::Query,
     socket::{
-        AddressScope, Cgroup, ContainerRef, Family, Owners, Process, Protocol, Runtime, Socket,
-        State, StateSet, UnixType, UnknownName, UnknownReason,
+        AddressScope, Cgroup, ContainerRef, Family, Forward, Forwarder, Owners, Process, Protocol,
+        Runtime, Socket, State, StateSet, UnixType, UnknownName, UnknownReason,
     },
     source::{Backend, Source},
     users::Users,

@@ -34,6 +34,7 @@ pub struct Query {
     docker: Option<PathBuf>,
     owners: bool,
     cmdlines: bool,
+    cgroups: bool,
     backend: Backend,
     proc_root: PathBuf,
     passwd: PathBuf,
@@ -54,6 +55,7 @@ impl Query {
             docker: None,
             owners: true,
             cmdlines: true,
+            cgroups: true,
             backend: Backend::Auto,
             proc_root: PathBuf::from("/proc"),
             passwd: PathBuf::from("/etc/passwd"),
@@ -133,6 +135,14 @@ impl Query {
         self
     }
 
+    /// Whether to read each owner's cgroup (default true): [`Process::cgroup`](crate::Process::cgroup),
+    /// and the container of a socket in a namespace that is no container's. One more small
+    /// file per owner; without it both are `None`.
+    pub fn cgroups(mut self, cgroups: bool) -> Query {
+        self.cgroups = cgroups;
+        self
+    }
+
     /// Which backend to read sockets from (default [`Backend::Auto`]).
     pub fn backend(mut self, backend: Backend) -> Query {
         self.backend = backend;
@@ -167,11 +177,11 @@ impl Query {
         let dumped = Instant::now();
         log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
         if self.owners {
-            let detail = owners::Detail { cmdline: self.cmdlines };
+            let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
             let threads = owners::worker_threads();
             owners::resolve(&mut sockets, &self.proc_root, &self.passwd, detail, threads);
             for s in &mut sockets {
-                namer.attribute(s);
+                namer.attribute(s, &self.proc_root);
             }
             log::debug!("resolved owners in {:?}", dumped.elapsed());
             sockets.retain(|s| filter.owner_matches(s, &self.proc_root));

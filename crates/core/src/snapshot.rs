@@ -197,6 +197,7 @@ fn decode_socket(f: &[&str], netns: u64) -> Result<Socket, String> {
         interface: parse_opt(f[11], "interface")?,
         unix_type: unix.map(UnixType::from_kernel),
         container: None,
+        forwards_to: None,
         netns_name: None,
         owners: Owners::Unknown(UnknownReason::NotFound),
     })

@@ -316,8 +316,12 @@ pub struct Socket {
     pub interface: Option<u32>,
     /// Unix socket type (stream, seqpacket, datagram); `None` for inet sockets.
     pub unix_type: Option<UnixType>,
-    /// The container whose namespace the socket was read from, when known.
+    /// The container whose namespace the socket was read from, when known; for a socket in a
+    /// namespace that is no container's, the container every owner's cgroup names.
     pub container: Option<Arc<ContainerRef>>,
+    /// Where a published port's forwarder (docker-proxy) sends what this socket accepts: the
+    /// container and its inner port.
+    pub forwards_to: Option<Arc<Forward>>,
     /// The processes holding the socket, or why they are unknown.
     pub owners: Owners,
 }
@@ -450,6 +454,40 @@ impl ContainerRef {
     /// A container reference.
     pub fn new(id: impl Into<String>, name: impl Into<String>) -> ContainerRef {
         ContainerRef { id: id.into(), name: name.into() }
+    }
+}
+
+/// A published port: the container address and port a forwarder's listening socket sends to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Forward {
+    /// The forwarder holding the host-side socket.
+    pub via: Forwarder,
+    /// The protocol forwarded.
+    pub protocol: Protocol,
+    /// The container's address it connects to.
+    pub addr: IpAddr,
+    /// The port inside the container.
+    pub port: u16,
+    /// The container holding `addr`, when found (from the Docker daemon, else from the
+    /// network namespaces).
+    pub container: Option<Arc<ContainerRef>>,
+}
+
+/// A process that listens on a published port on a container's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Forwarder {
+    /// Docker's userland proxy (`docker-proxy`, dockerd's `userland-proxy`, on by default).
+    DockerProxy,
+}
+
+impl Forwarder {
+    /// The name the JSON output uses: `docker-proxy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarder::DockerProxy => "docker-proxy",
+        }
     }
 }
 
@@ -642,7 +680,8 @@ pub struct Process {
     /// Pid inside the process's own pid namespace, when it differs from `pid` (a container).
     pub ns_pid: Option<u32>,
     /// What its cgroup says: container runtime and id, pod, systemd service (`None` when
-    /// `/proc/PID/cgroup` could not be read, or the process is known from a kernel event only).
+    /// `/proc/PID/cgroup` was not read ([`Query::cgroups`](crate::Query::cgroups)) or could
+    /// not be, as for a process gone before a kernel event about it was read).
     pub cgroup: Option<Cgroup>,
 }
 
@@ -677,6 +716,7 @@ pub(crate) mod fixtures {
             interface: None,
             unix_type: None,
             container: None,
+            forwards_to: None,
             netns_name: None,
             owners: if pids.is_empty() {
                 Owners::Unknown(UnknownReason::NotFound)

@@ -21,7 +21,7 @@ use crate::socket::{Cgroup, Runtime};
 
 /// Most bytes of `/proc/PID/cgroup` read: one line per v1 hierarchy (a dozen), each path at
 /// most `PATH_MAX`.
-pub(crate) const CGROUP_MAX_BYTES: usize = 64 << 10;
+pub(crate) const CGROUP_MAX: usize = 64 << 10;
 
 /// Parses `/proc/PID/cgroup`: the unified (v2) line `0::/path` when it names a runtime or a
 /// service, else the first v1 line (`N:controllers:/path`) that does, else the unified path

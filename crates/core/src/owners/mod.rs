@@ -38,7 +38,7 @@ mod cgroup;
 mod hidepid;
 mod index;
 mod parse;
-pub(crate) use self::cgroup::parse_cgroup;
+pub(crate) use self::cgroup::{CGROUP_MAX, parse_cgroup};
 pub(crate) use self::index::OwnerIndex;
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(test)]
@@ -75,6 +75,8 @@ const PARALLEL_MIN_PIDS: usize = 64;
 pub(crate) struct Detail {
     /// Read `/proc/PID/cmdline`.
     pub(crate) cmdline: bool,
+    /// Read `/proc/PID/cgroup`.
+    pub(crate) cgroup: bool,
 }
 
 /// The outcome of one walk over `/proc/*/fd`.
@@ -384,8 +386,10 @@ pub(super) fn describe(
             Some(Some(())) => parse_cmdline(buf),
             _ => Vec::new(),
         };
-    let cgroup = read_proc_file(pid_dir, "cgroup", cgroup::CGROUP_MAX_BYTES, buf)
-        .and_then(|()| parse_cgroup(buf));
+    let cgroup = match detail.cgroup.then(|| read_proc_file(pid_dir, "cgroup", CGROUP_MAX, buf)) {
+        Some(Some(())) => parse_cgroup(buf),
+        _ => None,
+    };
     Some(Process {
         pid,
         ppid: status.ppid,
@@ -417,7 +421,7 @@ pub(crate) fn holders_among(
     wanted: &HashSet<u64>,
 ) -> HashMap<u64, Vec<u32>> {
     let Ok(proc_dir) = open_proc(proc_root) else { return HashMap::new() };
-    let detail = Detail { cmdline: false };
+    let detail = Detail { cmdline: false, cgroup: false };
     let deadline = Instant::now() + WALK_BUDGET;
     scan_pids(&proc_dir, pids, wanted, &HashMap::new(), detail, 1, deadline).holders
 }
@@ -564,7 +568,7 @@ NSpid:\t1\n";
         let pids = [std::process::id(), 1];
         let wanted = HashSet::from([inode]);
         let users = HashMap::new();
-        let detail = Detail { cmdline: false };
+        let detail = Detail { cmdline: false, cgroup: false };
         let late = scan_pids(&proc_dir, &pids, &wanted, &users, detail, 1, Instant::now());
         assert_eq!((late.unread, late.processes.len()), (2, 0));
         assert_eq!(
@@ -584,7 +588,7 @@ NSpid:\t1\n";
         let mut first = spawn();
         let pid = first.id();
         let handle = open_pid(&proc_dir, pid).expect("a live process opens");
-        let (users, detail) = (HashMap::new(), Detail { cmdline: true });
+        let (users, detail) = (HashMap::new(), Detail { cmdline: true, cgroup: true });
         let mut buf = Vec::new();
         assert!(describe(&handle, pid, &users, detail, &mut buf).is_some());
         first.kill().unwrap();

@@ -77,6 +77,7 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
         interface: None,
         unix_type: None,
         container: None,
+        forwards_to: None,
         owners: Owners::Known(vec![owner]),
     };
     Some(Observation::Seen { socket, at })

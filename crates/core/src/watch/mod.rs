@@ -316,7 +316,7 @@ impl WatcherBuilder {
             ),
             None => None,
         };
-        let detail = Detail { cmdline: cfg.cmdlines };
+        let detail = Detail { cmdline: cfg.cmdlines, cgroup: true };
         let index =
             || OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads());
         let (owners, checker) = (index(), index());

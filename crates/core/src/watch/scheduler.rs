@@ -236,7 +236,7 @@ impl Loop {
         let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
         self.owners.resolve(&mut new);
         for s in &mut new {
-            self.namer.attribute(s);
+            self.namer.attribute(s, &self.proc_root);
         }
         let mut new = new.into_iter();
         let at = At::now(Source::Scan);
