@@ -341,11 +341,19 @@ mod tests {
         }
     }
 
-    /// Paths read from another cgroup namespace begin with `/..`.
+    /// Paths read from another cgroup namespace begin with `/..`: a watcher in a pod with a
+    /// cgroup namespace of its own (containerd and CRI-O give each pod one on cgroup v2
+    /// nodes) reads another pod's from their common ancestor down.
     #[test]
     fn paths_from_another_cgroup_namespace() {
         let c = parse(&format!("0::/../../system.slice/docker-{ID}.scope\n"));
         assert_eq!(container(&c), (Some(Runtime::Docker), Some(ID), None));
+        let under = POD.replace('-', "_");
+        let c = parse(&format!(
+            "0::/../../../kubepods-burstable.slice/kubepods-burstable-pod{under}.slice/\
+             cri-containerd-{ID}.scope\n"
+        ));
+        assert_eq!(container(&c), (Some(Runtime::Containerd), Some(ID), Some(POD)));
     }
 
     #[test]
