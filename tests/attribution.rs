@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use crate::hostile::cgroup2_root;
 use crate::util::{
@@ -20,21 +20,27 @@ struct InCgroup {
 }
 
 impl InCgroup {
-    fn start(python: &std::path::Path, group: PathBuf) -> InCgroup {
+    /// Runs `cmd` (stdin and stdout piped) until it prints a line starting with its pid, moves
+    /// it into `group`, and returns it with the rest of that line.
+    fn spawn(mut cmd: Command, group: PathBuf) -> (InCgroup, String) {
         std::fs::create_dir_all(&group).unwrap();
-        let script = "import os, socket, sys\ns = socket.socket(); s.bind(('127.0.0.1', 0)); \
-                      s.listen()\nprint(os.getpid(), s.getsockname()[1], flush=True)\nsys.stdin.read()";
-        let mut child = tool(python.to_str().unwrap())
-            .args(["-c", script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let (pid, port) = line.trim().split_once(' ').unwrap();
+        let (pid, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         std::fs::write(group.join("cgroup.procs"), pid).unwrap();
-        InCgroup { child, port: port.parse().unwrap(), group }
+        let rest = rest.to_owned();
+        (InCgroup { child, port: 0, group }, rest)
+    }
+
+    fn start(python: &std::path::Path, group: PathBuf) -> InCgroup {
+        let script = "import os, socket, sys\ns = socket.socket(); s.bind(('127.0.0.1', 0)); \
+                      s.listen()\nprint(os.getpid(), s.getsockname()[1], flush=True)\nsys.stdin.read()";
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", script]);
+        let (mut started, port) = InCgroup::spawn(cmd, group);
+        started.port = port.parse().unwrap();
+        started
     }
 }
 
@@ -144,7 +150,7 @@ fn fake_proxy(dir: &std::path::Path, port: u16, container_ip: &str, nobody: bool
     let script = "import os, socket, sys\na = sys.argv\nport = int(a[a.index('-host-port') + 1])\n\
                   s = socket.socket(); s.bind(('127.0.0.1', port)); s.listen()\n\
                   print(os.getpid(), flush=True)\nsys.stdin.read()";
-    let mut cmd = std::process::Command::new(dir.join("docker-proxy"));
+    let mut cmd = Command::new(dir.join("docker-proxy"));
     cmd.args(["-c", script, "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port"])
         .arg(port.to_string())
         .args(["-container-ip", container_ip, "-container-port", "80"])
@@ -165,7 +171,6 @@ fn free_port() -> u16 {
 /// A process that waits in a new network namespace holding `addr` on its loopback, moved into
 /// cgroup `group`; as `nobody` in a user namespace of its own with `user`.
 fn namespace_holding(addr: &str, group: PathBuf, user: bool) -> InCgroup {
-    std::fs::create_dir_all(&group).unwrap();
     let ip = system_tool("ip").unwrap();
     let script = format!(
         "{0} link set lo up && {0} addr add {addr}/32 dev lo && echo $$ && exec cat",
@@ -173,15 +178,7 @@ fn namespace_holding(addr: &str, group: PathBuf, user: bool) -> InCgroup {
     );
     let mut cmd = tool("unshare");
     cmd.arg(if user { "-Urn" } else { "--net" }).args(["/bin/sh", "-c", &script]);
-    let mut child = if user { crate::hostile::as_nobody(cmd) } else { cmd }
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    std::fs::write(group.join("cgroup.procs"), line.trim()).unwrap();
-    InCgroup { child, port: 0, group }
+    InCgroup::spawn(if user { crate::hostile::as_nobody(cmd) } else { cmd }, group).0
 }
 
 #[test]
