@@ -29,13 +29,13 @@ check() { # NAME CONTAINER REGEX
 opened() { echo "New port opened: $1 \($2, [^)]*pids: [0-9]+ $3"; }
 closed() { echo "Port closed: $1 \($2, [^)]*last pids: [0-9]+ $3"; }
 # The host-side watcher's JSON Lines (field order is fixed: ts, event, initial, source, proto,
-# ..., port, ..., container, pids, processes). EVENT PROTO PORT [PID [COMM [SOURCE]]]: a PORT
+# ..., port, ..., container, forwards_to, pids, processes). EVENT PROTO PORT [PID [COMM [SOURCE]]]: a PORT
 # event in container portwatcher, owned by PID (default any one pid) named COMM (default any)
 # (ppid is null when the process was gone before /proc could be read);
 # with SOURCE, a live event (not one open at start) of that source.
 host_event() {
     _src=${6:+,\"initial\":false,\"source\":\"$6\"}
-    echo "\"event\":\"$1\"$_src,.*\"proto\":\"$2\",.*\"port\":$3,.*\"container\":\{\"id\":\"[0-9a-f]+\",\"name\":\"portwatcher\"\},\"pids\":\[${4:-[0-9]+}\],\"processes\":\[\{\"pid\":${4:-[0-9]+},\"ppid\":(null|[0-9]+),\"comm\":\"${5:-[^\"]*}\""
+    echo "\"event\":\"$1\"$_src,.*\"proto\":\"$2\",.*\"port\":$3,.*\"container\":\{\"id\":\"[0-9a-f]+\",\"name\":\"portwatcher\"\},\"forwards_to\":null,\"pids\":\[${4:-[0-9]+}\],\"processes\":\[\{\"pid\":${4:-[0-9]+},\"ppid\":(null|[0-9]+),\"comm\":\"${5:-[^\"]*}\""
 }
 # A sentinel port ($2, default 5999; after a restart, one not used before, since the log
 # outlives the restart), opened until the watcher in $1 reports it: the watcher is watching.
@@ -230,7 +230,7 @@ EOF_Z
     # The pid and name come from the kernel; the rest from /proc, if the process is still
     # there when the event is read (else ppid and ns_pid are null): when known, ns_pid is right.
     check "0 ms $proto $port: opened, from kernel events, host pid $host (ns pid $ns), container portwatcher" \
-        portwatch-host "$(host_event open "$proto" "$port" "$host" hold_port ebpf).*\"ns_pid\":($ns|null)\}"
+        portwatch-host "$(host_event open "$proto" "$port" "$host" hold_port ebpf).*\"ns_pid\":($ns|null),\"cgroup\""
     check "0 ms $proto $port: closed, last pid $host" \
         portwatch-host "$(host_event close "$proto" "$port" "$host" hold_port ebpf)"
 done
