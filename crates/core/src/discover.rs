@@ -1,4 +1,6 @@
-//! Finding every network namespace on the host, and the container each belongs to.
+//! Finding every network namespace on the host, and the container each belongs to; and, for
+//! a socket, the container its owners' cgroups name and the one behind a published port
+//! (`Namer::attribute`).
 //!
 //! A namespace is alive while a process is in it or a file keeps it (a bind mount under
 //! `/run/netns`). Discovery keeps a map from pid to namespace inode: each pass lists `/proc`
