@@ -23,6 +23,16 @@ wait_log() {
     done
     return 1
 }
+# Waits up to 10 s for file $1 to hold a line matching the extended regex $2.
+wait_file() {
+    _tries=0
+    while [ "$_tries" -lt 100 ]; do
+        grep -Eq -- "$2" "$1" && return 0
+        sleep 0.1
+        _tries=$((_tries + 1))
+    done
+    return 1
+}
 check() { # NAME CONTAINER REGEX
     if wait_log "$2" "$3"; then pass "$1"; else fail "$1 (no line matching /$3/ in $2's log)"; fi
 }
@@ -103,7 +113,17 @@ docker rm -f portwatch-published portwatch-hostnet >/dev/null 2>&1
 # A host-network container: its listener is in the host's namespace, its owner in its cgroup.
 docker run -d --name portwatch-hostnet --network host --entrypoint /bin/httpd "$image" \
     -f -p 18081 -h /tmp >/dev/null
-# A published port: docker-proxy holds host port 18080 and relays to the container's 80.
+# A published port: docker-proxy holds host port 18080 and relays to the container's 80. A
+# watcher on the host sees it open (docker-proxy starts before the container runs).
+hostwatch=$(mktemp)
+"target/$triple/release/portwatch" watch --format json --no-initial -p 18080 >"$hostwatch" 2>/dev/null &
+hostwatch_pid=$!
+_tries=0
+while [ "$_tries" -lt 50 ] && ! grep -q . "$hostwatch" 2>/dev/null; do
+    # Ready once it reports a sentinel listener on the port it watches.
+    python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",18080)); s.listen(); time.sleep(0.3)' 2>/dev/null
+    _tries=$((_tries + 1))
+done
 docker run -d --name portwatch-published -p 18080:80 --entrypoint /bin/httpd "$image" \
     -f -p 80 -h /tmp >/dev/null
 listed() { # PORT REGEX [ENV]: the host's `list --format json` for PORT matches REGEX, within 10 s
@@ -140,6 +160,11 @@ else
     else
         fail "without the daemon, TCP 18080's forwards_to does not name container $pcid"
     fi
+    if wait_file "$hostwatch" "\"event\":\"open\",.*\"addr\":\"0\.0\.0\.0\",$(echo "$fwd" | sed "s/NAME/portwatch-published/")"; then
+        pass "a watcher on the host reports 18080 open, forwarding to portwatch-published port 80"
+    else
+        fail "the host watcher's open event for 18080 has no forwards_to naming portwatch-published"
+    fi
     if "target/$triple/release/portwatch" list -p 18080 2>/dev/null |
         grep -Eq '^tcp +LISTEN +any +0\.0\.0\.0:18080 +root +[0-9]+/docker-proxy -> portwatch-published:80$'; then
         pass "the table shows 18080's scope and where it forwards (docker-proxy -> portwatch-published:80)"
@@ -148,6 +173,9 @@ else
     fi
 fi
 docker rm -f portwatch-published portwatch-hostnet >/dev/null 2>&1
+kill "$hostwatch_pid" 2>/dev/null
+wait "$hostwatch_pid" 2>/dev/null
+rm -f "$hostwatch"
 
 m kill-port PORT=5000
 m kill-port PORT=5361

@@ -249,11 +249,17 @@ fn a_published_port_forwards_to_the_container_holding_its_address() {
     let sock = dir.path().join("docker.sock");
     let listed = claimed.clone();
     fake_daemon(&sock, move |line| {
-        assert!(line.starts_with("GET /containers/json "), "{line}");
-        format!(
-            "HTTP/1.0 200 OK\r\n\r\n[{{\"Id\":\"{listed}\",\"Names\":[\"/web\"],\
-             \"NetworkSettings\":{{\"Networks\":{{\"bridge\":{{\"IPAddress\":\"10.213.7.3\"}}}}}}}}]"
-        )
+        let body = match line.split(' ').nth(1).unwrap_or("") {
+            "/networks" => {
+                "[{\"Name\":\"bridge\",\"Id\":\"ab12\",\"Driver\":\"bridge\"}]".to_owned()
+            }
+            "/networks/ab12" => format!(
+                "{{\"Containers\":{{\"{listed}\":{{\"Name\":\"web\",\
+                 \"IPv4Address\":\"10.213.7.3/32\",\"IPv6Address\":\"\"}}}}}}"
+            ),
+            other => panic!("the daemon was asked {other}"),
+        };
+        format!("HTTP/1.0 200 OK\r\n\r\n{body}")
     });
     let named = list(&format!("unix://{}", sock.display()));
     assert_eq!(on(&named, ports[1])["forwards_to"]["container"]["name"], "web", "{named:?}");

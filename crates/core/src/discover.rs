@@ -361,7 +361,7 @@ pub(crate) struct Namer {
     pub(crate) docker: Option<PathBuf>,
     /// Container id → its name and init pid, as the daemon said; `None`: it did not say.
     known: HashMap<String, Option<(String, u32)>>,
-    /// Every running container's addresses as the daemon last listed them (`None`: it did not
+    /// Every container endpoint's addresses as the daemon last listed them (`None`: it did not
     /// answer), and when it was asked.
     addresses: Option<(Instant, Option<HashMap<IpAddr, ContainerRef>>)>,
 }
@@ -476,11 +476,11 @@ impl Namer {
         self.container_of(proc_root, pid, netns)
     }
 
-    /// Every running container's addresses, from the daemon; `None` when it does not answer.
+    /// Every container endpoint's addresses, from the daemon; `None` when it does not answer.
     #[cfg(feature = "docker")]
     fn list_addresses(&self) -> Option<HashMap<IpAddr, ContainerRef>> {
         let socket = self.docker.as_ref()?;
-        match crate::docker::running_addresses(socket) {
+        match crate::docker::endpoint_addresses(socket) {
             Ok(list) => Some(
                 list.into_iter()
                     .flat_map(|c| {

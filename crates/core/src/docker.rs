@@ -200,7 +200,7 @@ fn connect(socket: &Path, deadline: Instant) -> io::Result<UnixStream> {
     }
 }
 
-/// A running container and its addresses on its networks, as `GET /containers/json` lists it.
+/// A container and its addresses, as the daemon's networks list its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Addressed {
     pub(crate) id: String,
@@ -208,34 +208,52 @@ pub(crate) struct Addressed {
     pub(crate) addrs: Vec<std::net::IpAddr>,
 }
 
-/// Every running container with its network addresses, in one request, within [`DEADLINE`].
-pub(crate) fn running_addresses(socket: &Path) -> Result<Vec<Addressed>> {
-    let request = b"GET /containers/json HTTP/1.0\r\nHost: docker\r\n\r\n";
-    let response = exchange(socket, request, Instant::now() + DEADLINE)?;
-    parse_list(&response)
-}
-
-/// Parses the daemon's answer to `GET /containers/json`; a container without a well-formed id
-/// or address is left out.
-pub(crate) fn parse_list(response: &[u8]) -> Result<Vec<Addressed>> {
-    let v = json_body(response, "")?;
-    let Some(list) = v.as_array() else {
-        return Err(DockerError::BadAnswer { what: "the container list is not an array" }.into());
-    };
+/// Every container endpoint on the daemon's bridge networks, with its addresses: `GET
+/// /networks`, then `GET /networks/{id}` of each bridge network (the list leaves endpoints
+/// out), all within [`DEADLINE`]. An endpoint is there from when the container's network is
+/// set up: before the container runs, and before docker-proxy starts for its published ports
+/// (`GET /containers/json` shows the address only once it runs, ~200 ms later).
+pub(crate) fn endpoint_addresses(socket: &Path) -> Result<Vec<Addressed>> {
+    let deadline = Instant::now() + DEADLINE;
+    let list = exchange(socket, b"GET /networks HTTP/1.0\r\nHost: docker\r\n\r\n", deadline)?;
     let mut out = Vec::new();
-    for c in list {
-        let Some(id) = c["Id"].as_str() else { continue };
-        let name = c["Names"][0].as_str().unwrap_or("").trim_start_matches('/').to_owned();
-        let networks = c["NetworkSettings"]["Networks"].as_object();
-        let addrs = networks
-            .into_iter()
-            .flat_map(|n| n.values())
-            .flat_map(|n| [&n["IPAddress"], &n["GlobalIPv6Address"]])
-            .filter_map(|a| a.as_str()?.parse().ok())
-            .collect();
-        out.push(Addressed { id: id.to_owned(), name, addrs });
+    for id in parse_bridge_networks(&list)? {
+        let request = format!("GET /networks/{id} HTTP/1.0\r\nHost: docker\r\n\r\n");
+        out.extend(parse_endpoints(&exchange(socket, request.as_bytes(), deadline)?)?);
     }
     Ok(out)
+}
+
+/// The ids of the bridge networks in the daemon's answer to `GET /networks` (only hex ids:
+/// they go into a request line).
+pub(crate) fn parse_bridge_networks(response: &[u8]) -> Result<Vec<String>> {
+    let v = json_body(response, "")?;
+    let list = v.as_array().ok_or(DockerError::BadAnswer { what: "networks: not an array" })?;
+    Ok(list
+        .iter()
+        .filter(|n| n["Driver"] == "bridge")
+        .filter_map(|n| n["Id"].as_str())
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The container endpoints in the daemon's answer to `GET /networks/{id}`: container id →
+/// `Name`, `IPv4Address` and `IPv6Address` (`172.17.0.2/16`: the prefix length is dropped).
+pub(crate) fn parse_endpoints(response: &[u8]) -> Result<Vec<Addressed>> {
+    let v = json_body(response, "")?;
+    let Some(endpoints) = v["Containers"].as_object() else { return Ok(Vec::new()) };
+    Ok(endpoints
+        .iter()
+        .map(|(id, e)| Addressed {
+            id: id.clone(),
+            name: e["Name"].as_str().unwrap_or("").to_owned(),
+            addrs: [&e["IPv4Address"], &e["IPv6Address"]]
+                .into_iter()
+                .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
+                .collect(),
+        })
+        .collect())
 }
 
 /// Parses the daemon's answer to `GET /containers/{id}/json`.
@@ -294,26 +312,36 @@ mod tests {
         );
     }
 
-    /// Docker Engine 20.10.24 `GET /containers/json` with one container run with
-    /// `-p 18080:80` on the default bridge (abridged: Image, Command, Labels, Mounts cut).
-    const LIST: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n\
-[{\"Id\":\"d7915cd55de8d0c6d3b3449c16b39c2387604edb72161fbf83c936015544e810\",\"Names\":[\"/pwattr-probe\"],\
-\"Ports\":[{\"IP\":\"0.0.0.0\",\"PrivatePort\":80,\"PublicPort\":18080,\"Type\":\"tcp\"}],\"State\":\"running\",\
-\"NetworkSettings\":{\"Networks\":{\"bridge\":{\"Gateway\":\"172.17.0.1\",\"IPAddress\":\"172.17.0.2\",\
-\"IPPrefixLen\":16,\"IPv6Gateway\":\"\",\"GlobalIPv6Address\":\"\",\"GlobalIPv6PrefixLen\":0}}}},\
-{\"Id\":\"e1\",\"Names\":[\"/host-net\"],\"NetworkSettings\":{\"Networks\":{\"host\":{\"IPAddress\":\"\"}}}}]";
+    /// Docker Engine 20.10.24 `GET /networks` (abridged to the fields read, and IPAM).
+    const NETWORKS: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n\
+[{\"Name\":\"none\",\"Id\":\"557f5cac1f0e8c1c16c8b9ba0dbcb03916d86d4296ce51a180762e8cd7af5557\",\"Driver\":\"null\",\"Containers\":{}},\
+{\"Name\":\"host\",\"Id\":\"988671c188eaa2c391dac55c68f6a5f7f29e0cc178b1253891edb1fa80c93002\",\"Driver\":\"host\",\"Containers\":{}},\
+{\"Name\":\"bridge\",\"Id\":\"00ced8bd13d2af6478e9676178deacb6d049a3b243e862091216c08f10b7c7a1\",\"Driver\":\"bridge\",\
+\"IPAM\":{\"Config\":[{\"Subnet\":\"172.17.0.0/16\"}]},\"Containers\":{}},\
+{\"Name\":\"evil\",\"Id\":\"x/../../containers/create?\",\"Driver\":\"bridge\"}]";
+
+    /// Docker Engine 20.10.24 `GET /networks/bridge` while `docker run -p 18091:80` starts
+    /// (container created, not running yet; abridged).
+    const BRIDGE: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n\
+{\"Name\":\"bridge\",\"Id\":\"00ced8bd13d2af6478e9676178deacb6d049a3b243e862091216c08f10b7c7a1\",\"Driver\":\"bridge\",\
+\"Containers\":{\"eea007cd5937d3c1f5a0e4b2f2a7c64f0c4a1b9d8e7f6a5b4c3d2e1f0a9b8c7d\":{\"Name\":\"pwattr-race\",\
+\"EndpointID\":\"4f0ebc22f9d2\",\"MacAddress\":\"02:42:ac:11:00:02\",\"IPv4Address\":\"172.17.0.2/16\",\"IPv6Address\":\"\"}}}";
 
     #[test]
-    fn lists_running_containers_with_their_addresses() {
-        let list = parse_list(LIST.as_bytes()).unwrap();
-        assert_eq!(list.len(), 2);
-        assert_eq!(list[0].name, "pwattr-probe");
-        assert_eq!(list[0].addrs, ["172.17.0.2".parse::<std::net::IpAddr>().unwrap()]);
-        assert!(list[1].addrs.is_empty(), "a host-network container has no address of its own");
-        for cut in 0..LIST.len() {
-            let _ = parse_list(&LIST.as_bytes()[..cut]);
+    fn bridge_networks_and_their_endpoints() {
+        let ids = parse_bridge_networks(NETWORKS.as_bytes()).unwrap();
+        assert_eq!(ids, ["00ced8bd13d2af6478e9676178deacb6d049a3b243e862091216c08f10b7c7a1"]);
+        let endpoints = parse_endpoints(BRIDGE.as_bytes()).unwrap();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].name, "pwattr-race");
+        assert_eq!(endpoints[0].addrs, ["172.17.0.2".parse::<std::net::IpAddr>().unwrap()]);
+        for text in [NETWORKS, BRIDGE] {
+            for cut in 0..text.len() {
+                let _ = parse_bridge_networks(&text.as_bytes()[..cut]);
+                let _ = parse_endpoints(&text.as_bytes()[..cut]);
+            }
         }
-        assert!(parse_list(b"HTTP/1.0 200 OK\r\n\r\n{}").is_err());
+        assert!(parse_bridge_networks(b"HTTP/1.0 200 OK\r\n\r\n{}").is_err());
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! only root can start one) from an executable named `docker-proxy` (`/proc/PID/exe`) — and
 //! only when it describes this very socket (protocol, address and port).
 //!
-//! The container holding the address comes from the Docker daemon (one `GET /containers/json`)
-//! when it answers, else from the network namespaces: the one, created by root, whose local
-//! addresses (`/proc/PID/net/fib_trie`, `if_inet6`) include it, if its processes' cgroup names
-//! a Docker container (`discover` looks). Parsers take bytes and do no I/O.
+//! The container holding the address comes from the Docker daemon (its bridge networks'
+//! endpoints) when it answers, else from the network namespaces: the one, created by root,
+//! whose local addresses (`/proc/PID/net/fib_trie`, `if_inet6`) include it, if its processes'
+//! cgroup names a Docker container (`discover` looks). Parsers take bytes and do no I/O.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
