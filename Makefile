@@ -6,7 +6,8 @@
 #   make lint           rustfmt, clippy (also core without features) and rustdoc, warnings
 #                       denied; the fuzz targets compile
 #   make bench          criterion benches of the hot paths
-#   make bench-compare  whole-process timing against ss and lsof (run as root)
+#   make bench-compare  whole-process timing against ss and lsof (run as root; BASELINE=PATH
+#                       times another portwatch alongside)
 #   make bench-fidelity what watch catches (by listener lifetime), how fast, and its idle CPU,
 #                       for SOURCES (scan,ebpf), idle and beside BUSY busy loops (run as root)
 #   make bench-netns    watch --all-netns over many namespaces: idle CPU, pick-up time
@@ -114,7 +115,8 @@ bench:
 	$(CARGO) bench --bench scan --locked
 
 bench-compare: deps-bench build
-	python3 benches/compare.py --runs $(RUNS) --sizes $(SIZES) --portwatch target/release/portwatch
+	python3 benches/compare.py --runs $(RUNS) --sizes $(SIZES) --portwatch target/release/portwatch \
+	  $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-fidelity: build
 	python3 benches/fidelity.py --portwatch target/release/portwatch --count $(COUNT) \

@@ -14,7 +14,11 @@ Targets (issue 13): with the BPF path, portwatch <= 0.15 x ss at 10000/2000 and 
 at the other sizes; never slower than the /proc path at any size; peak RSS < 20 MiB at
 10000/2000.
 
+With --baseline PATH, another portwatch binary (an earlier build) is timed in the same
+interleaving, so a change's cost is measured against the noise of the same moments.
+
 Usage: compare.py [--runs N] [--sizes 10x1,1000x200,10000x2000] [--portwatch PATH]
+                  [--baseline PATH]
 """
 
 import argparse
@@ -123,11 +127,13 @@ def main():
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--sizes", default="10x1,1000x200,10000x2000")
     ap.add_argument("--portwatch", default="target/release/portwatch")
+    ap.add_argument("--baseline", help="another portwatch binary to time alongside")
     args = ap.parse_args()
     tools = {
         "portwatch list": [args.portwatch, "list"],
         "portwatch list --owners bpf": [args.portwatch, "list", "--owners", "bpf"],
         "portwatch list --owners proc": [args.portwatch, "list", "--owners", "proc"],
+        **({"baseline list": [args.baseline, "list"]} if args.baseline else {}),
         "ss -tulnp": ["ss", "-tulnp"],
         "lsof -iTCP -sTCP:LISTEN": ["lsof", "-nP", "-iTCP", "-sTCP:LISTEN"],
     }

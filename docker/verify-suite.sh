@@ -23,19 +23,29 @@ wait_log() {
     done
     return 1
 }
+# Waits up to 10 s for file $1 to hold a line matching the extended regex $2.
+wait_file() {
+    _tries=0
+    while [ "$_tries" -lt 100 ]; do
+        grep -Eq -- "$2" "$1" && return 0
+        sleep 0.1
+        _tries=$((_tries + 1))
+    done
+    return 1
+}
 check() { # NAME CONTAINER REGEX
     if wait_log "$2" "$3"; then pass "$1"; else fail "$1 (no line matching /$3/ in $2's log)"; fi
 }
 opened() { echo "New port opened: $1 \($2, [^)]*pids: [0-9]+ $3"; }
 closed() { echo "Port closed: $1 \($2, [^)]*last pids: [0-9]+ $3"; }
 # The host-side watcher's JSON Lines (field order is fixed: ts, event, initial, source, proto,
-# ..., port, ..., container, pids, processes). EVENT PROTO PORT [PID [COMM [SOURCE]]]: a PORT
+# ..., port, ..., container, forwards_to, pids, processes). EVENT PROTO PORT [PID [COMM [SOURCE]]]: a PORT
 # event in container portwatcher, owned by PID (default any one pid) named COMM (default any)
 # (ppid is null when the process was gone before /proc could be read);
 # with SOURCE, a live event (not one open at start) of that source.
 host_event() {
     _src=${6:+,\"initial\":false,\"source\":\"$6\"}
-    echo "\"event\":\"$1\"$_src,.*\"proto\":\"$2\",.*\"port\":$3,.*\"container\":\{\"id\":\"[0-9a-f]+\",\"name\":\"portwatcher\"\},\"pids\":\[${4:-[0-9]+}\],\"processes\":\[\{\"pid\":${4:-[0-9]+},\"ppid\":(null|[0-9]+),\"comm\":\"${5:-[^\"]*}\""
+    echo "\"event\":\"$1\"$_src,.*\"proto\":\"$2\",.*\"port\":$3,.*\"container\":\{\"id\":\"[0-9a-f]+\",\"name\":\"portwatcher\"\},\"forwards_to\":null,\"pids\":\[${4:-[0-9]+}\],\"processes\":\[\{\"pid\":${4:-[0-9]+},\"ppid\":(null|[0-9]+),\"comm\":\"${5:-[^\"]*}\""
 }
 # A sentinel port ($2, default 5999; after a restart, one not used before, since the log
 # outlives the restart), opened until the watcher in $1 reports it: the watcher is watching.
@@ -126,6 +136,84 @@ else
     fail "list --all-netns on the host does not show portwatcher's TCP 5000 with its owner"
 fi
 
+echo "== containers from cgroups, and published ports, seen from the host"
+# The owner's cgroup names its container with no daemon asked.
+cid=$(docker inspect -f '{{.Id}}' portwatcher)
+if "target/$triple/release/portwatch" list --all-netns -p 5000 --format json 2>/dev/null |
+    grep -Eq "\"cgroup\":\{\"path\":\"[^\"]*$cid[^\"]*\",\"runtime\":\"docker\",\"container_id\":\"$cid\""; then
+    pass "the owner of TCP 5000 is in container portwatcher by its cgroup (runtime docker, its id)"
+else
+    fail "list --all-netns does not give TCP 5000's owner the cgroup of container portwatcher"
+fi
+image=${PORTWATCH_IMAGE:-portwatch:local}
+docker rm -f portwatch-published portwatch-hostnet >/dev/null 2>&1
+# A host-network container: its listener is in the host's namespace, its owner in its cgroup.
+docker run -d --name portwatch-hostnet --network host --entrypoint /bin/httpd "$image" \
+    -f -p 18081 -h /tmp >/dev/null
+# A published port: docker-proxy holds host port 18080 and relays to the container's 80. A
+# watcher on the host sees it open (docker-proxy starts before the container runs).
+hostwatch=$(mktemp)
+"target/$triple/release/portwatch" watch --format json --no-initial -p 18080 >"$hostwatch" 2>/dev/null &
+hostwatch_pid=$!
+_tries=0
+while [ "$_tries" -lt 50 ] && ! grep -q . "$hostwatch" 2>/dev/null; do
+    # Ready once it reports a sentinel listener on the port it watches.
+    python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",18080)); s.listen(); time.sleep(0.3)' 2>/dev/null
+    _tries=$((_tries + 1))
+done
+docker run -d --name portwatch-published -p 18080:80 --entrypoint /bin/httpd "$image" \
+    -f -p 80 -h /tmp >/dev/null
+listed() { # PORT REGEX [ENV]: the host's `list --format json` for PORT matches REGEX, within 10 s
+    _tries=0
+    while [ "$_tries" -lt 100 ]; do
+        env ${3:-PORTWATCH_UNUSED=1} "target/$triple/release/portwatch" list -p "$1" --format json \
+            2>/dev/null | grep -Eq -- "$2" && return 0
+        sleep 0.1
+        _tries=$((_tries + 1))
+    done
+    return 1
+}
+if listed 18081 '"port":18081,.*"container":\{"id":"[0-9a-f]{64}","name":"portwatch-hostnet"\}'; then
+    pass "a host-network container's listener (TCP 18081) carries its container, from its cgroup"
+else
+    fail "TCP 18081 of host-network container portwatch-hostnet is not attributed to it"
+fi
+proxy=$(grep -lx docker-proxy /proc/[0-9]*/comm 2>/dev/null | head -1)
+if [ -z "$proxy" ]; then
+    # dockerd with "userland-proxy": false publishes through NAT alone: no socket to report.
+    echo "SKIP  published ports: this Docker engine runs no docker-proxy (userland-proxy is off)"
+else
+    pcid=$(docker inspect -f '{{.Id}}' portwatch-published)
+    fwd="\"port\":18080,.*\"forwards_to\":\{\"container\":\{\"id\":\"$pcid\",\"name\":\"NAME\"\},\"addr\":\"[0-9.]+\",\"port\":80,\"proto\":\"tcp\",\"via\":\"docker-proxy\"\}"
+    if listed 18080 "$(echo "$fwd" | sed "s/NAME/portwatch-published/")"; then
+        pass "host TCP 18080, held by docker-proxy, forwards to container portwatch-published port 80 (daemon)"
+    else
+        fail "host TCP 18080 has no forwards_to naming portwatch-published and port 80"
+    fi
+    # Without the daemon: the container from the namespace holding the address, by short id.
+    if listed 18080 "$(echo "$fwd" | sed "s/NAME/$(echo "$pcid" | cut -c1-12)/")" \
+        DOCKER_HOST=unix:///nonexistent; then
+        pass "without the daemon, TCP 18080 forwards to that container (found by its namespace)"
+    else
+        fail "without the daemon, TCP 18080's forwards_to does not name container $pcid"
+    fi
+    if wait_file "$hostwatch" "\"event\":\"open\",.*\"addr\":\"0\.0\.0\.0\",$(echo "$fwd" | sed "s/NAME/portwatch-published/")"; then
+        pass "a watcher on the host reports 18080 open, forwarding to portwatch-published port 80"
+    else
+        fail "the host watcher's open event for 18080 has no forwards_to naming portwatch-published"
+    fi
+    if "target/$triple/release/portwatch" list -p 18080 2>/dev/null |
+        grep -Eq '^tcp +LISTEN +any +0\.0\.0\.0:18080 +root +[0-9]+/docker-proxy -> portwatch-published:80$'; then
+        pass "the table shows 18080's scope and where it forwards (docker-proxy -> portwatch-published:80)"
+    else
+        fail "the table does not show TCP 18080 as any, docker-proxy -> portwatch-published:80"
+    fi
+fi
+docker rm -f portwatch-published portwatch-hostnet >/dev/null 2>&1
+kill "$hostwatch_pid" 2>/dev/null
+wait "$hostwatch_pid" 2>/dev/null
+rm -f "$hostwatch"
+
 m kill-port PORT=5000
 m kill-port PORT=5361
 check "TCP 5000 closed after kill-port" portwatcher "$(closed 5000 tcp httpd)"
@@ -207,7 +295,7 @@ EOF_Z
     # The pid and name come from the kernel; the rest from /proc, if the process is still
     # there when the event is read (else ppid and ns_pid are null): when known, ns_pid is right.
     check "0 ms $proto $port: opened, from kernel events, host pid $host (ns pid $ns), container portwatcher" \
-        portwatch-host "$(host_event open "$proto" "$port" "$host" hold_port ebpf).*\"ns_pid\":($ns|null)\}"
+        portwatch-host "$(host_event open "$proto" "$port" "$host" hold_port ebpf).*\"ns_pid\":($ns|null),\"cgroup\""
     check "0 ms $proto $port: closed, last pid $host" \
         portwatch-host "$(host_event close "$proto" "$port" "$host" hold_port ebpf)"
 done

@@ -68,6 +68,8 @@ fn table_shows_address_state_and_process() {
     assert!(lines.next().unwrap().starts_with("Proto"), "header first: {text}");
     let row = lines.find(|l| l.contains(&format!("127.0.0.1:{port}"))).expect("row for listener");
     assert!(row.starts_with("tcp") && row.contains("LISTEN"), "{row}");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[2], "lo", "a loopback listener's scope: {text}");
     assert!(row.contains(&format!("{}/", std::process::id())), "pid/comm shown: {row}");
     // Owners unknown, the User column still shows the socket's user by name, as it does when
     // owners are known: never a bare 0 on one line and root on the next.
@@ -76,8 +78,32 @@ fn table_shows_address_state_and_process() {
         let text = String::from_utf8(out.stdout).unwrap();
         let row = text.lines().find(|l| l.contains(&format!("127.0.0.1:{port}"))).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells[3], "root", "user by name without owners: {text}");
+        assert_eq!(cells[4], "root", "user by name without owners: {text}");
     }
+}
+
+#[test]
+fn each_listener_says_its_scope_and_scope_filters() {
+    let lo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let any = UdpSocket::bind("[::]:0").unwrap();
+    let (lp, ap) = (lo.local_addr().unwrap().port(), any.local_addr().unwrap().port());
+    let find = |list: &[serde_json::Value], port: u16| {
+        list.iter().find(|s| s["port"] == port).map(|s| s["scope"].clone())
+    };
+    let all = json_list(&[]);
+    assert_eq!(find(&all, lp), Some("loopback".into()), "{all:?}");
+    assert_eq!(find(&all, ap), Some("wildcard".into()), "{all:?}");
+    let wild = json_list(&["--scope", "wildcard"]);
+    assert!(wild.iter().all(|s| s["scope"] == "wildcard"), "{wild:?}");
+    assert!(find(&wild, ap).is_some() && find(&wild, lp).is_none());
+    let both = json_list(&["--scope", "loopback,wildcard"]);
+    assert!(find(&both, ap).is_some() && find(&both, lp).is_some());
+    let out = run(&["list", "--scope", "everywhere"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown scope is a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback, link-local, address or wildcard"), "{err}");
+    let unix = json_list(&["-x"]);
+    assert!(unix.iter().all(|s| s["scope"].is_null()), "unix sockets have no scope");
 }
 
 #[test]

@@ -262,7 +262,7 @@ fn high_fidelity_is_not_fooled_by_a_listen_paired_with_a_shutdown() {
 
 /// The cgroup2 mount point (`/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on
 /// pure v2 ones).
-fn cgroup2_root() -> Option<std::path::PathBuf> {
+pub(crate) fn cgroup2_root() -> Option<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;

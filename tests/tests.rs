@@ -1,6 +1,7 @@
 //! Integration tests of the library and the `portwatch` binary against real sockets and
 //! processes. One test binary, several modules (link once).
 
+mod attribution;
 mod cli;
 mod connections;
 mod differential;

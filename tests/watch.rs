@@ -345,14 +345,14 @@ fn exec_hook_gets_event_in_environment_and_stdin() {
     // Event data reaches the hook as variables and stdin only; a port named like a shell
     // command could not run anything.
     let hook = format!(
-        "echo \"$PORTWATCH_EVENT $PORTWATCH_PROTO $PORTWATCH_PORT $PORTWATCH_PIDS\" >> {0}; cat >> {0}",
+        "echo \"$PORTWATCH_EVENT $PORTWATCH_PROTO $PORTWATCH_PORT $PORTWATCH_SCOPE $PORTWATCH_PIDS\" >> {0}; cat >> {0}",
         out.display()
     );
     let w = WatchCmd::start(&["--interval", "0.05", "--port", &port.to_string(), "--exec", &hook]);
     let text = wait_for("the hook to run", PATIENCE, || {
         std::fs::read_to_string(&out).ok().filter(|t| t.contains("\"event\":\"open\""))
     });
-    assert!(text.contains(&format!("open tcp {port} {}", me())), "{text}");
+    assert!(text.contains(&format!("open tcp {port} loopback {}", me())), "{text}");
     let json_line = text.lines().find(|l| l.starts_with('{')).unwrap();
     assert_eq!(json(json_line)["port"], port);
     // A failing hook does not stop the watcher.

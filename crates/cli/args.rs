@@ -57,7 +57,7 @@ pub struct SocketFilter {
     pub udp: bool,
     /// Unix domain stream and seqpacket sockets (not with -4/-6, which select inet
     /// families).
-    #[arg(short = 'x', long, conflicts_with_all = ["ipv4", "ipv6"])]
+    #[arg(short = 'x', long, conflicts_with_all = ["ipv4", "ipv6", "scopes"])]
     pub unix: bool,
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -68,6 +68,10 @@ pub struct SocketFilter {
     /// Only this local port or range, e.g. 8080 or 8000-8999 (repeat for more).
     #[arg(short = 'p', long = "port", value_name = "PORT[-PORT]", value_parser = parse_port_range)]
     pub ports: Vec<(u16, u16)>,
+    /// Only inet sockets bound to these kinds of local address (repeat or comma-separate):
+    /// loopback, link-local, address (one specific address), wildcard (0.0.0.0, ::).
+    #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',', value_parser = parse_scope)]
+    pub scopes: Vec<portwatch_core::AddressScope>,
     /// Socket states to show (repeat or comma-separate): listening (the default), established,
     /// syn-sent, time-wait, … or all.
     #[arg(long = "state", value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
@@ -127,6 +131,10 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         }
         None => port(s).map(|p| (p, p)),
     }
+}
+
+fn parse_scope(s: &str) -> Result<portwatch_core::AddressScope, String> {
+    s.parse().map_err(|_| "expected loopback, link-local, address or wildcard".to_owned())
 }
 
 fn parse_state(s: &str) -> Result<StateArg, String> {

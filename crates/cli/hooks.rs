@@ -108,6 +108,7 @@ fn hook_env(event: &Event) -> Vec<(&'static str, String)> {
         ("PORTWATCH_FAMILY", s.family.to_string()),
         ("PORTWATCH_ADDR", s.addr.map(|a| a.to_string()).unwrap_or_default()),
         ("PORTWATCH_PORT", s.port.to_string()),
+        ("PORTWATCH_SCOPE", s.scope().map(|sc| sc.as_str()).unwrap_or_default().to_owned()),
         ("PORTWATCH_PATH", s.path.as_deref().map(escape).unwrap_or_default().into_owned()),
         ("PORTWATCH_PIDS", s.pids().iter().map(u32::to_string).collect::<Vec<_>>().join(" ")),
     ]);

@@ -11,9 +11,15 @@ use crate::render::{table, unknown_owners_warning};
 use crate::select::{own_netns, query};
 
 pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
-    // The table shows no command lines: do not pay for reading them.
+    // The table shows no command lines, and containers only in its Namespace column (with
+    // --all-netns): do not pay for reading what it does not show.
     let cmdlines = args.format == Format::Json;
-    let sockets = query(&args.filter)?.owners(!args.no_processes).cmdlines(cmdlines).run()?;
+    let cgroups = cmdlines || args.filter.all_netns;
+    let sockets = query(&args.filter)?
+        .owners(!args.no_processes)
+        .cmdlines(cmdlines)
+        .cgroups(cgroups)
+        .run()?;
     match args.format {
         Format::Json => {
             serde_json::to_writer(&mut *out, &sockets).map_err(io::Error::from)?;

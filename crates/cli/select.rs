@@ -26,10 +26,20 @@ pub fn query(filter: &SocketFilter) -> Result<Query> {
             None => q,
         });
     }
-    Ok(match netns(filter)? {
+    let q = match netns(filter)? {
         Some(ns) => q.netns(&ns),
         None => q,
-    })
+    };
+    Ok(with_names(q, Query::docker_names))
+}
+
+/// `q` asking the Docker daemon for the names of containers that owners' cgroups name, when
+/// `DOCKER_HOST` allows a socket (names are optional: without one, short ids, quietly).
+fn with_names<T>(q: T, names: fn(T, std::path::PathBuf) -> T) -> T {
+    match docker_socket() {
+        Ok(socket) => names(q, socket),
+        Err(_) => q,
+    }
 }
 
 /// Builds the watcher the `watch` flags describe; the caller adds what only it knows (hooks
@@ -64,8 +74,11 @@ pub fn watcher(args: &WatchArgs) -> Result<WatcherBuilder> {
     } else if let Some(name) = &args.filter.container {
         // Followed across restarts, which give the container a new namespace.
         builder = builder.container(docker_socket()?, name);
-    } else if let Some(ns) = netns(&args.filter)? {
-        builder = builder.netns(ns);
+    } else {
+        if let Some(ns) = netns(&args.filter)? {
+            builder = builder.netns(ns);
+        }
+        builder = with_names(builder, WatcherBuilder::docker_names);
     }
     if let Some(v) = args.reconcile {
         builder = builder.reconcile_interval(v);
@@ -174,6 +187,9 @@ fn selection(filter: &SocketFilter) -> Filter {
     let mut f = Filter::new().protocols(&protocols).families(families).states(states);
     for (first, last) in &filter.ports {
         f = f.port_range(*first, *last);
+    }
+    for scope in &filter.scopes {
+        f = f.scope(*scope);
     }
     if let Some(pid) = filter.pid {
         f = f.pid(pid, filter.children);

@@ -8,8 +8,8 @@ use portwatch_core::{Direction, Event, Socket};
 use serde::Serialize;
 
 use super::{
-    LINE_OWNERS, escape, event_initial, event_name, namespace_text, owners_text, processes_text,
-    timestamp,
+    LINE_OWNERS, escape, event_initial, event_name, forward_text, namespace_text, owners_text,
+    processes_text, timestamp,
 };
 
 /// The port, or the (escaped) path of a unix socket.
@@ -20,16 +20,21 @@ fn port_text(s: &Socket) -> Cow<'_, str> {
     }
 }
 
-/// `tcp, 0.0.0.0`, then the container or namespace when it is not this process's own.
+/// `tcp, 0.0.0.0`, then the container or namespace when it is not this process's own, then
+/// where a published port forwards to (`forwards to web:80`).
 fn where_text(s: &Socket, own_netns: u64) -> String {
     let at = match s.addr {
         Some(a) => format!("{}, {a}", s.protocol),
         None => s.protocol.to_string(),
     };
-    match (&s.container, namespace_text(s, own_netns)) {
+    let at = match (&s.container, namespace_text(s, own_netns)) {
         (Some(_), Some(name)) => format!("{at}, container {name}"),
         (None, Some(ns)) => format!("{at}, {ns}"),
         _ => at,
+    };
+    match &s.forwards_to {
+        Some(f) => format!("{at}, forwards to {}", forward_text(f)),
+        None => at,
     }
 }
 

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portwatch_core::{Event, Owners, Process, Socket, UnknownReason};
+use portwatch_core::{Event, Forward, Owners, Process, Socket, UnknownReason};
 
 pub use event::{JsonLine, text_line};
 pub use table::{table, unknown_owners_warning};
@@ -111,6 +111,15 @@ pub fn namespace_text(s: &Socket, own_netns: u64) -> Option<Cow<'_, str>> {
         _ if s.netns == own_netns => None,
         (None, Some(name)) => Some(Cow::Owned(format!("netns {}", escape(name)))),
         (None, None) => Some(Cow::Owned(format!("netns {}", s.netns))),
+    }
+}
+
+/// Where a published port leads: `NAME:PORT` of the container (its name escaped), or
+/// `ADDR:PORT` when no container was found for the address.
+pub fn forward_text(f: &Forward) -> String {
+    match (&f.container, f.addr) {
+        (Some(c), _) => format!("{}:{}", escape(&c.name), f.port),
+        (None, addr) => std::net::SocketAddr::new(addr, f.port).to_string(),
     }
 }
 

@@ -4,9 +4,9 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use portwatch_core::{Owners, Socket, State, UnknownReason, Users};
+use portwatch_core::{AddressScope, Owners, Socket, State, UnknownReason, Users};
 
-use super::{TABLE_OWNERS, escape, namespace_text, owners_text};
+use super::{TABLE_OWNERS, escape, forward_text, namespace_text, owners_text};
 
 /// The user column: the owning process's user, else the socket's uid; by name whenever
 /// `/etc/passwd` has one, so root is `root` on every line, owners known or not.
@@ -45,15 +45,29 @@ fn cell(out: &mut impl Write, cell: &str, width: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// The scope column, short as `ss` columns are: `lo` (loopback), `link` (link-local), `addr`
+/// (one address), `any` (wildcard); `-` for unix sockets.
+fn scope_text(s: &Socket) -> &'static str {
+    match s.scope() {
+        Some(AddressScope::Loopback) => "lo",
+        Some(AddressScope::LinkLocal) => "link",
+        Some(AddressScope::Address) => "addr",
+        Some(AddressScope::Wildcard) => "any",
+        Some(_) => "?",
+        None => "-",
+    }
+}
+
 /// The peer column: `addr:port` of a connected inet socket, `*` for any other.
 fn peer_text(s: &Socket) -> String {
     s.remote.map_or_else(|| "*".to_owned(), |r| r.to_string())
 }
 
-/// The table; with `own_netns` (several namespaces listed), a Namespace column first. A Peer
-/// column follows the local address when any socket listed has a peer (connected sockets,
-/// as `--state established` lists): listeners have none, so their table stays as narrow as
-/// `ss -l`'s.
+/// The table; with `own_netns` (several namespaces listed), a Namespace column first. A Scope
+/// column (`lo`, `link`, `addr`, `any`) follows the state when any inet socket is listed. A
+/// Peer column follows the local address when any socket listed has a peer (connected
+/// sockets, as `--state established` lists): listeners have none, so their table stays as
+/// narrow as `ss -l`'s.
 pub fn table(
     sockets: &[Socket],
     users: &Users,
@@ -80,6 +94,7 @@ pub fn table(
         "Namespace",
         "Proto",
         "State",
+        "Scope",
         "Local Address:Port",
         "Peer Address:Port",
         "User",
@@ -90,27 +105,39 @@ pub fn table(
         widths[0] = widths[0].max(ns.chars().count());
         widths[1] = widths[1].max(s.protocol.as_str().len());
         widths[2] = widths[2].max(state_text(s).len());
-        widths[3] = widths[3].max(local.chars().count());
-        widths[4] = widths[4].max(peer.len());
-        widths[5] = widths[5].max(user.chars().count());
+        widths[4] = widths[4].max(local.chars().count());
+        widths[5] = widths[5].max(peer.len());
+        widths[6] = widths[6].max(user.chars().count());
     }
-    let shown = [own_netns.is_some(), true, true, true, sockets.iter().any(|s| s.remote.is_some())];
+    let shown = [
+        own_netns.is_some(),
+        true,
+        true,
+        sockets.iter().any(|s| s.addr.is_some()),
+        true,
+        sockets.iter().any(|s| s.remote.is_some()),
+    ];
     let shown = |column: usize| shown.get(column).copied().unwrap_or(true);
-    for (column, (text, width)) in header.iter().zip(widths).take(6).enumerate() {
+    for (column, (text, width)) in header.iter().zip(widths).take(7).enumerate() {
         if shown(column) {
             cell(out, text, width)?;
         }
     }
-    writeln!(out, "{}", header[6])?;
+    writeln!(out, "{}", header[7])?;
     for (s, (ns, local, peer, user)) in sockets.iter().zip(&rows) {
         let state = state_text(s);
-        let cells = [&**ns, s.protocol.as_str(), &state, local, peer, user];
+        let cells = [&**ns, s.protocol.as_str(), &state, scope_text(s), local, peer, user];
         for (column, (text, width)) in cells.iter().zip(widths).enumerate() {
             if shown(column) {
                 cell(out, text, width)?;
             }
         }
-        writeln!(out, "{}", owners_text(&s.owners, &TABLE_OWNERS))?;
+        match &s.forwards_to {
+            Some(f) => {
+                writeln!(out, "{} -> {}", owners_text(&s.owners, &TABLE_OWNERS), forward_text(f))?
+            }
+            None => writeln!(out, "{}", owners_text(&s.owners, &TABLE_OWNERS))?,
+        }
     }
     Ok(())
 }

@@ -200,8 +200,78 @@ fn connect(socket: &Path, deadline: Instant) -> io::Result<UnixStream> {
     }
 }
 
+/// A container and its addresses, as the daemon's networks list its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Addressed {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) addrs: Vec<std::net::IpAddr>,
+}
+
+/// Every container endpoint on the daemon's bridge networks, with its addresses: `GET
+/// /networks`, then `GET /networks/{id}` of each bridge network (the list leaves endpoints
+/// out), all within [`DEADLINE`]. An endpoint is there from when the container's network is
+/// set up: before the container runs, and before docker-proxy starts for its published ports
+/// (`GET /containers/json` shows the address only once it runs, ~200 ms later).
+pub(crate) fn endpoint_addresses(socket: &Path) -> Result<Vec<Addressed>> {
+    let deadline = Instant::now() + DEADLINE;
+    let list = exchange(socket, b"GET /networks HTTP/1.0\r\nHost: docker\r\n\r\n", deadline)?;
+    let mut out = Vec::new();
+    for id in parse_bridge_networks(&list)? {
+        let request = format!("GET /networks/{id} HTTP/1.0\r\nHost: docker\r\n\r\n");
+        out.extend(parse_endpoints(&exchange(socket, request.as_bytes(), deadline)?)?);
+    }
+    Ok(out)
+}
+
+/// The ids of the bridge networks in the daemon's answer to `GET /networks` (only hex ids:
+/// they go into a request line).
+pub(crate) fn parse_bridge_networks(response: &[u8]) -> Result<Vec<String>> {
+    let v = json_body(response, "")?;
+    let list = v.as_array().ok_or(DockerError::BadAnswer { what: "networks: not an array" })?;
+    Ok(list
+        .iter()
+        .filter(|n| n["Driver"] == "bridge")
+        .filter_map(|n| n["Id"].as_str())
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The container endpoints in the daemon's answer to `GET /networks/{id}`: container id →
+/// `Name`, `IPv4Address` and `IPv6Address` (`172.17.0.2/16`: the prefix length is dropped).
+pub(crate) fn parse_endpoints(response: &[u8]) -> Result<Vec<Addressed>> {
+    let v = json_body(response, "")?;
+    let Some(endpoints) = v["Containers"].as_object() else { return Ok(Vec::new()) };
+    Ok(endpoints
+        .iter()
+        .map(|(id, e)| Addressed {
+            id: id.clone(),
+            name: e["Name"].as_str().unwrap_or("").to_owned(),
+            addrs: [&e["IPv4Address"], &e["IPv6Address"]]
+                .into_iter()
+                .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
+                .collect(),
+        })
+        .collect())
+}
+
 /// Parses the daemon's answer to `GET /containers/{id}/json`.
 pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
+    let bad = |what: &'static str| Error::from(DockerError::BadAnswer { what });
+    let v = json_body(response, asked)?;
+    let id = v["Id"].as_str().ok_or_else(|| bad("no Id"))?.to_owned();
+    let name = v["Name"].as_str().unwrap_or("").trim_start_matches('/').to_owned();
+    let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
+    if v["State"]["Running"] != true || pid == 0 {
+        return Err(DockerError::NotRunning { name: asked.to_owned() }.into());
+    }
+    let pid = u32::try_from(pid).map_err(|_| bad("pid out of range"))?;
+    Ok(Container { id, name, pid })
+}
+
+/// The JSON body of a 200 answer; another status is an error (404: no container `asked`).
+fn json_body(response: &[u8], asked: &str) -> Result<serde_json::Value> {
     let bad = |what: &'static str| Error::from(DockerError::BadAnswer { what });
     let split =
         response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no headers"))?;
@@ -222,15 +292,7 @@ pub(crate) fn parse_inspect(response: &[u8], asked: &str) -> Result<Container> {
             return Err(DockerError::Api { status, message }.into());
         }
     }
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
-    let id = v["Id"].as_str().ok_or_else(|| bad("no Id"))?.to_owned();
-    let name = v["Name"].as_str().unwrap_or("").trim_start_matches('/').to_owned();
-    let pid = v["State"]["Pid"].as_u64().unwrap_or(0);
-    if v["State"]["Running"] != true || pid == 0 {
-        return Err(DockerError::NotRunning { name: asked.to_owned() }.into());
-    }
-    let pid = u32::try_from(pid).map_err(|_| bad("pid out of range"))?;
-    Ok(Container { id, name, pid })
+    serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))
 }
 
 #[cfg(test)]
@@ -248,6 +310,38 @@ mod tests {
             c,
             Container { id: "4f1c0e2b9d8a".into(), name: "portwatcher".into(), pid: 4242 }
         );
+    }
+
+    /// Docker Engine 20.10.24 `GET /networks` (abridged to the fields read, and IPAM).
+    const NETWORKS: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n\
+[{\"Name\":\"none\",\"Id\":\"557f5cac1f0e8c1c16c8b9ba0dbcb03916d86d4296ce51a180762e8cd7af5557\",\"Driver\":\"null\",\"Containers\":{}},\
+{\"Name\":\"host\",\"Id\":\"988671c188eaa2c391dac55c68f6a5f7f29e0cc178b1253891edb1fa80c93002\",\"Driver\":\"host\",\"Containers\":{}},\
+{\"Name\":\"bridge\",\"Id\":\"00ced8bd13d2af6478e9676178deacb6d049a3b243e862091216c08f10b7c7a1\",\"Driver\":\"bridge\",\
+\"IPAM\":{\"Config\":[{\"Subnet\":\"172.17.0.0/16\"}]},\"Containers\":{}},\
+{\"Name\":\"evil\",\"Id\":\"x/../../containers/create?\",\"Driver\":\"bridge\"}]";
+
+    /// Docker Engine 20.10.24 `GET /networks/bridge` while `docker run -p 18091:80` starts
+    /// (container created, not running yet; abridged).
+    const BRIDGE: &str = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n\
+{\"Name\":\"bridge\",\"Id\":\"00ced8bd13d2af6478e9676178deacb6d049a3b243e862091216c08f10b7c7a1\",\"Driver\":\"bridge\",\
+\"Containers\":{\"eea007cd5937d3c1f5a0e4b2f2a7c64f0c4a1b9d8e7f6a5b4c3d2e1f0a9b8c7d\":{\"Name\":\"pwattr-race\",\
+\"EndpointID\":\"4f0ebc22f9d2\",\"MacAddress\":\"02:42:ac:11:00:02\",\"IPv4Address\":\"172.17.0.2/16\",\"IPv6Address\":\"\"}}}";
+
+    #[test]
+    fn bridge_networks_and_their_endpoints() {
+        let ids = parse_bridge_networks(NETWORKS.as_bytes()).unwrap();
+        assert_eq!(ids, ["00ced8bd13d2af6478e9676178deacb6d049a3b243e862091216c08f10b7c7a1"]);
+        let endpoints = parse_endpoints(BRIDGE.as_bytes()).unwrap();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].name, "pwattr-race");
+        assert_eq!(endpoints[0].addrs, ["172.17.0.2".parse::<std::net::IpAddr>().unwrap()]);
+        for text in [NETWORKS, BRIDGE] {
+            for cut in 0..text.len() {
+                let _ = parse_bridge_networks(&text.as_bytes()[..cut]);
+                let _ = parse_endpoints(&text.as_bytes()[..cut]);
+            }
+        }
+        assert!(parse_bridge_networks(b"HTTP/1.0 200 OK\r\n\r\n{}").is_err());
     }
 
     #[test]

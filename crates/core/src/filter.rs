@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::owners;
-use crate::socket::{Family, Protocol, Socket, State, StateSet};
+use crate::socket::{AddressScope, Family, Protocol, Socket, State, StateSet};
 use crate::source::Dump;
 
 /// A selection of sockets. The default is what `ss -tuln` shows: TCP and UDP, IPv4 and IPv6,
@@ -31,6 +31,7 @@ pub struct Filter {
     ports: Vec<(u16, u16)>,
     addresses: Vec<IpAddr>,
     ignore_loopback: bool,
+    scopes: Vec<AddressScope>,
     uid: Option<u32>,
     /// A user name or uid to resolve into `uid` (see `resolved`).
     user: Option<String>,
@@ -54,6 +55,7 @@ impl Filter {
             ports: Vec::new(),
             addresses: Vec::new(),
             ignore_loopback: false,
+            scopes: Vec::new(),
             uid: None,
             user: None,
             pid: None,
@@ -103,9 +105,18 @@ impl Filter {
         self
     }
 
-    /// Drop sockets bound to a loopback address (`127.0.0.0/8`, `::1`).
+    /// Drop sockets bound to a loopback address (`127.0.0.0/8`, `::1`, `::ffff:127.0.0.1`).
     pub fn ignore_loopback(mut self, ignore: bool) -> Filter {
         self.ignore_loopback = ignore;
+        self
+    }
+
+    /// Also accept inet sockets of this [`AddressScope`] (any scope while none is given).
+    /// Unix sockets have none and never match a scope filter.
+    pub fn scope(mut self, scope: AddressScope) -> Filter {
+        if !self.scopes.contains(&scope) {
+            self.scopes.push(scope);
+        }
         self
     }
 
@@ -278,8 +289,11 @@ impl Filter {
         {
             return false;
         }
+        if !self.scopes.is_empty() && !s.scope().is_some_and(|sc| self.scopes.contains(&sc)) {
+            return false;
+        }
         if let Some(addr) = s.addr {
-            if self.ignore_loopback && addr.is_loopback() {
+            if self.ignore_loopback && s.scope() == Some(AddressScope::Loopback) {
                 return false;
             }
             if !self.addresses.is_empty() && !self.addresses.contains(&addr) {
@@ -320,7 +334,15 @@ mod tests {
         assert!(!f.matches(&tcp("0.0.0.0", 8100)));
         let f = Filter::new().ignore_loopback(true);
         assert!(!f.matches(&tcp("127.0.0.53", 53)));
+        assert!(!f.matches(&tcp("::ffff:127.0.0.1", 53)), "v4-mapped loopback is loopback");
         assert!(f.matches(&tcp("10.0.0.1", 53)));
+        let f = Filter::new().scope(AddressScope::Wildcard).scope(AddressScope::LinkLocal);
+        assert!(f.matches(&tcp("0.0.0.0", 1)) && f.matches(&tcp("::", 1)));
+        assert!(f.matches(&tcp("fe80::1", 1)));
+        assert!(!f.matches(&tcp("127.0.0.1", 1)) && !f.matches(&tcp("10.0.0.1", 1)));
+        let mut unix = tcp("0.0.0.0", 0);
+        (unix.protocol, unix.family, unix.addr) = (Protocol::Unix, Family::Unix, None);
+        assert!(!f.matches(&unix) && Filter::new().matches(&unix));
         let f = Filter::new().address("0.0.0.0".parse().unwrap());
         assert!(f.matches(&tcp("0.0.0.0", 1)) && !f.matches(&tcp("10.0.0.1", 1)));
         assert!(Filter::new().uid(1000).matches(&tcp("0.0.0.0", 1)));

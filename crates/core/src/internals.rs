@@ -56,9 +56,15 @@ pub fn parse_proc_net_tcp(bytes: &[u8]) -> Vec<Socket> {
 /// One owner walk over `proc_root` for `inodes`; returns how many inodes were found.
 pub fn owner_walk(proc_root: &Path, inodes: &HashSet<u64>, threads: usize) -> usize {
     let users = Default::default();
-    owners::scan_fds(proc_root, inodes, &users, owners::Detail { cmdline: true }, threads)
-        .holders
-        .len()
+    owners::scan_fds(
+        proc_root,
+        inodes,
+        &users,
+        owners::Detail { cmdline: true, cgroup: true },
+        threads,
+    )
+    .holders
+    .len()
 }
 
 /// Every dump kind a watcher runs.
@@ -94,14 +100,18 @@ pub fn fuzz_proc_net(bytes: &[u8]) {
 }
 
 /// Fuzz entry: what the owner walk and namespace discovery read from `/proc/PID`: `status`,
-/// `cmdline`, an fd link, a namespace link, `cgroup`, and `/etc/passwd`.
+/// `cmdline` (and docker-proxy's, as forwarding reads it), an fd link, a namespace link,
+/// `cgroup`, `net/fib_trie`, `net/if_inet6`, and `/etc/passwd`.
 pub fn fuzz_proc_pid(bytes: &[u8]) {
     let _ = owners::parse_status(bytes);
     let _ = owners::parse_cmdline(bytes);
     let _ = owners::parse_socket_link(bytes);
     let _ = owners::parse_passwd(bytes);
     let _ = crate::discover::parse_ns_link(bytes);
-    let _ = crate::discover::container_id(bytes);
+    let _ = owners::parse_cgroup(bytes);
+    let _ = crate::forward::parse_docker_proxy(&owners::parse_cmdline(bytes));
+    let _ = crate::forward::parse_fib_trie_locals(bytes);
+    let _ = crate::forward::parse_if_inet6(bytes);
     let mut counts = Vec::new();
     source::inuse_counts(bytes, &mut counts);
 }

@@ -5,15 +5,16 @@
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::socket::{Owners, Process, Socket};
+use crate::socket::{Cgroup, Forward, Owners, Process, Socket};
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Socket", 19)?;
+        let mut s = serializer.serialize_struct("Socket", 21)?;
         s.serialize_field("proto", self.protocol.as_str())?;
         s.serialize_field("family", self.family.as_str())?;
         s.serialize_field("addr", &self.addr.map(|a| a.to_string()))?;
         s.serialize_field("port", &self.port)?;
+        s.serialize_field("scope", &self.scope().map(|sc| sc.as_str()))?;
         s.serialize_field("path", &self.path)?;
         s.serialize_field("remote", &self.remote.map(|r| r.to_string()))?;
         s.serialize_field("state", self.state.as_str())?;
@@ -29,6 +30,7 @@ impl Serialize for Socket {
             "container",
             &self.container.as_deref().map(|c| Container { id: &c.id, name: &c.name }),
         )?;
+        s.serialize_field("forwards_to", &self.forwards_to.as_deref().map(ForwardsTo::of))?;
         s.serialize_field("pids", &self.pids())?;
         s.serialize_field("processes", self.processes())?;
         let reason = match &self.owners {
@@ -47,9 +49,31 @@ struct Container<'a> {
     name: &'a str,
 }
 
+/// `{"container": …, "addr": …, "port": …, "proto": …, "via": …}`.
+#[derive(serde::Serialize)]
+struct ForwardsTo<'a> {
+    container: Option<Container<'a>>,
+    addr: String,
+    port: u16,
+    proto: &'static str,
+    via: &'static str,
+}
+
+impl ForwardsTo<'_> {
+    fn of(f: &Forward) -> ForwardsTo<'_> {
+        ForwardsTo {
+            container: f.container.as_deref().map(|c| Container { id: &c.id, name: &c.name }),
+            addr: f.addr.to_string(),
+            port: f.port,
+            proto: f.protocol.as_str(),
+            via: f.via.as_str(),
+        }
+    }
+}
+
 impl Serialize for Process {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Process", 7)?;
+        let mut s = serializer.serialize_struct("Process", 8)?;
         s.serialize_field("pid", &self.pid)?;
         s.serialize_field("ppid", &self.ppid)?;
         s.serialize_field("comm", &self.comm)?;
@@ -57,6 +81,20 @@ impl Serialize for Process {
         s.serialize_field("uid", &self.uid)?;
         s.serialize_field("user", &self.user)?;
         s.serialize_field("ns_pid", &self.ns_pid)?;
+        s.serialize_field("cgroup", &self.cgroup)?;
+        s.end()
+    }
+}
+
+impl Serialize for Cgroup {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Cgroup", 6)?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("runtime", &self.runtime.map(|r| r.as_str()))?;
+        s.serialize_field("container_id", &self.container_id)?;
+        s.serialize_field("pod_uid", &self.pod_uid)?;
+        s.serialize_field("unit", &self.unit)?;
+        s.serialize_field("delegated_uid", &self.delegated_uid)?;
         s.end()
     }
 }
@@ -86,11 +124,40 @@ mod tests {
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["addr"], "::");
         assert_eq!(v["port"], 8080);
+        assert_eq!(v["scope"], "wildcard");
         assert_eq!(v["state"], "LISTEN");
         assert_eq!(v["pids"], serde_json::json!([10]));
         assert_eq!(v["processes"][0]["cmdline"], "srv -p 8080");
         assert_eq!(v["processes"][0]["ns_pid"], 1);
+        assert!(v["processes"][0]["cgroup"].is_null());
         assert!(v["owner_unknown_reason"].is_null());
+
+        let mut in_pod = fixtures::process(11);
+        in_pod.cgroup = crate::owners::parse_cgroup(
+            b"0::/kubepods/burstable/pod0b7c2b8e-6f35-4a9d-9d4b-2c1f6e7a8d90/\
+              481ac8d844c2db99e6ee0246a0ec8bb5ba47aa6460e2737e22d0660a12acd010\n",
+        );
+        let v = serde_json::to_value(&in_pod).unwrap();
+        assert_eq!(v["cgroup"]["runtime"], "cri");
+        assert_eq!(v["cgroup"]["pod_uid"], "0b7c2b8e-6f35-4a9d-9d4b-2c1f6e7a8d90");
+        assert_eq!(v["cgroup"]["container_id"].as_str().map(str::len), Some(64));
+        assert!(v["cgroup"]["unit"].is_null() && v["cgroup"]["delegated_uid"].is_null());
+
+        assert!(v["forwards_to"].is_null());
+        let mut published = s.clone();
+        published.forwards_to = Some(std::sync::Arc::new(Forward {
+            via: Forwarder::DockerProxy,
+            protocol: Protocol::Tcp,
+            addr: "172.17.0.2".parse().unwrap(),
+            port: 80,
+            container: Some(std::sync::Arc::new(ContainerRef::new("d791", "web"))),
+        }));
+        let v = serde_json::to_value(&published).unwrap();
+        assert_eq!(
+            v["forwards_to"],
+            serde_json::json!({"container": {"id": "d791", "name": "web"}, "addr": "172.17.0.2",
+                               "port": 80, "proto": "tcp", "via": "docker-proxy"})
+        );
 
         let unknown = Socket { owners: Owners::Unknown(UnknownReason::NotFound), ..s };
         let v = serde_json::to_value(&unknown).unwrap();

@@ -70,11 +70,14 @@
 //! # Cargo features
 //!
 //! - `serde`: `Serialize` for [`Socket`] and [`Process`], as the JSON objects the `portwatch`
-//!   CLI prints (`proto`, `family`, `addr`, `port`, `path`, `state`, `inode`, `uid`, `cookie`,
-//!   `netns`, `netns_name`, `container`, `pids`, `processes`, `owner_unknown_reason`, …),
+//!   CLI prints (`proto`, `family`, `addr`, `port`, `scope`, `path`, `state`, `inode`, `uid`,
+//!   `cookie`, `netns`, `netns_name`, `container`, `forwards_to`, `pids`, `processes` with
+//!   their `cgroup`, `owner_unknown_reason`, …),
 //!   described by the JSON Schema files in the repository's `schema/` folder.
 //! - `docker`: [`docker`] names containers and resolves them to their namespaces through the
-//!   Docker Engine API on its unix socket (no async runtime, no HTTP library).
+//!   Docker Engine API on its unix socket (no async runtime, no HTTP library), and finds the
+//!   container behind a published port's address. Without it, containers are found from
+//!   cgroups and namespaces alone and named by short id.
 //! - `ebpf`: the kernel event source, [`Source::Ebpf`] (and what [`Source::Auto`] prefers).
 //!   Its eBPF programs are compiled in (committed as an object: no clang needed to build)
 //!   and loaded with [aya](https://docs.rs/aya). Loading needs root, or `CAP_BPF`,
@@ -97,6 +100,7 @@ pub mod docker;
 mod error;
 mod event;
 mod filter;
+mod forward;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 #[allow(missing_docs)]
@@ -123,8 +127,8 @@ pub use crate::{
     owners::OwnerLookup,
     query::Query,
     socket::{
-        ContainerRef, Family, Owners, Process, Protocol, Socket, State, StateSet, UnixType,
-        UnknownName, UnknownReason,
+        AddressScope, Cgroup, ContainerRef, Family, Forward, Forwarder, Owners, Process, Protocol,
+        Runtime, Socket, State, StateSet, UnixType, UnknownName, UnknownReason,
     },
     source::{Backend, Source},
     users::Users,

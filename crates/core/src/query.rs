@@ -35,6 +35,7 @@ pub struct Query {
     owners: bool,
     lookup: OwnerLookup,
     cmdlines: bool,
+    cgroups: bool,
     backend: Backend,
     proc_root: PathBuf,
     passwd: PathBuf,
@@ -56,6 +57,7 @@ impl Query {
             owners: true,
             lookup: OwnerLookup::Auto,
             cmdlines: true,
+            cgroups: true,
             backend: Backend::Auto,
             proc_root: PathBuf::from("/proc"),
             passwd: PathBuf::from("/etc/passwd"),
@@ -71,15 +73,18 @@ impl Query {
 
     /// Read every network namespace on the host: those of all processes (`/proc/*/ns/net`)
     /// and the named ones under `/run/netns`. Each socket carries its namespace's inode and,
-    /// when a container runtime's cgroup names one, its container. Needs `CAP_SYS_ADMIN` (to
+    /// when a container runtime's cgroup names one, its container. (In any namespace, a
+    /// socket whose namespace is no container's carries the container its owners' cgroups
+    /// name, when they all name the same one: a host-network container.) Needs `CAP_SYS_ADMIN` (to
     /// enter them) and `CAP_SYS_PTRACE` (to see other users' namespace links).
     pub fn all_netns(mut self) -> Query {
         self.scope = Scope::All;
         self
     }
 
-    /// With [`all_netns`](Self::all_netns), ask the Docker daemon listening on `socket` for
-    /// container names (without it, a container is named by its short id). Feature `docker`.
+    /// Ask the Docker daemon listening on `socket` for container names: of the namespaces
+    /// [`all_netns`](Self::all_netns) finds, and of the containers owners' cgroups name
+    /// (without it, a container is named by its short id). Feature `docker`.
     #[cfg(feature = "docker")]
     pub fn docker_names(mut self, socket: impl AsRef<std::path::Path>) -> Query {
         self.docker = Some(socket.as_ref().to_owned());
@@ -141,6 +146,14 @@ impl Query {
         self
     }
 
+    /// Whether to read each owner's cgroup (default true): [`Process::cgroup`](crate::Process::cgroup),
+    /// and the container of a socket in a namespace that is no container's. One more small
+    /// file per owner; without it both are `None`.
+    pub fn cgroups(mut self, cgroups: bool) -> Query {
+        self.cgroups = cgroups;
+        self
+    }
+
     /// Which backend to read sockets from (default [`Backend::Auto`]).
     pub fn backend(mut self, backend: Backend) -> Query {
         self.backend = backend;
@@ -154,10 +167,11 @@ impl Query {
     pub fn run(&self) -> Result<Vec<Socket>> {
         let started = Instant::now();
         let filter = self.filter.clone().resolved(&self.proc_root, &self.passwd)?;
+        let mut namer = Namer::new(self.docker.clone());
         let namespaces = match &self.scope {
             Scope::Current => vec![Netns::current()?],
             Scope::One(ns) => vec![ns.clone()],
-            Scope::All => discover::all(&self.proc_root, &mut Namer::new(self.docker.clone()))?,
+            Scope::All => discover::all(&self.proc_root, &mut namer)?,
         };
         let all = matches!(self.scope, Scope::All);
         let dumps = filter.dumps();
@@ -174,7 +188,7 @@ impl Query {
         let dumped = Instant::now();
         log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
         if self.owners {
-            let detail = owners::Detail { cmdline: self.cmdlines };
+            let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
             let threads = owners::worker_threads();
             owners::resolve(
                 &mut sockets,
@@ -184,6 +198,9 @@ impl Query {
                 threads,
                 self.lookup,
             )?;
+            for s in &mut sockets {
+                namer.attribute(s, &self.proc_root);
+            }
             log::debug!("resolved owners in {:?}", dumped.elapsed());
             sockets.retain(|s| filter.owner_matches(s, &self.proc_root));
         }

@@ -197,6 +197,7 @@ fn decode_socket(f: &[&str], netns: u64) -> Result<Socket, String> {
         interface: parse_opt(f[11], "interface")?,
         unix_type: unix.map(UnixType::from_kernel),
         container: None,
+        forwards_to: None,
         netns_name: None,
         owners: Owners::Unknown(UnknownReason::NotFound),
     })
@@ -211,6 +212,8 @@ fn decode_process(f: &[&str]) -> Result<Process, String> {
         user: if f[5] == "-" { None } else { Some(unescape(f[5])?) },
         comm: unescape(f[6])?,
         cmdline: f[7..].iter().map(|a| unescape(a)).collect::<Result<_, _>>()?,
+        // Not kept: read again when the owners are looked up again.
+        cgroup: None,
     })
 }
 

@@ -155,10 +155,10 @@ impl State {
 }
 
 /// A name that is not one of a type's names: returned by the `FromStr` impls of [`State`],
-/// [`Protocol`] and [`Family`].
+/// [`Protocol`], [`Family`] and [`AddressScope`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownName {
-    /// What was parsed: `"state"`, `"protocol"`, `"family"`.
+    /// What was parsed: `"state"`, `"protocol"`, `"family"`, `"scope"`.
     pub what: &'static str,
     /// The name given.
     pub name: String,
@@ -316,8 +316,12 @@ pub struct Socket {
     pub interface: Option<u32>,
     /// Unix socket type (stream, seqpacket, datagram); `None` for inet sockets.
     pub unix_type: Option<UnixType>,
-    /// The container whose namespace the socket was read from, when known.
+    /// The container whose namespace the socket was read from, when known; for a socket in a
+    /// namespace that is no container's, the container every owner's cgroup names.
     pub container: Option<Arc<ContainerRef>>,
+    /// Where a published port's forwarder (docker-proxy) sends what this socket accepts: the
+    /// container and its inner port.
+    pub forwards_to: Option<Arc<Forward>>,
     /// The processes holding the socket, or why they are unknown.
     pub owners: Owners,
 }
@@ -349,6 +353,91 @@ impl Socket {
     pub fn pids(&self) -> Vec<u32> {
         self.processes().iter().map(|p| p.pid).collect()
     }
+
+    /// Which local addresses it accepts on; `None` for unix sockets.
+    pub fn scope(&self) -> Option<AddressScope> {
+        self.addr.map(AddressScope::of)
+    }
+}
+
+/// Which local addresses an inet socket accepts on: what a port forwarder needs to know first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum AddressScope {
+    /// Bound to a loopback address (`127.0.0.0/8`, `::1`, or `::ffff:127.x.y.z`): reachable
+    /// only from inside its network namespace.
+    Loopback,
+    /// Bound to a link-local address (`169.254.0.0/16`, `fe80::/10`): reachable only from
+    /// the link the address is on (an IPv6 one is bound to one interface).
+    LinkLocal,
+    /// Bound to one specific address: reachable through the interface that holds it.
+    Address,
+    /// Bound to the wildcard (`0.0.0.0`, `::`): reachable on every address of the
+    /// namespace, loopback included (an IPv6 wildcard that is not [`Socket::v6only`] takes
+    /// IPv4 too).
+    Wildcard,
+}
+
+impl AddressScope {
+    /// Every scope, narrowest first.
+    pub const ALL: [AddressScope; 4] = [
+        AddressScope::Loopback,
+        AddressScope::LinkLocal,
+        AddressScope::Address,
+        AddressScope::Wildcard,
+    ];
+
+    /// The scope of a socket bound to `addr`. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// has the scope of its IPv4 address.
+    pub fn of(addr: IpAddr) -> AddressScope {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        let link_local = match addr {
+            IpAddr::V4(a) => a.is_link_local(),
+            IpAddr::V6(a) => a.is_unicast_link_local(),
+        };
+        if addr.is_unspecified() {
+            AddressScope::Wildcard
+        } else if addr.is_loopback() {
+            AddressScope::Loopback
+        } else if link_local {
+            AddressScope::LinkLocal
+        } else {
+            AddressScope::Address
+        }
+    }
+
+    /// The name the JSON output and `--scope` use: `loopback`, `link_local`, `address`,
+    /// `wildcard`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressScope::Loopback => "loopback",
+            AddressScope::LinkLocal => "link_local",
+            AddressScope::Address => "address",
+            AddressScope::Wildcard => "wildcard",
+        }
+    }
+}
+
+impl fmt::Display for AddressScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AddressScope {
+    type Err = UnknownName;
+
+    /// `loopback`, `link_local` (or `link-local`), `address`, `wildcard`, case-insensitive.
+    fn from_str(name: &str) -> Result<AddressScope, UnknownName> {
+        let wanted = name.to_ascii_lowercase().replace('-', "_");
+        AddressScope::ALL
+            .into_iter()
+            .find(|s| s.as_str() == wanted)
+            .ok_or_else(|| UnknownName { what: "scope", name: name.to_owned() })
+    }
 }
 
 /// A container's identity, as sockets read from its namespace carry it.
@@ -365,6 +454,108 @@ impl ContainerRef {
     /// A container reference.
     pub fn new(id: impl Into<String>, name: impl Into<String>) -> ContainerRef {
         ContainerRef { id: id.into(), name: name.into() }
+    }
+}
+
+/// A published port: the container address and port a forwarder's listening socket sends to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Forward {
+    /// The forwarder holding the host-side socket.
+    pub via: Forwarder,
+    /// The protocol forwarded.
+    pub protocol: Protocol,
+    /// The container's address it connects to.
+    pub addr: IpAddr,
+    /// The port inside the container.
+    pub port: u16,
+    /// The container holding `addr`, when found (from the Docker daemon, else from the
+    /// network namespaces).
+    pub container: Option<Arc<ContainerRef>>,
+}
+
+/// A process that listens on a published port on a container's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Forwarder {
+    /// Docker's userland proxy (`docker-proxy`, dockerd's `userland-proxy`, on by default).
+    DockerProxy,
+}
+
+impl Forwarder {
+    /// The name the JSON output uses: `docker-proxy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarder::DockerProxy => "docker-proxy",
+        }
+    }
+}
+
+/// What a process's cgroup says about who runs it: its container runtime and container, its
+/// Kubernetes pod, its systemd service. Read from `/proc/PID/cgroup` alone, without asking a
+/// runtime.
+///
+/// Cgroup names are chosen by whoever creates the cgroup, so only the part of the path a
+/// runtime owns counts: the outermost container segment (what lies below it the container
+/// may write), never one below a systemd service (a service with `Delegate=` writes its own
+/// subtree). Below `user@UID.service`, the subtree systemd delegates to user UID, the names
+/// are that user's: a rootless container, or a claim, and [`Cgroup::delegated_uid`] says so.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Cgroup {
+    /// The cgroup path the rest was read from, as `/proc/PID/cgroup` shows it (the unified
+    /// hierarchy's, else the first v1 hierarchy's that names a runtime).
+    pub path: String,
+    /// The container runtime, or [`Runtime::Systemd`] for a service outside any container.
+    pub runtime: Option<Runtime>,
+    /// The 64-hex-digit container id.
+    pub container_id: Option<String>,
+    /// The Kubernetes pod's UID (`metadata.uid`, with dashes), for a container of a pod.
+    pub pod_uid: Option<String>,
+    /// The systemd service (`nginx.service`) the process runs in, outside any container.
+    pub unit: Option<String>,
+    /// The user whose delegated subtree (`user@UID.service`) holds the cgroup: its names are
+    /// that user's to choose.
+    pub delegated_uid: Option<u32>,
+}
+
+/// A container runtime (or systemd), as a cgroup path names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Runtime {
+    /// Docker (`/docker/ID`, `docker-ID.scope`), also as a Kubernetes runtime.
+    Docker,
+    /// containerd: Kubernetes CRI (`cri-containerd-ID.scope`) or nerdctl (`nerdctl-ID.scope`).
+    Containerd,
+    /// CRI-O (`crio-ID.scope`, `crio-ID`).
+    CriO,
+    /// Podman (`libpod-ID.scope`, `libpod-ID`).
+    Podman,
+    /// A Kubernetes container whose runtime the path does not name (the cgroupfs driver's
+    /// `kubepods/QOS/podUID/ID`).
+    Cri,
+    /// A systemd service, outside any container.
+    Systemd,
+}
+
+impl Runtime {
+    /// The name the JSON output uses: `docker`, `containerd`, `cri-o`, `podman`, `cri`,
+    /// `systemd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Podman => "podman",
+            Runtime::Cri => "cri",
+            Runtime::Systemd => "systemd",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -503,6 +694,10 @@ pub struct Process {
     pub user: Option<String>,
     /// Pid inside the process's own pid namespace, when it differs from `pid` (a container).
     pub ns_pid: Option<u32>,
+    /// What its cgroup says: container runtime and id, pod, systemd service (`None` when
+    /// `/proc/PID/cgroup` was not read ([`Query::cgroups`](crate::Query::cgroups)) or could
+    /// not be, as for a process gone before a kernel event about it was read).
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Process {
@@ -536,6 +731,7 @@ pub(crate) mod fixtures {
             interface: None,
             unix_type: None,
             container: None,
+            forwards_to: None,
             netns_name: None,
             owners: if pids.is_empty() {
                 Owners::Unknown(UnknownReason::NotFound)
@@ -555,6 +751,7 @@ pub(crate) mod fixtures {
             uid: 0,
             user: None,
             ns_pid: None,
+            cgroup: None,
         }
     }
 }
@@ -587,6 +784,36 @@ mod tests {
             assert_eq!(f.as_str().parse(), Ok(f));
         }
         assert!("ipx".parse::<Family>().is_err());
+    }
+
+    #[test]
+    fn address_scopes() {
+        for (addr, scope) in [
+            ("127.0.0.1", AddressScope::Loopback),
+            ("127.1.2.3", AddressScope::Loopback),
+            ("::1", AddressScope::Loopback),
+            ("::ffff:127.0.0.1", AddressScope::Loopback),
+            ("0.0.0.0", AddressScope::Wildcard),
+            ("::", AddressScope::Wildcard),
+            ("::ffff:0.0.0.0", AddressScope::Wildcard),
+            ("169.254.1.2", AddressScope::LinkLocal),
+            ("fe80::1", AddressScope::LinkLocal),
+            ("febf::1", AddressScope::LinkLocal),
+            ("fec0::1", AddressScope::Address),
+            ("10.0.0.1", AddressScope::Address),
+            ("::ffff:10.0.0.1", AddressScope::Address),
+            ("2001:db8::1", AddressScope::Address),
+        ] {
+            assert_eq!(AddressScope::of(addr.parse().unwrap()), scope, "{addr}");
+        }
+        for s in AddressScope::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
+        }
+        assert_eq!("Link-Local".parse(), Ok(AddressScope::LinkLocal));
+        assert_eq!(
+            "host".parse::<AddressScope>().unwrap_err().to_string(),
+            "unknown scope \"host\""
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! times a whole listing (see `owners/bpf`).
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
 use nix::errno::Errno;
 
@@ -40,20 +40,31 @@ pub(crate) fn readlinkat<'b>(
     Ok(&buf[..n.min(buf.len())])
 }
 
+/// `NS_GET_USERNS` from `<linux/nsfs.h>`: `_IO(0xb7, 0x1)`.
+const NS_GET_USERNS: u32 = 0xb701;
 /// `NS_GET_OWNER_UID` from `<linux/nsfs.h>`: `_IO(0xb7, 0x4)`.
 const NS_GET_OWNER_UID: u32 = 0xb704;
 
 /// The uid (in the initial user namespace) of the owner of the user namespace that owns the
-/// namespace open at `ns`. Linux 4.11+; `EINVAL` for a file that is not a namespace, `ENOTTY`
-/// on older kernels.
+/// namespace open at `ns`: `NS_GET_USERNS` for that user namespace (`NS_GET_OWNER_UID` takes
+/// only a user namespace: on any other it fails with `EINVAL`), then `NS_GET_OWNER_UID`.
+/// Linux 4.11+; `EINVAL` for a file that is not a namespace, `ENOTTY` on older kernels,
+/// `EPERM` for a user namespace outside the caller's.
 pub(crate) fn ns_owner_uid(ns: impl AsFd) -> Result<u32, Errno> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new file descriptor, owned here
+    // at once; the fd it is called on is borrowed from a live `AsFd`.
+    #[allow(unsafe_code)]
+    let userns = unsafe {
+        let fd = Errno::result(nix::libc::ioctl(ns.as_fd().as_raw_fd(), NS_GET_USERNS as _))?;
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    };
     let mut uid: nix::libc::uid_t = 0;
     // SAFETY: NS_GET_OWNER_UID writes one `uid_t` through its argument, which points at
     // `uid`, alive and writable for the whole call; the fd is borrowed from a live `AsFd`.
     #[allow(unsafe_code)]
     let r = unsafe {
         nix::libc::ioctl(
-            ns.as_fd().as_raw_fd(),
+            userns.as_raw_fd(),
             NS_GET_OWNER_UID as _,
             &mut uid as *mut nix::libc::uid_t,
         )

@@ -139,8 +139,8 @@ impl OwnerIndex {
 
     /// Completes what a kernel event said of a process (pid, command name, uid) from
     /// `/proc/PID` while it is there and still that process (same command name; else the pid
-    /// may be another's already): its command line, parent, pid in its own namespace; and the
-    /// user name in any case.
+    /// may be another's already): its command line, parent, pid in its own namespace, cgroup;
+    /// and the user name in any case.
     pub(crate) fn describe(&mut self, p: &mut Process) {
         let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
         if p.user.is_none() {
@@ -158,6 +158,7 @@ impl OwnerIndex {
             p.cmdline = now.cmdline;
             p.ppid = now.ppid;
             p.ns_pid = now.ns_pid;
+            p.cgroup = now.cgroup;
         }
     }
 }

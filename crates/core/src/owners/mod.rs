@@ -42,10 +42,12 @@ use crate::sys;
 
 #[cfg(feature = "ebpf")]
 mod bpf;
+mod cgroup;
 mod hidepid;
 mod index;
 mod lookup;
 mod parse;
+pub(crate) use self::cgroup::{CGROUP_MAX, parse_cgroup};
 pub(crate) use self::index::OwnerIndex;
 pub use self::lookup::OwnerLookup;
 pub(crate) use self::lookup::{AUTO_BPF_MIN_PROCESSES, BpfIter, load_iterator, try_iterator};
@@ -86,6 +88,8 @@ const PARALLEL_MIN_PIDS: usize = 64;
 pub(crate) struct Detail {
     /// Read `/proc/PID/cmdline`.
     pub(crate) cmdline: bool,
+    /// Read `/proc/PID/cgroup`.
+    pub(crate) cgroup: bool,
 }
 
 /// The outcome of one walk over `/proc/*/fd`.
@@ -398,8 +402,8 @@ impl FdScan {
     }
 }
 
-/// Describes one process from `status` and `cmdline` of its open `/proc/PID`; `None` if it
-/// exited. `buf` is a scratch buffer kept across calls.
+/// Describes one process from `status`, `cmdline` and `cgroup` of its open `/proc/PID`; `None`
+/// if it exited. `buf` is a scratch buffer kept across calls.
 pub(super) fn describe(
     pid_dir: &OwnedFd,
     pid: u32,
@@ -414,6 +418,10 @@ pub(super) fn describe(
             Some(Some(())) => parse_cmdline(buf),
             _ => Vec::new(),
         };
+    let cgroup = match detail.cgroup.then(|| read_proc_file(pid_dir, "cgroup", CGROUP_MAX, buf)) {
+        Some(Some(())) => parse_cgroup(buf),
+        _ => None,
+    };
     Some(Process {
         pid,
         ppid: status.ppid,
@@ -422,6 +430,7 @@ pub(super) fn describe(
         uid: status.uid,
         user: users.get(&status.uid).cloned(),
         ns_pid: status.ns_pid.filter(|n| *n != pid),
+        cgroup,
     })
 }
 
@@ -444,7 +453,7 @@ pub(crate) fn holders_among(
     wanted: &HashSet<u64>,
 ) -> HashMap<u64, Vec<u32>> {
     let Ok(proc_dir) = open_proc(proc_root) else { return HashMap::new() };
-    let detail = Detail { cmdline: false };
+    let detail = Detail { cmdline: false, cgroup: false };
     let deadline = Instant::now() + WALK_BUDGET;
     scan_pids(&proc_dir, pids, wanted, &HashMap::new(), detail, 1, deadline).holders
 }
@@ -635,7 +644,7 @@ NSpid:\t1\n";
         let pids = [std::process::id(), 1];
         let wanted = HashSet::from([inode]);
         let users = HashMap::new();
-        let detail = Detail { cmdline: false };
+        let detail = Detail { cmdline: false, cgroup: false };
         let late = scan_pids(&proc_dir, &pids, &wanted, &users, detail, 1, Instant::now());
         assert_eq!((late.unread, late.processes.len()), (2, 0));
         assert_eq!(
@@ -655,7 +664,7 @@ NSpid:\t1\n";
         let mut first = spawn();
         let pid = first.id();
         let handle = open_pid(&proc_dir, pid).expect("a live process opens");
-        let (users, detail) = (HashMap::new(), Detail { cmdline: true });
+        let (users, detail) = (HashMap::new(), Detail { cmdline: true, cgroup: true });
         let mut buf = Vec::new();
         assert!(describe(&handle, pid, &users, detail, &mut buf).is_some());
         first.kill().unwrap();

@@ -135,6 +135,7 @@ mod feed {
                 uid: e.uid,
                 user: None,
                 ns_pid: None,
+                cgroup: None,
             }])
         } else {
             Owners::Unknown(UnknownReason::NotResolved)
@@ -156,6 +157,7 @@ mod feed {
             interface: None,
             unix_type: None,
             container: None,
+            forwards_to: None,
             owners,
         };
         Connection {

@@ -204,6 +204,7 @@ fn decode_inet(payload: &[u8], protocol: Protocol, netns: u64) -> Result<Socket,
         interface: (id.interface_id != 0).then_some(id.interface_id),
         unix_type: None,
         container: None,
+        forwards_to: None,
         netns_name: None,
         owners: unresolved(),
     })
@@ -245,6 +246,7 @@ fn decode_unix(payload: &[u8], netns: u64) -> Result<Socket, String> {
         interface: None,
         unix_type: Some(UnixType::from_kernel(h.kind)),
         container: None,
+        forwards_to: None,
         netns_name: None,
         owners: unresolved(),
     })

@@ -57,6 +57,7 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
         uid: e.uid,
         user: None,
         ns_pid: None,
+        cgroup: None,
     };
     let socket = Socket {
         protocol: e.protocol,
@@ -77,6 +78,7 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
         interface: None,
         unix_type: None,
         container: None,
+        forwards_to: None,
         owners: Owners::Known(vec![owner]),
     };
     Some(Observation::Seen { socket, at })

@@ -150,6 +150,7 @@ fn parse_inet_line(line: &[u8], protocol: Protocol, family: Family, netns: u64) 
         interface: None,
         unix_type: None,
         container: None,
+        forwards_to: None,
         netns_name: None,
         owners: Owners::Unknown(UnknownReason::NotResolved),
     })
@@ -194,6 +195,7 @@ fn parse_unix_line(line: &[u8], netns: u64) -> Option<Socket> {
         interface: None,
         unix_type: Some(UnixType::from_kernel(kind)),
         container: None,
+        forwards_to: None,
         netns_name: None,
         owners: Owners::Unknown(UnknownReason::NotResolved),
     })

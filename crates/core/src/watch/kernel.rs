@@ -104,6 +104,7 @@ impl Loop {
         let t = &mut self.targets[i];
         socket.container = t.container.clone();
         socket.netns_name = t.netns_name.clone();
+        self.namer.attribute(&mut socket, &self.proc_root);
         if !self.cfg.filter.owner_matches(&socket, &self.proc_root) {
             t.ignored.insert(Key::of(&socket));
             return;

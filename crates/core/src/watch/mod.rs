@@ -220,8 +220,9 @@ impl WatcherBuilder {
         self
     }
 
-    /// With [`all_netns`](Self::all_netns), ask the Docker daemon listening on `socket` for
-    /// container names (without it, a container is named by its short id). Feature `docker`.
+    /// Ask the Docker daemon listening on `socket` for container names: of the namespaces
+    /// [`all_netns`](Self::all_netns) finds, and of the containers owners' cgroups name
+    /// (without it, a container is named by its short id). Feature `docker`.
     #[cfg(feature = "docker")]
     pub fn docker_names(mut self, socket: impl AsRef<Path>) -> Self {
         self.config.docker = Some(socket.as_ref().to_owned());
@@ -434,7 +435,7 @@ impl WatcherBuilder {
             ),
             None => None,
         };
-        let detail = Detail { cmdline: cfg.cmdlines };
+        let detail = Detail { cmdline: cfg.cmdlines, cgroup: true };
         let index =
             || OwnerIndex::new(&proc_root, Path::new("/etc/passwd"), detail, worker_threads());
         let (owners, checker) = (index().with_iterator(iter), index());

@@ -176,7 +176,7 @@ impl Loop {
 
     /// An owner index for the owner checks (the one they had went with a refused thread).
     fn new_checker(&self) -> OwnerIndex {
-        let detail = crate::owners::Detail { cmdline: self.cfg.cmdlines };
+        let detail = crate::owners::Detail { cmdline: self.cfg.cmdlines, cgroup: true };
         let passwd = std::path::Path::new("/etc/passwd");
         OwnerIndex::new(&self.proc_root, passwd, detail, crate::owners::worker_threads())
     }

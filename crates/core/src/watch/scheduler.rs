@@ -69,6 +69,9 @@ pub(super) struct Loop {
     pub(super) targets: Vec<Target>,
     /// Finds namespaces appearing and disappearing, with `all_netns`.
     pub(super) discovery: Option<(Discovery, Namer)>,
+    /// Names the container the owners' cgroups name, for sockets whose namespace is no
+    /// container's (the host's, shared by host-network containers).
+    pub(super) namer: Namer,
     /// The container followed across restarts, with `container`.
     #[cfg_attr(not(feature = "docker"), allow(dead_code))]
     pub(super) follow: Option<Follow>,
@@ -140,6 +143,7 @@ impl Loop {
     pub(super) fn new(cfg: Config, p: Parts) -> Loop {
         let mut scan = Loop {
             dumps: cfg.filter.dumps(),
+            namer: Namer::new(cfg.docker.clone()),
             cfg,
             kernel: p.kernel,
             conns: p.conns,
@@ -311,6 +315,9 @@ impl Loop {
         let counts: Vec<usize> = dumped.iter().map(|(_, d)| d.new.len()).collect();
         let mut new: Vec<Socket> = dumped.iter_mut().flat_map(|(_, d)| d.new.drain(..)).collect();
         self.owners.resolve(&mut new);
+        for s in &mut new {
+            self.namer.attribute(s, &self.proc_root);
+        }
         let mut new = new.into_iter();
         let at = At::now(Source::Scan);
         for ((i, mut d), count) in dumped.into_iter().zip(counts) {

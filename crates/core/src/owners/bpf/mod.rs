@@ -302,8 +302,8 @@ pub(crate) fn scan(
 
 /// Describes a holder the iterator found as [`describe`] would from its `/proc/PID`: from
 /// what the pass read of it (status's fields), completing from `/proc` only what the pass
-/// cannot give: the command line when asked for, and the pid in its own namespace when it is
-/// not the host's. Those reads are checked to be of the same process (its name and parent),
+/// cannot give: the command line and the cgroup when asked for, and the pid in its own
+/// namespace when it is not the host's. Those reads are checked to be of the same process (its name and parent),
 /// since the pid may have been reused since the pass: `None` when it was. A process that
 /// exited since (or that `/proc` hides) is still named, without those two.
 fn describe_task(
@@ -322,8 +322,9 @@ fn describe_task(
         uid: task.uid,
         user: users.get(&task.uid).cloned(),
         ns_pid: None,
+        cgroup: None,
     };
-    if (detail.cmdline || task.level > 0)
+    if (detail.cmdline || detail.cgroup || task.level > 0)
         && let Some(now) =
             open_pid(proc_dir, pid).and_then(|dir| describe(&dir, pid, users, detail, buf))
     {
@@ -332,6 +333,7 @@ fn describe_task(
         }
         p.cmdline = now.cmdline;
         p.ns_pid = now.ns_pid;
+        p.cgroup = now.cgroup;
     }
     Some(p)
 }

@@ -1,4 +1,6 @@
-//! Finding every network namespace on the host, and the container each belongs to.
+//! Finding every network namespace on the host, and the container each belongs to; and, for
+//! a socket, the container its owners' cgroups name and the one behind a published port
+//! (`Namer::attribute`).
 //!
 //! A namespace is alive while a process is in it or a file keeps it (a bind mount under
 //! `/run/netns`). Discovery keeps a map from pid to namespace inode: each pass lists `/proc`
@@ -20,8 +22,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::owners::list_pids;
-use crate::socket::ContainerRef;
+use crate::owners::{self, list_pids};
+
+mod namer;
+pub(crate) use self::namer::Namer;
 
 pub(crate) use crate::netns::NAMED_NETNS_DIR;
 
@@ -295,98 +299,10 @@ pub(crate) fn all(proc_root: &Path, namer: &mut Namer) -> Result<Vec<Netns>> {
     Ok(out)
 }
 
-/// The container id in a `/proc/PID/cgroup` file: the 64-hex-digit segment Docker,
-/// containerd, CRI-O and Podman put in the cgroup path (`/docker/ID`,
-/// `docker-ID.scope`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`).
+/// The container id a `/proc/PID/cgroup` file names (see [`owners::parse_cgroup`] for which
+/// part of the path counts).
 pub(crate) fn container_id(cgroup: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(cgroup).ok()?;
-    for line in text.lines() {
-        let path = line.splitn(3, ':').nth(2)?;
-        for part in path.split('/').rev() {
-            let part = part.strip_suffix(".scope").unwrap_or(part);
-            let id = part.rsplit(['-', ':']).next().unwrap_or(part);
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_owned());
-            }
-        }
-    }
-    None
-}
-
-/// Names the containers namespaces belong to: the id from the cgroup of a process inside,
-/// and the name from the Docker daemon when one is configured and answers (else the short
-/// id, as `docker ps` shows it).
-///
-/// A cgroup path is chosen by whoever creates the cgroup: a user with a delegated subtree can
-/// name one `docker-<a real id>.scope`. So a name from the daemon is given only when the
-/// container's init runs in the namespace being named; the short id alone (no daemon, or one
-/// that does not know the id) is unverified. The daemon is asked once per id.
-#[derive(Debug, Default)]
-pub(crate) struct Namer {
-    /// The Docker daemon's socket, when names should be asked for.
-    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
-    pub(crate) docker: Option<PathBuf>,
-    /// Container id → its name and init pid, as the daemon said; `None`: it did not say.
-    known: HashMap<String, Option<(String, u32)>>,
-}
-
-impl Namer {
-    pub(crate) fn new(docker: Option<PathBuf>) -> Namer {
-        Namer { docker, known: HashMap::new() }
-    }
-
-    /// The container of namespace `netns`, from the cgroup of process `pid` inside it.
-    pub(crate) fn container_of(
-        &mut self,
-        proc_root: &Path,
-        pid: u32,
-        netns: u64,
-    ) -> Option<ContainerRef> {
-        let cgroup = std::fs::read(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-        let id = container_id(&cgroup)?;
-        let confirmed = |init: u32| ns_of(proc_root, init) == Some(netns);
-        let known = match self.known.get(&id) {
-            // Asked before, and its init is still in this namespace.
-            Some(Some((_, init))) if confirmed(*init) => self.known[&id].clone(),
-            Some(None) => None,
-            // New, or restarted (a new init): ask.
-            _ => {
-                let answer = self.ask(&id);
-                self.known.insert(id.clone(), answer.clone());
-                answer
-            }
-        };
-        match known {
-            Some((name, init)) if confirmed(init) => Some(ContainerRef::new(id, name)),
-            Some((name, _)) => {
-                log::warn!(
-                    "process {pid}'s cgroup names container {name} ({}), but container's \
-                     network namespace is another: not naming network namespace {netns}",
-                    &id[..12]
-                );
-                None
-            }
-            None => Some(ContainerRef::new(id.clone(), &id[..12])),
-        }
-    }
-
-    /// The container's name and init pid, from the daemon.
-    #[cfg(feature = "docker")]
-    fn ask(&self, id: &str) -> Option<(String, u32)> {
-        let socket = self.docker.as_ref()?;
-        match crate::docker::inspect(socket, id) {
-            Ok(c) => Some((c.name, c.pid)),
-            Err(e) => {
-                log::debug!("container {id}: {e}; using its short id as its name");
-                None
-            }
-        }
-    }
-
-    #[cfg(not(feature = "docker"))]
-    fn ask(&self, _id: &str) -> Option<(String, u32)> {
-        None
-    }
+    owners::parse_cgroup(cgroup)?.container_id
 }
 
 #[cfg(test)]
