@@ -104,7 +104,7 @@ echo "== connections in the container, seen from the host through kernel events"
 # owner, never a task the kernel happened to interrupt), and every close of both ends.
 docker exec portwatcher sh -c 'i=0; while [ $i -lt 1000 ]; do
     wget -q -O /dev/null http://127.0.0.1:5000/ 2>/dev/null; i=$((i + 1)); done'
-conn_in='"container":\{"id":"[0-9a-f]+","name":"portwatcher"\},"pids":\[[0-9]+\],"processes":\[\{"pid":[0-9]+,"ppid":(null|[0-9]+),"comm":'
+conn_in='"container":\{"id":"[0-9a-f]+","name":"portwatcher"\},"forwards_to":null,"pids":\[[0-9]+\],"processes":\[\{"pid":[0-9]+,"ppid":(null|[0-9]+),"comm":'
 count_host() { docker logs portwatch-host 2>/dev/null | grep -Ec "$1"; }
 _tries=0
 while [ "$(count_host '"event":"disconnect",.*"direction":"out",.*"remote_port":5000,')" -lt 1000 ] &&
