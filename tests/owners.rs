@@ -163,3 +163,52 @@ fn names_read_by_the_iterator_are_the_ones_proc_shows() {
     drop(child.stdin.take());
     let _ = child.wait();
 }
+
+/// As nobody: raises its fd limit, holds ~20 000 fds, starts THREADS threads, says "ready",
+/// then its main thread exits alone (SYS_exit, not exit_group): the leader is a zombie, and
+/// the kernel's task_file iterator then walks every thread with the whole fd table.
+const ZOMBIE_LEADER: &str = r#"
+import ctypes, os, resource, sys, threading, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 25000), hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(min(hard, 25000) - 100)]
+threading.stack_size(64 * 1024)
+for _ in range(int(sys.argv[1])):
+    threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
+print(len(fds), flush=True)
+ctypes.CDLL(None).syscall(60, 0)
+"#;
+
+#[test]
+fn a_process_that_makes_the_bpf_pass_long_cannot_hide_roots_owners() {
+    if !can_load() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut hostile = crate::util::tool("python3");
+    hostile.args(["-c", ZOMBIE_LEADER, "400"]).uid(65534).gid(65534).process_group(0);
+    let mut child = hostile.stdout(Stdio::piped()).spawn().unwrap();
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let fds: usize = line.trim().parse().unwrap_or(0);
+    // The pass would visit every fd once per thread; past its budget the walk, which caps
+    // each process, names the owner.
+    let out = portwatch()
+        .args(["list", "--tcp", "--port", &port.to_string(), "--owners", "bpf", "--format", "json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        pids_of(&list, "tcp", "127.0.0.1", port),
+        Some(vec![std::process::id()]),
+        "{fds} fds x 400 threads: {err}"
+    );
+    assert!(err.contains("walking /proc instead"), "the pass gave way to the walk: {err}");
+}

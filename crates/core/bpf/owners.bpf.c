@@ -8,7 +8,7 @@
 // Kept apart from portwatch.bpf.c (the event programs) so that loading it costs only what it
 // needs: one program, no maps, a few CO-RE field relocations. Built by `make bpf` into
 // owners.bpf.o, which is committed and checked by `make bpf-check`. The record is decoded by
-// crates/core/src/owners/bpf.rs: keep both in step.
+// crates/core/src/owners/bpf/mod.rs: keep both in step.
 
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -31,6 +31,7 @@ struct pid {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	int pid;
 	int tgid;
 	struct task_struct *real_parent;
 	const struct cred *cred;
@@ -97,10 +98,12 @@ struct pw_owner {
 	char comm[16];
 };
 
-_Static_assert(sizeof(struct pw_owner) == 48, "pw_owner layout is shared with owners/bpf.rs");
+_Static_assert(sizeof(struct pw_owner) == 48, "pw_owner layout is shared with owners/bpf/mod.rs");
 
 // Called for every fd of every task (threads sharing their process's fd table are skipped by
-// the kernel), then once more with task NULL at the end.
+// the kernel, except under a leader that exited: then each is walked), then once more with
+// task NULL at the end. Only thread group leaders are reported: what /proc/PID/fd shows, and
+// so what the /proc walk finds.
 SEC("iter/task_file")
 int pw_owners(struct bpf_iter__task_file *ctx)
 {
@@ -108,7 +111,7 @@ int pw_owners(struct bpf_iter__task_file *ctx)
 	struct file *file = ctx->file;
 	struct pw_owner rec = {};
 
-	if (!task || !file)
+	if (!task || !file || task->pid != task->tgid)
 		return 0;
 	if (bpf_sock_from_file(file))
 		rec.ino = file->f_inode->i_ino;

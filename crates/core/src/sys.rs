@@ -201,11 +201,23 @@ pub(crate) struct Mapping {
 
 #[cfg(feature = "ebpf")]
 impl Mapping {
-    /// Maps the first `len` bytes of `file`, read-only and private (sysfs refuses shared
-    /// mappings of the BTF). Callers fall back to reading the file when this fails (kernels
-    /// before 6.16 cannot map it).
-    pub(crate) fn of(file: &std::fs::File, len: usize) -> Result<Mapping, Errno> {
-        if len == 0 {
+    /// Maps the kernel's BTF, `file` (opened from `/sys/kernel/btf/vmlinux`) of `len` bytes
+    /// (its size), read-only and private (sysfs refuses shared mappings of it). Only that
+    /// file: its contents never change and it is never truncated, which is what makes
+    /// [`Mapping::bytes`] sound; any other file could shrink under the mapping (SIGBUS). The
+    /// file is checked to be it (sysfs, the path's device and inode). Callers fall back to
+    /// reading the file when this fails (kernels before 6.16 cannot map it).
+    pub(crate) fn vmlinux_btf(file: &std::fs::File, len: usize) -> Result<Mapping, Errno> {
+        use std::os::unix::fs::MetadataExt;
+        let is_it = match (file.metadata(), std::fs::metadata("/sys/kernel/btf/vmlinux")) {
+            (Ok(a), Ok(b)) => {
+                a.dev() == b.dev() && a.ino() == b.ino() && usize::try_from(a.len()) == Ok(len)
+            }
+            _ => false,
+        };
+        let on_sysfs = nix::sys::statfs::fstatfs(file)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::SYSFS_MAGIC);
+        if len == 0 || !is_it || !on_sysfs {
             return Err(Errno::EINVAL);
         }
         // SAFETY: a fresh mapping chosen by the kernel (NULL hint), of a live descriptor;
@@ -231,7 +243,8 @@ impl Mapping {
     /// The mapped bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `addr` is a live read-only mapping of `len` bytes until `self` drops, and
-        // the file behind it (the kernel's own BTF) never changes.
+        // the file behind it (the kernel's own BTF, checked in `vmlinux_btf`) never changes
+        // and is `len` bytes long.
         #[allow(unsafe_code)]
         unsafe {
             std::slice::from_raw_parts(self.addr.as_ptr().cast::<u8>(), self.len)

@@ -214,7 +214,7 @@ impl<'a> Btf<'a> {
                 && depth < 8
                 && let Some((inner, t)) = self.member_named(m_type, name, depth + 1)
             {
-                return Some((bits + inner, t));
+                return Some((bits.checked_add(inner)?, t));
             }
         }
         None
@@ -353,7 +353,9 @@ pub(crate) fn field_offset(
         let (k_bits, k_type) = kernel.member_named(k_id, m_name, 0).ok_or_else(|| {
             BtfError(format!("no field {}.{} in the kernel", show(name), show(m_name)).into())
         })?;
-        bits += k_bits;
+        bits = bits
+            .checked_add(k_bits)
+            .ok_or_else(|| BtfError(format!("CO-RE access {access} overflows").into()))?;
         k_id = k_type;
         (l_id, l_head) = local.resolve(m_type).ok_or(BtfError("bad object BTF".into()))?;
     }

@@ -241,6 +241,10 @@ impl OwnerIter {
     }
 }
 
+/// How long one pass may take before the walk is used instead: a pass over 2 000 processes
+/// and 10 000 sockets takes ~10 ms here.
+const PASS_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One pass of the iterator: the holders of `wanted`, described as a walk would have
 /// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
 /// processes whose files the kernel hid from the pass in `unreadable`.
@@ -256,8 +260,22 @@ pub(crate) fn scan(
     deadline: Instant,
 ) -> std::io::Result<FdScan> {
     let started = Instant::now();
-    let mut pass = iter.pass(wanted, deadline)?;
+    // The pass reads every fd of every process, with no per-process cap: any user can make it
+    // long (threads under an exited leader, each walked with the whole fd table; tens of
+    // thousands of fds). Past its own budget it gives way to the walk, which caps each
+    // process, rather than leave root's sockets unknown.
+    let pass_deadline = deadline.min(started + PASS_BUDGET);
+    let mut pass = iter.pass(wanted, pass_deadline)?;
     log::debug!("BPF owner pass: {} holders in {:?}", pass.holders.len(), started.elapsed());
+    if pass.stopped_at.is_some() && Instant::now() < deadline {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the pass took over {PASS_BUDGET:?} (some process has very many fds or \
+                 threads)"
+            ),
+        ));
+    }
     let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
     let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
     holders.sort_unstable();
@@ -368,7 +386,7 @@ impl KernelBtf {
     fn open() -> std::io::Result<KernelBtf> {
         let file = std::fs::File::open(BTF_PATH)?;
         let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
-        match sys::Mapping::of(&file, len) {
+        match sys::Mapping::vmlinux_btf(&file, len) {
             Ok(m) => Ok(KernelBtf::Mapped(m)),
             Err(_) => {
                 let mut bytes = Vec::with_capacity(len);
@@ -410,27 +428,9 @@ fn refused(step: &'static str, errno: Errno, verifier_log: String) -> Unavailabl
     }
 }
 
-/// Capabilities missing for loading a tracing program, by name: CAP_SYS_ADMIN covers all,
-/// otherwise CAP_BPF and CAP_PERFMON. Empty when `/proc` cannot tell (the kernel will).
+/// Capabilities missing for loading a tracing program (no cgroup hook), by name.
 fn missing_caps() -> Vec<&'static str> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let Some(eff) = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| crate::source::ebpf::host::effective_caps(&s))
-    else {
-        return Vec::new();
-    };
-    let has = |bit: u32| eff & (1u64 << bit) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return Vec::new();
-    }
-    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|&(bit, _)| !has(bit))
-        .map(|(_, name)| name)
-        .collect()
+    crate::source::ebpf::host::missing_caps_of_self(false)
 }
 
 /// The program's instructions, relocated for the running kernel.

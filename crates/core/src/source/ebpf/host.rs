@@ -66,24 +66,26 @@ pub(crate) fn effective_caps(status: &str) -> Option<u64> {
 /// (tracing programs, kernel memory reads) and CAP_NET_ADMIN (cgroup socket programs) are
 /// all needed. With every one of them held, a refusal is something else (a security module,
 /// a seccomp filter, a locked-down kernel): nothing is named missing.
-pub(crate) fn missing_caps(eff: u64) -> Vec<&'static str> {
+/// `cgroup`: cgroup socket programs too (CAP_NET_ADMIN); without, tracing programs only.
+pub(crate) fn missing_caps(eff: u64, cgroup: bool) -> Vec<&'static str> {
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
     [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")]
         .into_iter()
+        .filter(|&(bit, _)| bit != CAP_NET_ADMIN || cgroup)
         .filter(|&(bit, _)| !has(bit))
         .map(|(_, name)| name)
         .collect()
 }
 
 /// [`missing_caps`] of this process; empty if /proc cannot tell.
-pub(crate) fn missing_caps_of_self() -> Vec<&'static str> {
+pub(crate) fn missing_caps_of_self(cgroup: bool) -> Vec<&'static str> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| effective_caps(&s))
-        .map(missing_caps)
+        .map(|eff| missing_caps(eff, cgroup))
         .unwrap_or_default()
 }
 
@@ -130,13 +132,16 @@ mod tests {
     fn reads_capabilities() {
         let root = "Name:\tcat\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(effective_caps(root), Some(0x1ff_ffff_ffff));
-        assert!(missing_caps(0x1ff_ffff_ffff).is_empty());
-        assert_eq!(missing_caps(0), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
+        assert!(missing_caps(0x1ff_ffff_ffff, true).is_empty());
+        assert_eq!(missing_caps(0, true), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
         let bpf_perfmon_netadmin = (1 << 39) | (1 << 38) | (1 << 12);
-        assert!(missing_caps(bpf_perfmon_netadmin).is_empty());
-        assert_eq!(missing_caps(1 << 39), ["CAP_PERFMON", "CAP_NET_ADMIN"]);
+        assert!(missing_caps(bpf_perfmon_netadmin, true).is_empty());
+        assert_eq!(missing_caps(1 << 39, true), ["CAP_PERFMON", "CAP_NET_ADMIN"]);
         // CAP_SYS_ADMIN stands in for the three (the host-side container runs with it alone).
-        assert!(missing_caps(1 << 21).is_empty());
+        assert!(missing_caps(1 << 21, true).is_empty());
+        // A tracing program alone (the owner iterator) needs no CAP_NET_ADMIN.
+        assert_eq!(missing_caps(1 << 39, false), ["CAP_PERFMON"]);
+        assert!(missing_caps((1 << 39) | (1 << 38), false).is_empty());
         assert_eq!(effective_caps("CapEff:\tzz\n"), None);
         assert_eq!(effective_caps(""), None);
     }

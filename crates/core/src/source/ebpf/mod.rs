@@ -224,7 +224,7 @@ fn permission_or(
     let denied = source.raw_os_error().is_some_and(|e| {
         e == nix::errno::Errno::EPERM as i32 || e == nix::errno::Errno::EACCES as i32
     });
-    let missing = if denied { host::missing_caps_of_self() } else { Vec::new() };
+    let missing = if denied { host::missing_caps_of_self(true) } else { Vec::new() };
     if missing.is_empty() {
         otherwise(source)
     } else {
