@@ -171,3 +171,19 @@ fn the_readme_documents_every_field() {
         fields.iter().filter(|f| !readme.contains(&format!("`{f}`"))).collect();
     assert!(missing.is_empty(), "fields the README does not document: {missing:?}");
 }
+
+#[test]
+fn every_owner_unknown_reason_is_in_the_schema() {
+    use portwatch_core::UnknownReason;
+    let schema = schema_file("socket.schema.json");
+    let text = schema.to_string();
+    for r in [
+        UnknownReason::NotResolved,
+        UnknownReason::PermissionDenied { unreadable: 1 },
+        UnknownReason::NotFound,
+        UnknownReason::Skipped { crowded: 1, unread: 1 },
+        UnknownReason::Hidden,
+    ] {
+        assert!(text.contains(&format!("\"{}\"", r.code())), "{} is not in the schema", r.code());
+    }
+}
