@@ -125,6 +125,9 @@ pub(crate) struct Pass {
     /// Every process the pass walked (one with a socket, or a file among fds 0 to 2), with
     /// what the kernel said of it when one of those fds was open.
     pub(crate) walked: HashMap<u32, Option<Task>>,
+    /// For each holder, one of its wanted sockets and the fd it was at: what proves, when
+    /// /proc/PID is read later, that the pid still names the process the pass saw.
+    pub(crate) proof: HashMap<u32, (u32, u64)>,
 }
 
 /// What the pass read of a process, at the instant it read its fds: what
@@ -215,7 +218,7 @@ impl OwnerIter {
             filled += n;
             let whole = filled - filled % RECORD;
             for rec in buf[..whole].chunks_exact(RECORD) {
-                let (pid, inode, task) = decode(rec);
+                let (pid, fd, inode, task) = decode(rec);
                 if pid != last_pid || task.is_some() {
                     let known = pass.walked.entry(pid).or_default();
                     if known.is_none() {
@@ -224,6 +227,7 @@ impl OwnerIter {
                     last_pid = pid;
                 }
                 if wanted.contains(&inode) {
+                    pass.proof.entry(pid).or_insert((fd, inode));
                     let v = pass.holders.entry(inode).or_default();
                     if !v.contains(&pid) {
                         v.push(pid);
@@ -281,12 +285,15 @@ pub(crate) fn scan(
     holders.sort_unstable();
     holders.dedup();
     let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
+        let proof = pass.proof.get(&pid).copied();
         let described = match pass.walked.get(&pid) {
             Some(Some(task)) => {
-                describe_task(&proc_dir, pid, task, users, detail, &mut scratch.buf)
+                Some(describe_task(&proc_dir, pid, task, proof, users, detail, &mut scratch.buf))
             }
-            // None of its fds 0-2 open: /proc, as the walk would.
+            // None of its fds 0-2 open: /proc, as the walk would, once it is shown to be the
+            // same process (a pid reused since the pass is not described as the holder).
             _ => open_pid(&proc_dir, pid)
+                .filter(|dir| still_holds(dir, proof))
                 .and_then(|dir| describe(&dir, pid, users, detail, &mut scratch.buf)),
         };
         if let Some(p) = described {
@@ -321,17 +328,18 @@ pub(crate) fn scan(
 /// Describes a holder the iterator found as [`describe`] would from its `/proc/PID`: from
 /// what the pass read of it (status's fields), completing from `/proc` only what the pass
 /// cannot give: the command line and the cgroup when asked for, and the pid in its own
-/// namespace when it is not the host's. Those reads are checked to be of the same process (its name and parent),
-/// since the pid may have been reused since the pass: `None` when it was. A process that
-/// exited since (or that `/proc` hides) is still named, without those two.
+/// namespace when it is not the host's. Those are read only once `/proc/PID` is shown to be
+/// the same process (it still holds the socket at the fd the pass saw, `proof`): a pid reused
+/// since, or a process that exited, is described from the pass alone.
 fn describe_task(
     proc_dir: &OwnedFd,
     pid: u32,
     task: &Task,
+    proof: Option<(u32, u64)>,
     users: &HashMap<u32, String>,
     detail: Detail,
     buf: &mut Vec<u8>,
-) -> Option<Process> {
+) -> Process {
     let mut p = Process {
         pid,
         ppid: Some(task.ppid),
@@ -343,17 +351,24 @@ fn describe_task(
         cgroup: None,
     };
     if (detail.cmdline || detail.cgroup || task.level > 0)
-        && let Some(now) =
-            open_pid(proc_dir, pid).and_then(|dir| describe(&dir, pid, users, detail, buf))
+        && let Some(now) = open_pid(proc_dir, pid)
+            .filter(|dir| still_holds(dir, proof))
+            .and_then(|dir| describe(&dir, pid, users, detail, buf))
     {
-        if now.comm != p.comm || now.ppid != p.ppid {
-            return None;
-        }
         p.cmdline = now.cmdline;
         p.ns_pid = now.ns_pid;
         p.cgroup = now.cgroup;
     }
-    Some(p)
+    p
+}
+
+/// Whether the process of `pid_dir` holds the socket `ino` at fd `fd` (`proof`) still.
+fn still_holds(pid_dir: &OwnedFd, proof: Option<(u32, u64)>) -> bool {
+    let Some((fd, ino)) = proof else { return false };
+    let Ok(name) = std::ffi::CString::new(format!("fd/{fd}")) else { return false };
+    let mut buf = [0u8; 64];
+    sys::readlinkat(pid_dir, &name, &mut buf)
+        .is_ok_and(|link| crate::owners::parse_socket_link(link) == Some(ino))
 }
 
 /// Whether a process the iterator did not walk has files it should have seen (one of its
@@ -406,7 +421,7 @@ impl KernelBtf {
 
 /// (tgid, socket inode, the process) of one record (native byte order, as the program wrote
 /// it; `rec` is one whole record).
-fn decode(rec: &[u8]) -> (u32, u64, Option<Task>) {
+fn decode(rec: &[u8]) -> (u32, u32, u64, Option<Task>) {
     let u32_at = |at: usize| btf::u32_at(rec, at).unwrap_or(0);
     let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
     let comm = rec.get(32..48).and_then(|b| b.try_into().ok()).unwrap_or([0; 16]);
@@ -416,7 +431,7 @@ fn decode(rec: &[u8]) -> (u32, u64, Option<Task>) {
         level: u32_at(24),
         comm,
     });
-    (u32_at(0), inode, task)
+    (u32_at(0), u32_at(4), inode, task)
 }
 
 fn refused(step: &'static str, errno: Errno, verifier_log: String) -> Unavailable {

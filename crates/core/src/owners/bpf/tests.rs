@@ -114,3 +114,16 @@ fn damaged_objects_and_blobs_are_errors_not_panics() {
     assert!(Btf::parse(b"not btf at all").is_err());
     assert!(elf::Elf::parse(b"\x7fELF").is_none());
 }
+
+#[test]
+fn a_holder_is_proven_by_the_socket_at_the_fd_the_pass_saw() {
+    let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (fd, ino) = (sock.as_raw_fd() as u32, inode_of(&sock));
+    let proc_dir = open_proc(Path::new("/proc")).unwrap();
+    let me = open_pid(&proc_dir, std::process::id()).unwrap();
+    assert!(still_holds(&me, Some((fd, ino))));
+    // Another socket at that fd (the pid reused, the fd reused): not the holder the pass saw.
+    assert!(!still_holds(&me, Some((fd, ino + 1))));
+    assert!(!still_holds(&me, Some((u32::MAX, ino))), "no such fd");
+    assert!(!still_holds(&me, None), "no proof");
+}
