@@ -38,7 +38,8 @@
 //! Root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN on kernels
 //! before 5.8). Kernel 5.12 or later built with BTF (`/sys/kernel/btf/vmlinux`).
 
-// Nothing in the crate calls this source yet: the watcher will. Until then only the tests use it.
+// A few items (program names and ids, the cgroup used, errno) serve only the tests, which
+// check what is attached and detached.
 #![cfg_attr(not(test), allow(dead_code))]
 
 mod conn_record;
@@ -60,7 +61,6 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 
-// What the watcher will match on; only the tests do so far.
 pub(crate) use self::conn_record::{ConnEvent, ConnKind, Dir};
 pub(crate) use self::connections::{ConnOptions, ConnPrograms};
 #[cfg_attr(not(test), allow(unused_imports))]
