@@ -59,6 +59,33 @@ struct {
 	__type(value, __u8);
 } PW_OWNERS SEC(".maps");
 
+// Slot 0: 1 when only the namespaces in PW_NETNS are watched (a watcher of one namespace or
+// container), 0 for all. Written by userspace; events of other namespaces are then not sent,
+// so they do not wake a watcher that would drop them.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} PW_NETNS_ONLY SEC(".maps");
+
+// The inodes of the watched network namespaces, when PW_NETNS_ONLY says so.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} PW_NETNS SEC(".maps");
+
+// Whether events of namespace `inum` are wanted.
+static __always_inline int netns_wanted(__u32 inum)
+{
+	__u32 key = 0;
+	__u32 *only = bpf_map_lookup_elem(&PW_NETNS_ONLY, &key);
+
+	return !only || !*only || bpf_map_lookup_elem(&PW_NETNS, &inum);
+}
+
 static __always_inline void count_lost(void)
 {
 	__u32 key = 0;
@@ -133,6 +160,7 @@ int BPF_PROG(pw_tcp_listen, const struct sock *sk, int oldstate, int newstate)
 {
 	struct pw_event *e;
 	__u16 family;
+	__u32 netns;
 	__u8 kind;
 
 	// A listener leaves LISTEN only for CLOSE (close, shutdown, a failed listen). The other
@@ -149,12 +177,15 @@ int BPF_PROG(pw_tcp_listen, const struct sock *sk, int oldstate, int newstate)
 	family = sk->__sk_common.skc_family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
+	netns = sk->__sk_common.skc_net.net->ns.inum;
+	if (!netns_wanted(netns))
+		return 0;
 
 	e = reserve(kind);
 	if (!e)
 		return 0;
 	e->cookie = bpf_get_socket_cookie((void *)sk);
-	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	e->netns = netns;
 	e->family = family;
 	e->protocol = IPPROTO_TCP;
 	e->port = sk->__sk_common.skc_num;
@@ -210,6 +241,11 @@ static __always_inline int udp_bind(struct bpf_sock *ctx, int v6)
 
 	if (!is_udp(ctx))
 		return 1;
+	sk = kernel_sock(ctx);
+	__u32 netns = netns_inum(sk);
+	// Not recorded as bound either: its connect and release are not sent.
+	if (!netns_wanted(netns))
+		return 1;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u8 one = 1;
 
@@ -231,8 +267,7 @@ static __always_inline int udp_bind(struct bpf_sock *ctx, int v6)
 		*(__u32 *)&e->addr[8] = ctx->src_ip6[2];
 		*(__u32 *)&e->addr[12] = ctx->src_ip6[3];
 	}
-	sk = kernel_sock(ctx);
-	e->netns = netns_inum(sk);
+	e->netns = netns;
 	e->ino = sock_ino(sk);
 	bpf_ringbuf_submit(e, 0);
 	return 1;

@@ -129,6 +129,12 @@ impl Feed for KernelFeed {
         missed == 0
     }
 
+    fn report_netns(&mut self, only: Option<&HashSet<u64>>) {
+        if !self.programs.report_netns(only) {
+            log::debug!("the programs report every namespace: the filter could not be set");
+        }
+    }
+
     fn follow_more_exits(&mut self, pids: &[u32]) -> bool {
         self.programs.add_owners(pids) == 0
     }

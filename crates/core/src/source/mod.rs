@@ -188,6 +188,11 @@ pub(crate) trait Feed {
         false
     }
 
+    /// Reports only the sockets of the namespaces `only` (inodes), or of all (`None`), for
+    /// feeds that see every namespace; others ignore it. Filtering here spares the reader
+    /// the events it would drop.
+    fn report_netns(&mut self, _only: Option<&HashSet<u64>>) {}
+
     /// Adds `pids` to those of [`Feed::follow_exits`]; whether all of them fit.
     fn follow_more_exits(&mut self, _pids: &[u32]) -> bool {
         false

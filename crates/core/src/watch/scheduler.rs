@@ -107,6 +107,8 @@ pub(super) struct Loop {
     /// The next owner check looks for every exited owner in /proc (kernel events were lost,
     /// an exit among them maybe).
     pub(super) recheck_owners: bool,
+    /// The namespace filter last given to the kernel events (`Some(None)`: all).
+    netns_filter: Option<Option<HashSet<u64>>>,
     /// Says when the owner check in flight is done (made at the first check).
     pub(super) check_done: Option<CheckDone>,
     /// Owners of sockets opened (or whose owners changed) since the kernel events were last
@@ -170,6 +172,7 @@ impl Loop {
             settling: HashMap::new(),
             exited: HashSet::new(),
             check_done: None,
+            netns_filter: None,
             recheck_owners: false,
             new_owners: Vec::new(),
             exits_followed: false,
@@ -189,6 +192,7 @@ impl Loop {
             .map(|socket| Event::Closed { socket, at: SystemTime::now(), source: Source::Scan })
             .collect();
         let mut last_dump: Option<Instant> = None;
+        self.filter_netns();
         while !self.stop.is_stopped() {
             let cycle = Instant::now();
             let (interval, bursts) = self.cadence();
@@ -225,6 +229,7 @@ impl Loop {
                 self.last_discovery = Instant::now();
                 self.discover(&mut events);
                 self.follow_container(&mut events);
+                self.filter_netns();
             }
             self.save_snapshot();
             self.follow_owner_exits();
@@ -261,6 +266,20 @@ impl Loop {
             || self.targets.iter().any(Target::never_dumped);
         let every = if busy { LIVENESS_EVERY } else { super::owner_checks::HOLD_CHECK_EVERY };
         (every.min(self.cfg.reconcile), 1)
+    }
+
+    /// Tells the kernel events which namespaces are watched (all, with `all_netns`), so the
+    /// others' events are not sent at all. Called whenever the watched set may change.
+    pub(super) fn filter_netns(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else { return };
+        let only: Option<HashSet<u64>> = match self.cfg.scope {
+            Scope::All => None,
+            _ => Some(self.targets.iter().map(|t| t.inode).collect()),
+        };
+        if self.netns_filter.as_ref() != Some(&only) {
+            kernel.report_netns(only.as_ref());
+            self.netns_filter = Some(only);
+        }
     }
 
     /// Names the owners of every tracked socket to the kernel events, whose exits they then

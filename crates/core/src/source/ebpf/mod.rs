@@ -72,6 +72,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../bpf/portwatch.bpf.o
 const EVENTS_MAP: &str = "PW_EVENTS";
 const LOST_MAP: &str = "PW_LOST";
 const OWNERS_MAP: &str = "PW_OWNERS";
+const NETNS_ONLY_MAP: &str = "PW_NETNS_ONLY";
+const NETNS_MAP: &str = "PW_NETNS";
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 /// Ring-buffer size a [`LoadOptions::default`] asks for: 1 MiB, 11 915 records (88 bytes each
@@ -290,6 +292,11 @@ pub(crate) struct Programs {
     owners: BpfHashMap<MapData, u32, u8>,
     /// What `owners` holds, so an update writes only the difference.
     owner_pids: HashSet<u32>,
+    /// Slot 0: whether only the namespaces in `netns` are reported.
+    netns_only: Array<MapData, u32>,
+    netns: BpfHashMap<MapData, u32, u8>,
+    /// What `netns` holds.
+    netns_set: HashSet<u32>,
     /// Exits read by [`Programs::drain`], until [`Programs::take_exits`].
     exits: Vec<u32>,
     _ebpf: Ebpf,
@@ -348,11 +355,22 @@ impl Programs {
             .take_map(OWNERS_MAP)
             .and_then(|m| BpfHashMap::try_from(m).ok())
             .ok_or_else(|| LoadError::Mismatch { what: format!("hash {OWNERS_MAP}") })?;
+        let netns_only = ebpf
+            .take_map(NETNS_ONLY_MAP)
+            .and_then(|m| Array::try_from(m).ok())
+            .ok_or_else(|| LoadError::Mismatch { what: format!("array {NETNS_ONLY_MAP}") })?;
+        let netns = ebpf
+            .take_map(NETNS_MAP)
+            .and_then(|m| BpfHashMap::try_from(m).ok())
+            .ok_or_else(|| LoadError::Mismatch { what: format!("hash {NETNS_MAP}") })?;
         Ok(Programs {
             events,
             lost,
             owners,
             owner_pids: HashSet::new(),
+            netns_only,
+            netns,
+            netns_set: HashSet::new(),
             exits: Vec::new(),
             _ebpf: ebpf,
             cgroup,
@@ -395,6 +413,34 @@ impl Programs {
         }
         let new: Vec<u32> = pids.difference(&self.owner_pids).copied().collect();
         self.add_owners(&new)
+    }
+
+    /// Reports the sockets of the namespaces `only` (inodes) and no others, or of every
+    /// namespace (`None`): the others' events are not even sent, so they do not wake the
+    /// reader. Whether that holds: on a failure (or more namespaces than the map holds) every
+    /// namespace is reported, which is only more work for the reader, never less.
+    pub(crate) fn report_netns(&mut self, only: Option<&HashSet<u64>>) -> bool {
+        let Some(only) = only else {
+            return self.netns_only.set(0, 0, 0).is_ok();
+        };
+        let want: HashSet<u32> = only.iter().filter_map(|i| u32::try_from(*i).ok()).collect();
+        // Added before the old ones go, and the switch turned on last: no wanted event is
+        // ever dropped on the way.
+        for inum in want.difference(&self.netns_set).copied().collect::<Vec<_>>() {
+            if self.netns.insert(inum, 1, 0).is_err() {
+                let _ = self.netns_only.set(0, 0, 0);
+                return false;
+            }
+            self.netns_set.insert(inum);
+        }
+        if self.netns_only.set(0, 1, 0).is_err() {
+            return false;
+        }
+        for inum in self.netns_set.difference(&want).copied().collect::<Vec<_>>() {
+            let _ = self.netns.remove(&inum);
+            self.netns_set.remove(&inum);
+        }
+        true
     }
 
     /// Adds `pids` to the processes whose exit is reported; how many could not be added.

@@ -324,3 +324,35 @@ fn accepted_connections_are_no_listener_closes() {
     let kinds: Vec<Kind> = seen.iter().filter(|e| ours(e)).map(|e| e.kind).collect();
     assert_eq!(kinds, [Kind::Listen, Kind::Unlisten], "the listener's; no event per accept");
 }
+
+#[test]
+fn only_the_namespaces_asked_for_are_reported() {
+    let Some(mut progs) = load(&LoadOptions::default()) else { return };
+    let host = host_netns();
+    // Another namespace only (no process is in one with inode 1): the host's listeners are
+    // not sent at all.
+    assert!(progs.report_netns(Some(&[1].into())));
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let left_out = [tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port()];
+    // Then the host's: a listener opened after is, and the ring buffer is in order, so when
+    // it arrives the ones before would have.
+    assert!(progs.report_netns(Some(&[host].into())));
+    let seen_after = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let after = seen_after.local_addr().unwrap().port();
+    let ours = |e: &KernelEvent| e.netns == host && e.kind != Kind::Unlisten;
+    let mut seen = Vec::new();
+    assert!(collect_until(&mut progs, &mut seen, Duration::from_secs(5), |seen| {
+        seen.iter().any(|e| ours(e) && e.port == after)
+    }));
+    let leaked: Vec<_> = seen.iter().filter(|e| ours(e) && left_out.contains(&e.port)).collect();
+    assert!(leaked.is_empty(), "another namespace's events were sent: {leaked:?}");
+    // Every namespace again.
+    assert!(progs.report_netns(None));
+    let again = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = again.local_addr().unwrap().port();
+    assert!(collect_until(&mut progs, &mut seen, Duration::from_secs(5), |seen| {
+        seen.iter().any(|e| ours(e) && e.port == port && e.kind == Kind::UdpBind)
+    }));
+    drop((tcp, udp));
+}
