@@ -61,7 +61,8 @@ man:
 
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
 # and setpriv (util-linux) and python3 for the namespace sandboxes and runs with chosen
-# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service, prometheus and
+# capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service, pasta (passt)
+# for a port rootless Podman's network publishes, prometheus and
 # promtool (Debian's prometheus, without the node exporter it recommends) to scrape
 # `watch --metrics` for real. The tests run as root and call them by
 # absolute path in the system directories (never through PATH), so that is where they must be.
@@ -73,6 +74,7 @@ deps:
 	[ -n "$(call have,ss)" ] && [ -n "$(call have,ip)" ] || missing="$$missing iproute2"; \
 	[ -n "$(call have,unshare)" ] && [ -n "$(call have,setpriv)" ] || missing="$$missing util-linux"; \
 	[ -n "$(call have,systemd-analyze)" ] || missing="$$missing systemd"; \
+	[ -n "$(call have,pasta)" ] || missing="$$missing passt"; \
 	[ -n "$(call have,python3)" ] || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

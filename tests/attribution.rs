@@ -272,3 +272,43 @@ fn a_published_port_forwards_to_the_container_holding_its_address() {
         let _ = p.wait();
     }
 }
+
+#[test]
+fn a_port_pasta_forwards_says_where_it_goes() {
+    if !is_root() {
+        return skip("pasta's port needs a namespace of its own (root here)");
+    }
+    let Some(pasta) = system_tool("pasta") else {
+        return skip("pasta (Debian's passt) is not installed; make deps installs it");
+    };
+    // pasta gives the command a network (and user) namespace of its own and listens on the
+    // host's port, delivering to the namespace's port 80. As root it runs as nobody.
+    let port = free_port();
+    let mut cmd = Command::new(pasta);
+    cmd.args(["--config-net", "-t", &format!("{port}:80"), "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let p = port.to_string();
+    let found = crate::util::wait_for("pasta's host port", crate::util::PATIENCE, || {
+        let out =
+            portwatch().args(["list", "--tcp", "--port", &p, "--format", "json"]).output().ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        list.into_iter().find(|s| !s["forwards_to"].is_null())
+    });
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    let f = &found["forwards_to"];
+    assert_eq!(f["via"], "pasta", "{found}");
+    assert_eq!((f["port"].as_u64(), f["proto"].as_str()), (Some(80), Some("tcp")), "{found}");
+    assert!(f["addr"] == "::" || f["addr"] == "0.0.0.0", "any address of the namespace: {found}");
+    // No container there: the namespace's processes are in no container's cgroup.
+    assert!(f["container"].is_null(), "{found}");
+    // A listener that is no pasta's says nothing, even with a pasta-like command line.
+    let mine = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = mine.local_addr().unwrap().port().to_string();
+    let list = crate::util::json_list(&["--tcp", "--port", &p]);
+    assert!(list[0]["forwards_to"].is_null(), "{:?}", list[0]);
+}

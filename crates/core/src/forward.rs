@@ -12,6 +12,13 @@
 //! endpoints) when it answers, else from the network namespaces: the one, created by root,
 //! whose local addresses (`/proc/PID/net/fib_trie`, `if_inet6`) include it, if its processes'
 //! cgroup names a Docker container (`discover` looks). Parsers take bytes and do no I/O.
+//!
+//! pasta (rootless Podman's network, any user may run it) listens on the host ports its
+//! `-t`/`--tcp-ports` and `-u`/`--udp-ports` options name and delivers to the network
+//! namespace it serves: a claim of that user about that user's own socket, read only from a
+//! process running the `passt`/`pasta` executable that holds the socket. The namespace is that
+//! of one of its own processes (it forks into it), else its `--netns` path; the container, the
+//! one its processes' cgroup names.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -99,6 +106,141 @@ pub(crate) fn docker_proxy_of(socket: &Socket, proc_root: &Path) -> Option<Proxy
     })
 }
 
+/// A pasta port spec, one item of `-t`/`-u`: `[ADDR[%IF]/][~]FIRST[-LAST][:TO[-TO_LAST]]`, or
+/// `all` / `auto` (every port, to the same port), `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PastaPorts {
+    addr: Option<IpAddr>,
+    first: u16,
+    last: u16,
+    /// The namespace port of `first` (later ports follow it).
+    to: u16,
+    exclude: bool,
+}
+
+/// The namespace port pasta's command line forwards `port` (at `addr`) to, for `protocol`.
+pub(crate) fn parse_pasta(
+    args: &[String],
+    protocol: Protocol,
+    addr: IpAddr,
+    port: u16,
+) -> Option<u16> {
+    let (short, long) = match protocol {
+        Protocol::Tcp => ("-t", "--tcp-ports"),
+        Protocol::Udp => ("-u", "--udp-ports"),
+        Protocol::Unix => return None,
+    };
+    let mut specs = Vec::new();
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            break;
+        }
+        let value = if arg == short || arg == long {
+            rest.next()?.as_str()
+        } else if let Some(v) = arg.strip_prefix(&format!("{long}=")) {
+            v
+        } else if let Some(v) = arg.strip_prefix(short).filter(|v| !v.is_empty()) {
+            v
+        } else {
+            continue;
+        };
+        specs.push(value);
+    }
+    let mut found = None;
+    for spec in specs {
+        match spec {
+            "none" => {}
+            "all" | "auto" => found = found.or(Some(port)),
+            _ => {
+                let items: Vec<PastaPorts> = parse_pasta_spec(spec)?;
+                let here = |p: &PastaPorts| {
+                    (p.first..=p.last).contains(&port)
+                        && p.addr.is_none_or(|a| same_addr(a, addr) || a.is_unspecified())
+                };
+                if items.iter().any(|p| p.exclude && here(p)) {
+                    return None;
+                }
+                if let Some(p) = items.iter().find(|p| !p.exclude && here(p)) {
+                    found = Some(p.to.checked_add(port - p.first)?);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// One `-t`/`-u` value: comma-separated items, an address prefix applying to all of them.
+fn parse_pasta_spec(spec: &str) -> Option<Vec<PastaPorts>> {
+    let (addr, ports) = match spec.rsplit_once('/') {
+        Some((a, p)) => {
+            let a = a.split_once('%').map_or(a, |(a, _)| a);
+            let a = a.trim_start_matches('[').trim_end_matches(']');
+            (Some(a.parse().ok()?), p)
+        }
+        None => (None, spec),
+    };
+    let range = |r: &str| -> Option<(u16, u16)> {
+        match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => r.parse().ok().map(|p| (p, p)),
+        }
+    };
+    ports
+        .split(',')
+        .map(|item| {
+            let (exclude, item) = match item.strip_prefix('~') {
+                Some(i) => (true, i),
+                None => (false, item),
+            };
+            let (from, to) = item.split_once(':').map_or((item, None), |(f, t)| (f, Some(t)));
+            let (first, last) = range(from)?;
+            let to = match to {
+                Some(t) => range(t)?.0,
+                None => first,
+            };
+            (first <= last).then_some(PastaPorts { addr, first, last, to, exclude })
+        })
+        .collect()
+}
+
+/// Where the socket's pasta delivers it: the namespace port, and the namespace (its inode)
+/// when it can be told. `None` unless an owner runs pasta and its command line names this
+/// socket's port.
+pub(crate) fn pasta_of(socket: &Socket, proc_root: &Path) -> Option<(u16, Option<u64>)> {
+    let addr = socket.addr?;
+    let pastas: Vec<&Process> =
+        socket.processes().iter().filter(|p| is_pasta(p, proc_root)).collect();
+    let port = pastas.iter().find_map(|p| {
+        let read;
+        let args = if p.cmdline.is_empty() {
+            let bytes = std::fs::read(proc_root.join(p.pid.to_string()).join("cmdline")).ok()?;
+            read = crate::owners::parse_cmdline(&bytes);
+            &read
+        } else {
+            &p.cmdline
+        };
+        parse_pasta(args, socket.protocol, addr, socket.port)
+    })?;
+    // It forks into the namespace it serves: one of its processes is there.
+    let netns = pastas
+        .iter()
+        .filter_map(|p| crate::discover::ns_of(proc_root, p.pid))
+        .find(|ns| *ns != socket.netns);
+    Some((port, netns))
+}
+
+/// A process running pasta's executable (`passt`, `pasta`, or their `.avx2` builds). Its name
+/// first (no read for every other owner), then the executable.
+fn is_pasta(p: &Process, proc_root: &Path) -> bool {
+    if !(p.comm.starts_with("passt") || p.comm.starts_with("pasta")) {
+        return false;
+    }
+    exe_name(p, proc_root).is_some_and(|n| {
+        matches!(n.split_once('.').map_or(n.as_str(), |(n, _)| n), "passt" | "pasta")
+    })
+}
+
 /// Whether `a` (from a command line) and `b` (the kernel's) are one address, an IPv4 one
 /// written either way.
 fn same_addr(a: IpAddr, b: IpAddr) -> bool {
@@ -115,13 +257,16 @@ fn is_docker_proxy(p: &Process, proc_root: &Path) -> bool {
     if p.uid != 0 || p.comm != NAME {
         return false;
     }
-    let Ok(exe) = std::fs::read_link(proc_root.join(p.pid.to_string()).join("exe")) else {
-        return false;
-    };
-    // A binary replaced by an upgrade while it runs reads `/usr/bin/docker-proxy (deleted)`.
+    exe_name(p, proc_root).is_some_and(|n| n == NAME)
+}
+
+/// The file name of the executable `p` runs (`/proc/PID/exe`); one replaced by an upgrade
+/// while it runs reads `/usr/bin/NAME (deleted)`, and is still NAME.
+fn exe_name(p: &Process, proc_root: &Path) -> Option<String> {
+    let exe = std::fs::read_link(proc_root.join(p.pid.to_string()).join("exe")).ok()?;
     let exe = exe.to_string_lossy();
     let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
-    Path::new(exe).file_name().is_some_and(|n| n == NAME)
+    Some(Path::new(exe).file_name()?.to_string_lossy().into_owned())
 }
 
 /// The addresses local to a namespace, from its `/proc/PID/net/fib_trie`: each `|-- ADDR`
@@ -225,6 +370,51 @@ mod tests {
 
     /// `/proc/PID/net/fib_trie` of a Docker container on the default bridge (Linux 6.18),
     /// and its `if_inet6`.
+    #[test]
+    fn pasta_command_lines() {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let any = IpAddr::from([0, 0, 0, 0]);
+        let at = |line: &str, proto, addr, port| parse_pasta(&args(line), proto, addr, port);
+        // Rootless Podman's form, and pasta's own examples (man pasta).
+        let podman = "pasta --config-net -t 8080-8080:80-80 -u 5353-5353:53-53 --dns-forward \
+                      169.254.1.1 -f --netns /run/user/1000/netns/netns-1234";
+        assert_eq!(at(podman, Protocol::Tcp, any, 8080), Some(80));
+        assert_eq!(at(podman, Protocol::Udp, any, 5353), Some(53));
+        assert_eq!(at(podman, Protocol::Tcp, any, 5353), None, "-u is UDP only");
+        assert_eq!(at("pasta -t 22", Protocol::Tcp, any, 22), Some(22));
+        assert_eq!(at("pasta -t 22:23", Protocol::Tcp, any, 22), Some(23));
+        assert_eq!(at("pasta -t 22-80:32-90", Protocol::Tcp, any, 25), Some(35));
+        assert_eq!(at("pasta --tcp-ports=8000-8010,~8005", Protocol::Tcp, any, 8003), Some(8003));
+        assert_eq!(at("pasta --tcp-ports=8000-8010,~8005", Protocol::Tcp, any, 8005), None);
+        assert_eq!(at("pasta -t 127.0.0.1/8080:80", Protocol::Tcp, lo, 8080), Some(80));
+        assert_eq!(at("pasta -t 10.0.0.1/8080:80", Protocol::Tcp, lo, 8080), None, "other addr");
+        assert_eq!(
+            at(
+                "pasta -t ::1%lo/8080",
+                Protocol::Tcp,
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                8080
+            ),
+            Some(8080)
+        );
+        assert_eq!(at("pasta -t all", Protocol::Tcp, any, 443), Some(443));
+        assert_eq!(at("pasta -t none", Protocol::Tcp, any, 443), None);
+        // Arguments of the command pasta runs are not pasta's.
+        assert_eq!(at("pasta --config-net -- nc -t 8080", Protocol::Tcp, any, 8080), None);
+        // Garbage never panics.
+        for bad in [
+            "pasta -t",
+            "pasta -t 99999",
+            "pasta -t 80-70",
+            "pasta -t x/80",
+            "pasta -t 65535:65535-1",
+            "pasta -t 1-65535:65535",
+        ] {
+            let _ = at(bad, Protocol::Tcp, any, 80);
+        }
+        assert_eq!(at("pasta -t 65000-65535:65500", Protocol::Tcp, any, 65535), None, "past u16");
+    }
+
     #[test]
     fn local_addresses() {
         let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n\

@@ -465,7 +465,8 @@ pub struct Forward {
     pub via: Forwarder,
     /// The protocol forwarded.
     pub protocol: Protocol,
-    /// The container's address it connects to.
+    /// The container's address it connects to (pasta: unspecified, any address of the
+    /// namespace, as it delivers to whichever listens there).
     pub addr: IpAddr,
     /// The port inside the container.
     pub port: u16,
@@ -480,13 +481,17 @@ pub struct Forward {
 pub enum Forwarder {
     /// Docker's userland proxy (`docker-proxy`, dockerd's `userland-proxy`, on by default).
     DockerProxy,
+    /// pasta (the `passt` project), rootless Podman's default network: `-t`/`-u` on its
+    /// command line say which host ports go to which ports of the namespace it serves.
+    Pasta,
 }
 
 impl Forwarder {
-    /// The name the JSON output uses: `docker-proxy`.
+    /// The name the JSON output uses: `docker-proxy` or `pasta`.
     pub fn as_str(self) -> &'static str {
         match self {
             Forwarder::DockerProxy => "docker-proxy",
+            Forwarder::Pasta => "pasta",
         }
     }
 }

@@ -132,6 +132,20 @@ impl Namer {
     /// authoritative: an address it does not list is no container's), else from the network
     /// namespace that holds the address.
     pub(crate) fn attribute(&mut self, socket: &mut Socket, proc_root: &Path) {
+        if let Some((port, netns)) = forward::pasta_of(socket, proc_root) {
+            let container = netns.and_then(|ns| self.container_in(ns, proc_root)).map(Arc::new);
+            let any: IpAddr = match socket.addr {
+                Some(IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            };
+            socket.forwards_to = Some(Arc::new(Forward {
+                via: Forwarder::Pasta,
+                protocol: socket.protocol,
+                addr: any,
+                port,
+                container,
+            }));
+        }
         if let Some(spec) = forward::docker_proxy_of(socket, proc_root) {
             let container = self.container_at(spec.container_ip, proc_root).map(Arc::new);
             socket.forwards_to = Some(Arc::new(Forward {
@@ -155,6 +169,24 @@ impl Namer {
         let name = if ask { self.name_of(&id) } else { None };
         let name = name.unwrap_or_else(|| id[..12].to_owned());
         socket.container = Some(Arc::new(ContainerRef::new(id, name)));
+    }
+
+    /// The container of network namespace `netns` (a pasta's): the one a process in it (other
+    /// than pasta's own) has in its cgroup, with its short id as its name; named by the
+    /// daemon only when it is Docker's and not in a user's delegated subtree.
+    fn container_in(&mut self, netns: u64, proc_root: &Path) -> Option<ContainerRef> {
+        let pids = list_pids(proc_root).ok()?;
+        let c = pids
+            .into_iter()
+            .filter(|pid| crate::discover::ns_of(proc_root, *pid) == Some(netns))
+            .filter_map(|pid| std::fs::read(proc_root.join(pid.to_string()).join("cgroup")).ok())
+            .filter_map(|bytes| owners::parse_cgroup(&bytes))
+            .find(|c| c.container_id.is_some())?;
+        let id = c.container_id?;
+        let ask = c.runtime == Some(Runtime::Docker) && c.delegated_uid.is_none();
+        let name = if ask { self.name_of(&id) } else { None };
+        let name = name.unwrap_or_else(|| id.chars().take(12).collect());
+        Some(ContainerRef::new(id, name))
     }
 
     /// The Docker container that holds address `ip`: from the daemon's list when it answers
