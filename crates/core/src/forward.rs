@@ -88,17 +88,7 @@ pub(crate) fn parse_docker_proxy(args: &[String]) -> Option<ProxySpec> {
 pub(crate) fn docker_proxy_of(socket: &Socket, proc_root: &Path) -> Option<ProxySpec> {
     let addr = socket.addr?;
     socket.processes().iter().filter(|p| is_docker_proxy(p, proc_root)).find_map(|p| {
-        // Read here when the owner walk did not (a table, or `cmdlines(false)`): docker-proxy
-        // processes are few.
-        let read;
-        let args = if p.cmdline.is_empty() {
-            let bytes = std::fs::read(proc_root.join(p.pid.to_string()).join("cmdline")).ok()?;
-            read = crate::owners::parse_cmdline(&bytes);
-            &read
-        } else {
-            &p.cmdline
-        };
-        let spec = parse_docker_proxy(args)?;
+        let spec = parse_docker_proxy(&cmdline_of(p, proc_root)?)?;
         let same = spec.protocol == socket.protocol
             && spec.host_port == socket.port
             && same_addr(spec.host_ip, addr);
@@ -212,15 +202,7 @@ pub(crate) fn pasta_of(socket: &Socket, proc_root: &Path) -> Option<(u16, Option
     let pastas: Vec<&Process> =
         socket.processes().iter().filter(|p| is_pasta(p, proc_root)).collect();
     let port = pastas.iter().find_map(|p| {
-        let read;
-        let args = if p.cmdline.is_empty() {
-            let bytes = std::fs::read(proc_root.join(p.pid.to_string()).join("cmdline")).ok()?;
-            read = crate::owners::parse_cmdline(&bytes);
-            &read
-        } else {
-            &p.cmdline
-        };
-        parse_pasta(args, socket.protocol, addr, socket.port)
+        parse_pasta(&cmdline_of(p, proc_root)?, socket.protocol, addr, socket.port)
     })?;
     // It forks into the namespace it serves: one of its processes is there.
     let netns = pastas
@@ -239,6 +221,16 @@ fn is_pasta(p: &Process, proc_root: &Path) -> bool {
     exe_name(p, proc_root).is_some_and(|n| {
         matches!(n.split_once('.').map_or(n.as_str(), |(n, _)| n), "passt" | "pasta")
     })
+}
+
+/// A forwarder's command line: as the owner walk read it, or read here when it did not (a
+/// table, or `cmdlines(false)`): forwarders are few.
+fn cmdline_of<'p>(p: &'p Process, proc_root: &Path) -> Option<std::borrow::Cow<'p, [String]>> {
+    if !p.cmdline.is_empty() {
+        return Some(std::borrow::Cow::Borrowed(&p.cmdline));
+    }
+    let bytes = std::fs::read(proc_root.join(p.pid.to_string()).join("cmdline")).ok()?;
+    Some(std::borrow::Cow::Owned(crate::owners::parse_cmdline(&bytes)))
 }
 
 /// Whether `a` (from a command line) and `b` (the kernel's) are one address, an IPv4 one
