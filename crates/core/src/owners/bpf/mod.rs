@@ -102,9 +102,15 @@ pub(crate) enum Unavailable {
     Object(String),
 }
 
+/// The end of the verifier's log, where it says why (the whole log runs to 64 KiB).
 fn log_tail(log: &str) -> String {
-    let log = log.trim();
-    if log.is_empty() { String::new() } else { format!("; verifier log:\n{log}") }
+    const LINES: usize = 6;
+    let lines: Vec<&str> = log.trim().lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
+    format!("; the verifier log ends:\n{tail}")
 }
 
 /// The loaded iterator: a link from which each pass starts. Dropping it unloads the program.

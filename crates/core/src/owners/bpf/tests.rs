@@ -127,3 +127,13 @@ fn a_holder_is_proven_by_the_socket_at_the_fd_the_pass_saw() {
     assert!(!still_holds(&me, Some((u32::MAX, ino))), "no such fd");
     assert!(!still_holds(&me, None), "no proof");
 }
+
+#[test]
+fn a_refusal_quotes_the_end_of_the_verifier_log_only() {
+    let log: String =
+        (1..=500).map(|i| format!("{i}: insn\n")).collect::<String>() + "R1 invalid mem access\n";
+    let said = log_tail(&log);
+    assert!(said.ends_with("R1 invalid mem access"), "{said}");
+    assert_eq!(said.lines().count(), 7, "a lead-in and the last six lines: {said}");
+    assert_eq!(log_tail("  \n"), "");
+}
