@@ -3,7 +3,7 @@
 
 For each size LISTENERSxPROCESSES it forks PROCESSES holder processes that share LISTENERS TCP
 listeners on 127.0.0.1 between them (within RLIMIT_NOFILE), checks that every tool sees them
-(portwatch with each owner lookup), then runs the commands interleaved (A B C, B C A, ...) RUNS
+(portwatch with each owner lookup), then runs the commands interleaved (each round in a shuffled order) RUNS
 times and prints the median, min and max wall time of each, and its peak resident memory (the
 largest ru_maxrss of its runs, from wait4). portwatch runs three ways: `--owners auto` (the
 default), `--owners bpf` (the BPF task_file iterator) and `--owners proc` (the /proc walk).
@@ -24,6 +24,7 @@ Usage: compare.py [--runs N] [--sizes 10x1,1000x200,10000x2000] [--portwatch PAT
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import socket
@@ -157,7 +158,10 @@ def main():
             names = list(tools)
             times = {n: [] for n in names}
             for r in range(args.runs):
-                order = names[r % len(names):] + names[:r % len(names)]
+                # A fresh order each round (seeded: repeatable): in a fixed rotation each
+                # command always follows the same one (portwatch after lsof, which has just
+                # read all of /proc), and that neighbour's effect looked like its own cost.
+                order = random.Random(r).sample(names, len(names))
                 for n in order:
                     times[n].append(timed(tools[n]))
             rss = {n: peak_rss_kib(tools[n]) for n in names}
