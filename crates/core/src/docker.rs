@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::socket::ContainerRef;
+use crate::process::ContainerRef;
 
 /// The daemon's default socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";

@@ -3,7 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::connection::Direction;
-use crate::socket::{Process, Socket};
+use crate::process::Process;
+use crate::socket::Socket;
 use crate::source::Source;
 
 /// Something that happened to a socket.

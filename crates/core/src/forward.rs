@@ -24,7 +24,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use crate::socket::{Process, Protocol, Socket};
+use crate::process::Process;
+use crate::socket::{Protocol, Socket};
 
 /// What a docker-proxy's command line says it forwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,7 +349,7 @@ mod tests {
         let mut s = crate::socket::fixtures::listener(18080, 1, &[std::process::id()]);
         let line = "docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 18080 -container-ip \
                     172.17.0.2 -container-port 80";
-        if let crate::socket::Owners::Known(p) = &mut s.owners {
+        if let crate::process::Owners::Known(p) = &mut s.owners {
             p[0].comm = "docker-proxy".into();
             p[0].cmdline = args(line);
             p[0].uid = 0;

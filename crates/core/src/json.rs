@@ -5,7 +5,8 @@
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::socket::{Cgroup, Forward, Owners, Process, Socket};
+use crate::process::{Cgroup, Forward, Owners, Process};
+use crate::socket::Socket;
 
 impl Serialize for Socket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -101,6 +102,7 @@ impl Serialize for Cgroup {
 
 #[cfg(test)]
 mod tests {
+    use crate::process::*;
     use crate::socket::fixtures;
     use crate::socket::*;
 

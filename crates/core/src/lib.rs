@@ -109,6 +109,7 @@ pub mod internals;
 mod json;
 mod netns;
 mod owners;
+mod process;
 mod query;
 mod snapshot;
 mod socket;
@@ -125,11 +126,9 @@ pub use crate::{
     filter::Filter,
     netns::Netns,
     owners::OwnerLookup,
+    process::{Cgroup, ContainerRef, Forward, Forwarder, Owners, Process, Runtime, UnknownReason},
     query::Query,
-    socket::{
-        AddressScope, Cgroup, ContainerRef, Family, Forward, Forwarder, Owners, Process, Protocol,
-        Runtime, Socket, State, StateSet, UnixType, UnknownName, UnknownReason,
-    },
+    socket::{AddressScope, Family, Protocol, Socket, State, StateSet, UnixType, UnknownName},
     source::{Backend, Source},
     users::Users,
     watch::{

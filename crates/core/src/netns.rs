@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 
 use crate::error::{Error, Result};
-use crate::socket::ContainerRef;
+use crate::process::ContainerRef;
 
 /// A network namespace to read sockets from.
 ///

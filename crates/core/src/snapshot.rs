@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::SnapshotProblem;
-use crate::socket::{Family, Owners, Process, Protocol, Socket, State, UnixType, UnknownReason};
+use crate::process::{Owners, Process, UnknownReason};
+use crate::socket::{Family, Protocol, Socket, State, UnixType};
 
 const MAGIC: &str = "portwatch-snapshot 1";
 /// How every version of the format starts: a file that does not is someone else's.

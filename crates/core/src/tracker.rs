@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::Event;
-use crate::socket::{Family, Owners, Process, Protocol, Socket};
+use crate::process::{Owners, Process};
+use crate::socket::{Family, Protocol, Socket};
 use crate::source::{At, Observation, Source};
 
 /// Where a socket listens: what a user means by "port 8080 closed".

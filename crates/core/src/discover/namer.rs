@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use super::{container_id, ns_of};
 use crate::forward;
 use crate::owners::{self, list_pids};
-use crate::socket::{ContainerRef, Forward, Forwarder, Runtime, Socket};
+use crate::process::{ContainerRef, Forward, Forwarder, Runtime};
+use crate::socket::Socket;
 
 /// Largest `fib_trie` read: a container's is well under a page; a host's with many routes
 /// grows, but it is never read (the host's namespace is skipped).

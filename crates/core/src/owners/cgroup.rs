@@ -17,7 +17,7 @@
 //! Paths read under another cgroup namespace start with `/..` (the part above the reader's
 //! root is not shown); those segments are skipped, and what follows is read the same way.
 
-use crate::socket::{Cgroup, Runtime};
+use crate::process::{Cgroup, Runtime};
 
 /// Most bytes of `/proc/PID/cgroup` read: one line per v1 hierarchy (a dozen), each path at
 /// most `PATH_MAX`.

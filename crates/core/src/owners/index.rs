@@ -10,7 +10,8 @@ use super::{
     BpfIter, Detail, FdScan, WALK_BUDGET, describe, hidepid, list_pids, open_pid, open_proc,
     read_users, scan_pids, try_iterator,
 };
-use crate::socket::{Owners, Process, Socket, UnknownReason};
+use crate::process::{Owners, Process, UnknownReason};
+use crate::socket::Socket;
 
 /// Owner lookup for a watcher: remembers the processes it has seen so that finding the owners
 /// of a few new sockets does not read every process's fds.

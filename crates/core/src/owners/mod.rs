@@ -37,7 +37,8 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::Mode;
 
-use crate::socket::{Owners, Process, Socket, UnknownReason};
+use crate::process::{Owners, Process, UnknownReason};
+use crate::socket::Socket;
 use crate::sys;
 
 #[cfg(feature = "ebpf")]

@@ -47,7 +47,8 @@ mod feed {
 
     use super::{ConnKind, Connection};
     use crate::connection::Direction;
-    use crate::socket::{Owners, Process, Protocol, Socket, State, UnknownReason};
+    use crate::process::{Owners, Process, UnknownReason};
+    use crate::socket::{Protocol, Socket, State};
     use crate::source::ebpf::{self, ConnEvent, ConnOptions, ConnPrograms, Dir, LoadError};
     use crate::source::{At, Source};
 

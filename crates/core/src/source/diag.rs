@@ -24,7 +24,8 @@ use netlink_sys::{Socket as NlSocket, SocketAddr as NlAddr, protocols::NETLINK_S
 use super::Dump;
 
 use crate::error::{Error, Result};
-use crate::socket::{Family, Owners, Protocol, Socket, State, UnixType, UnknownReason};
+use crate::process::{Owners, UnknownReason};
+use crate::socket::{Family, Protocol, Socket, State, UnixType};
 
 /// `UNIX_DIAG_UID` (Linux 5.3+): the uid of the socket's creator. Missing from the crate.
 const UNIX_DIAG_UID: u16 = 7;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::ebpf::{KernelEvent, Kind, LoadError, LoadOptions, Programs, monotonic_now_ns};
 use super::{At, Feed, FeedState, Observation, Source};
 use crate::error::Result;
-use crate::socket::{Owners, Process, Socket, State};
+use crate::process::{Owners, Process};
+use crate::socket::{Socket, State};
 
 /// The loaded programs, and how much they had lost when last read.
 pub(crate) struct KernelFeed {

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use super::Dump;
 use crate::error::{Error, Result};
-use crate::socket::{Family, Owners, Protocol, Socket, State, UnixType, UnknownReason};
+use crate::process::{Owners, UnknownReason};
+use crate::socket::{Family, Protocol, Socket, State, UnixType};
 
 /// `__SO_ACCEPTCON`: the unix socket is listening.
 const SO_ACCEPTCON: u32 = 1 << 16;

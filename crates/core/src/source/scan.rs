@@ -11,7 +11,8 @@ use super::diag::SockDiag;
 use super::procnet;
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::socket::{ContainerRef, Socket};
+use crate::process::ContainerRef;
+use crate::socket::Socket;
 
 /// Where sockets are read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -15,9 +15,9 @@ use super::scheduler::Loop;
 use crate::connection::Direction;
 use crate::error::Result;
 use crate::event::Event;
-use crate::socket::{Family, Protocol, Socket, State, StateSet};
 #[cfg(feature = "ebpf")]
-use crate::socket::{Owners, UnknownReason};
+use crate::process::{Owners, UnknownReason};
+use crate::socket::{Family, Protocol, Socket, State, StateSet};
 #[cfg(feature = "ebpf")]
 use crate::source::ConnKind;
 use crate::source::{At, Connection, Dump, Source};
@@ -59,7 +59,7 @@ pub(super) struct ConnWatch {
     listeners: HashMap<(u64, Family, u16), (Socket, Instant)>,
     /// Processes described from /proc for a connect, by pid and thread name, and when.
     #[cfg(feature = "ebpf")]
-    described: HashMap<(u32, String), (crate::socket::Process, Instant)>,
+    described: HashMap<(u32, String), (crate::process::Process, Instant)>,
     /// Kernel records were lost: followed connections are checked against a dump.
     #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     recheck: bool,

@@ -96,7 +96,7 @@ impl Loop {
         }
         let pid = socket.processes().first().map(|p| p.pid);
         let Some(i) = self.target_of(socket.netns, pid) else { return };
-        if let crate::socket::Owners::Known(procs) = &mut socket.owners {
+        if let crate::process::Owners::Known(procs) = &mut socket.owners {
             for p in procs.iter_mut() {
                 self.owners.describe(p);
             }

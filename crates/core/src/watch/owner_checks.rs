@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use super::scheduler::Loop;
 use crate::event::Event;
 use crate::owners::OwnerIndex;
-use crate::socket::{Owners, Socket, UnknownReason};
+use crate::process::{Owners, UnknownReason};
+use crate::socket::Socket;
 use crate::source::{At, Source};
 use crate::tracker::Key;
 

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::event::{Event, EventKind};
-use crate::socket::{Owners, Protocol};
+use crate::process::Owners;
+use crate::socket::Protocol;
 use crate::source::Source;
 
 /// Why a scan (a dump of the watched namespaces) ran.
@@ -224,7 +225,7 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket::UnknownReason;
+    use crate::process::UnknownReason;
     use crate::socket::fixtures::listener;
 
     #[test]

@@ -10,7 +10,8 @@ use super::config::Config;
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::netns::Netns;
-use crate::socket::{ContainerRef, Socket};
+use crate::process::ContainerRef;
+use crate::socket::Socket;
 use crate::source::{Backend, ChangeProbe, DestroyFeed, Dump, Scanner};
 use crate::tracker::{Key, Tracker};
 

@@ -38,7 +38,7 @@ use nix::sys::stat::Mode;
 
 use self::btf::{Btf, BtfError, KIND_FUNC};
 use super::{Detail, FdScan, describe, for_each_pid, open_pid, open_proc, status_name};
-use crate::socket::Process;
+use crate::process::Process;
 use crate::sys;
 
 /// The iterator's object, built from `crates/core/bpf/owners.bpf.c` by `make bpf`.
