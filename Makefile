@@ -47,7 +47,7 @@ CROWD_FDS ?= 20000
 BLINDING_RUNS ?= 9
 
 .PHONY: all build man test lint fmt doc bench bench-compare bench-fidelity bench-netns bench-metrics soak fuzz deps deps-bench clean \
-	bpf bpf-check bpf-deps bench-ebpf bench-connections bench-blinding
+	bpf bpf-check bpf-deps bpftool-deps bench-ebpf bench-connections bench-blinding
 
 all: build
 
@@ -188,27 +188,30 @@ bpf-check: bpf-deps
 	    "run 'make bpf' and commit the object (toolchain: $$(clang --version | head -1))"; exit 1; fi; \
 	done
 
-# The programs are held by the test binary's helper (source::ebpf::tests::lifecycle::hold_for_kill),
-# so the bench needs no extra binary: find that executable in cargo's JSON messages.
-bench-ebpf:
+# bpftool, for the kernel's own per-program run times (the benches still run without it).
+bpftool-deps:
 	@command -v bpftool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && apt-get install -y -qq bpftool >/dev/null; \
 	  else echo "make: bpftool not found: no per-program kernel run times"; fi; }
-	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
+
+# The portwatch-core test binary, found in cargo's JSON messages: its ignored helpers
+# (source::ebpf::tests::lifecycle::hold_for_kill, ...::connections::hold_connections) load and
+# hold the programs, so the benches need no extra binary.
+core_test_bin = $(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
 	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \
 	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
 	   if m.get("reason") == "compiler-artifact" and m.get("executable") \
-	   and m["target"]["name"] == "portwatch_core"]' | tail -1) && \
+	   and m["target"]["name"] == "portwatch_core"]' | tail -1
+
+# What the listener programs add to socket calls.
+bench-ebpf: bpftool-deps
+	@bin=$$($(core_test_bin)) && \
 	test -n "$$bin" && python3 benches/ebpf_cost.py --holder "$$bin" --rounds $(RUNS)
 
 # What the connection programs (watch --connections) add to a TCP connection; same holder binary.
-bench-connections:
-	@bin=$$($(CARGO) test --release --locked -p portwatch-core --features ebpf --no-run \
-	  --message-format=json 2>/dev/null | python3 -c 'import json, sys; \
-	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
-	   if m.get("reason") == "compiler-artifact" and m.get("executable") \
-	   and m["target"]["name"] == "portwatch_core"]' | tail -1) && \
+bench-connections: bpftool-deps
+	@bin=$$($(core_test_bin)) && \
 	test -n "$$bin" && python3 benches/conn_cost.py --holder "$$bin" --rounds $(RUNS)
 
 # Containers, volumes and the image (when Docker answers), then the build.

@@ -28,6 +28,8 @@ import statistics
 import subprocess
 import time
 
+from ebpf_cost import foreign_programs, hold, release
+
 HELPERS = {
     "listen": "source::ebpf::tests::lifecycle::hold_for_kill",
     "conns": "source::ebpf::tests::connections::hold_connections",
@@ -46,33 +48,8 @@ def conn_cycle(listener, n):
     return (time.perf_counter_ns() - t) / n
 
 
-def hold(binary, which):
-    p = subprocess.Popen(
-        [binary, HELPERS[which], "--exact", "--ignored", "--nocapture"],
-        env={"PORTWATCH_EBPF_HOLD": "1", "PATH": "/usr/bin:/bin"},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in p.stdout:
-        if "PW_HOLD" in line:
-            return p
-    p.wait()
-    raise SystemExit(f"the holder did not load the {which} programs (root?)")
-
-
-def release(p):
-    p.stdin.close()
-    p.wait(timeout=10)
-
-
-def foreign_programs():
-    if not shutil.which("bpftool"):
-        return set()
-    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                      text=True, check=True).stdout)
-    return {p["id"] for p in progs if p.get("name", "").startswith("pw_")}
-
-
 def phase(binary, listener, batch, which):
-    holders = [hold(binary, w) for w in which]
+    holders = [hold(binary, HELPERS[w]) for w in which]
     try:
         return conn_cycle(listener, batch)
     finally:
@@ -88,7 +65,7 @@ def kernel_stats(binary, listener, batch):
     with open(path) as f:
         before = f.read().strip()
     others = foreign_programs()
-    holders = [hold(binary, "listen"), hold(binary, "conns")]
+    holders = [hold(binary, HELPERS["listen"]), hold(binary, HELPERS["conns"])]
     try:
         with open(path, "w") as f:
             f.write("1")

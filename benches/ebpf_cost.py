@@ -54,17 +54,18 @@ def foreign_programs():
     return {p["id"] for p in progs if p.get("name", "").startswith("pw_")}
 
 
-def hold(binary):
-    """Starts the holder and waits until its programs are attached."""
+def hold(binary, helper="source::ebpf::tests::lifecycle::hold_for_kill"):
+    """Starts the holder (the test binary's `helper`, which loads programs, prints PW_HOLD and
+    waits for stdin to close) and waits until its programs are attached."""
     p = subprocess.Popen(
-        [binary, "source::ebpf::tests::lifecycle::hold_for_kill", "--exact", "--ignored", "--nocapture"],
+        [binary, helper, "--exact", "--ignored", "--nocapture"],
         env={"PORTWATCH_EBPF_HOLD": "1", "PATH": "/usr/bin:/bin"},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
         if "PW_HOLD" in line:
             return p
     p.wait()
-    raise SystemExit("the holder did not load the programs (root? see cargo test ebpf)")
+    raise SystemExit(f"{helper} did not load its programs (root? see cargo test ebpf)")
 
 
 def release(p):

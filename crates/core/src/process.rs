@@ -241,6 +241,23 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process as a kernel event names it, at the moment of the call: its pid, uid and the
+    /// calling thread's `comm` (attacker-written bytes, kept lossily as text). What the event
+    /// does not carry is filled in from /proc later, while the process is there.
+    #[cfg(feature = "ebpf")]
+    pub(crate) fn from_kernel(pid: u32, comm: &[u8], uid: u32) -> Process {
+        Process {
+            pid,
+            ppid: None,
+            comm: String::from_utf8_lossy(comm).into_owned(),
+            cmdline: Vec::new(),
+            uid,
+            user: None,
+            ns_pid: None,
+            cgroup: None,
+        }
+    }
+
     /// The command line joined by spaces, or the command name when it is empty.
     pub fn cmdline_string(&self) -> String {
         if self.cmdline.is_empty() { self.comm.clone() } else { self.cmdline.join(" ") }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{
-    BpfIter, Detail, FdScan, WALK_BUDGET, describe, hidepid, list_pids, open_pid, open_proc,
-    read_users, scan_pids, try_iterator,
+    BpfIter, Detail, FdScan, Search, WALK_BUDGET, describe, hidepid, list_pids, open_pid,
+    open_proc, read_users, scan_pids, try_iterator,
 };
 use crate::process::{Owners, Process, UnknownReason};
 use crate::socket::Socket;
@@ -74,8 +74,10 @@ impl OwnerIndex {
         };
         // One budget for every phase: the bound is on what a lookup costs the scan thread.
         let deadline = Instant::now() + WALK_BUDGET;
-        let users = self.users.get_or_insert_with(|| read_users(&self.passwd));
+        let users = &*self.users.get_or_insert_with(|| read_users(&self.passwd));
         let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let detail = self.detail;
+        let search = |threads| Search { wanted: &wanted, users, detail, threads, deadline };
         let mut missing = wanted.clone();
         let uids: HashSet<u32> = sockets.iter().filter_map(|s| s.uid).collect();
         let mut scanned: HashSet<u32> = HashSet::new();
@@ -94,16 +96,8 @@ impl OwnerIndex {
             }
             // The first phase (new processes) is cheap; past it, every process may be read.
             if (first || i > 0)
-                && let Some(scan) = try_iterator(
-                    self.iter.as_ref(),
-                    &self.proc_root,
-                    &pids,
-                    &wanted,
-                    users,
-                    self.detail,
-                    self.threads,
-                    deadline,
-                )
+                && let Some(scan) =
+                    try_iterator(self.iter.as_ref(), &self.proc_root, &pids, &search(self.threads))
             {
                 total = scan;
                 by_iterator = true;
@@ -111,8 +105,7 @@ impl OwnerIndex {
             }
             let batch: Vec<u32> =
                 pids.iter().copied().filter(|p| !scanned.contains(p) && phase(*p)).collect();
-            let scan =
-                scan_pids(&proc_dir, &batch, &wanted, users, self.detail, self.threads, deadline);
+            let scan = scan_pids(&proc_dir, &batch, &search(self.threads));
             scanned.extend(batch);
             missing.retain(|i| !scan.holders.contains_key(i));
             total.merge(scan);
@@ -127,7 +120,7 @@ impl OwnerIndex {
         };
         while !parents.is_empty() {
             parents.retain(|p| *p > 1 && scanned.insert(*p));
-            let scan = scan_pids(&proc_dir, &parents, &wanted, users, self.detail, 1, deadline);
+            let scan = scan_pids(&proc_dir, &parents, &search(1));
             parents = scan.processes.values().filter_map(|p| p.ppid).collect();
             total.merge(scan);
         }

@@ -2,11 +2,9 @@
 //! BPF iterator (or say why not), and fill a walk's result from one pass of it when there is
 //! one. Without feature `ebpf` there is no iterator and every lookup walks `/proc`.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Instant;
 
-use super::{Detail, FdScan};
+use super::{FdScan, Search};
 
 /// How the processes holding each socket are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -97,25 +95,20 @@ pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<Bpf
 
 /// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
 /// iterator, or the pass failed: logged). `pids` are the processes listed before.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn try_iterator(
     iter: Option<&BpfIter>,
     proc_root: &Path,
     pids: &[u32],
-    wanted: &HashSet<u64>,
-    users: &HashMap<u32, String>,
-    detail: Detail,
-    threads: usize,
-    deadline: Instant,
+    search: &Search,
 ) -> Option<FdScan> {
     #[cfg(feature = "ebpf")]
     if let Some(iter) = iter {
-        match super::bpf::scan(iter, proc_root, pids, wanted, users, detail, threads, deadline) {
+        match super::bpf::scan(iter, proc_root, pids, search) {
             Ok(scan) => return Some(scan),
             Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
         }
     }
     #[cfg(not(feature = "ebpf"))]
-    let _ = (iter, proc_root, pids, wanted, users, detail, threads, deadline);
+    let _ = (iter, proc_root, pids, search);
     None
 }

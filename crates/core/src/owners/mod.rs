@@ -93,6 +93,21 @@ pub(crate) struct Detail {
     pub(crate) cgroup: bool,
 }
 
+/// What one owner lookup looks for, and how: the same for the `/proc` walk and the BPF pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Search<'a> {
+    /// The socket inodes whose holders are sought.
+    pub(crate) wanted: &'a HashSet<u64>,
+    /// uid → user name, for describing the holders.
+    pub(crate) users: &'a HashMap<u32, String>,
+    /// What to read of each holder.
+    pub(crate) detail: Detail,
+    /// Threads the walk may use.
+    pub(crate) threads: usize,
+    /// When to stop: processes not read by then are counted `unread`.
+    pub(crate) deadline: Instant,
+}
+
 /// The outcome of one walk over `/proc/*/fd`.
 #[derive(Debug, Default)]
 pub(crate) struct FdScan {
@@ -261,21 +276,14 @@ pub(crate) fn scan_fds(
         return FdScan { unreadable: 1, ..FdScan::default() };
     };
     let deadline = Instant::now() + LIST_WALK_BUDGET;
-    scan_pids(&proc_dir, &pids, wanted, users, detail, threads, deadline)
+    scan_pids(&proc_dir, &pids, &Search { wanted, users, detail, threads, deadline })
 }
 
 /// Walks the fds of `pids` (relative to the open `/proc`), over up to `threads` threads, and
 /// describes every process holding one of `wanted`. Pids not reached by `deadline` are counted
 /// in `unread`, not read.
-pub(crate) fn scan_pids(
-    proc_dir: &OwnedFd,
-    pids: &[u32],
-    wanted: &HashSet<u64>,
-    users: &HashMap<u32, String>,
-    detail: Detail,
-    threads: usize,
-    deadline: Instant,
-) -> FdScan {
+pub(crate) fn scan_pids(proc_dir: &OwnedFd, pids: &[u32], search: &Search) -> FdScan {
+    let Search { wanted, users, detail, threads, deadline } = *search;
     if wanted.is_empty() || pids.is_empty() {
         return FdScan::default();
     }
@@ -456,7 +464,9 @@ pub(crate) fn holders_among(
     let Ok(proc_dir) = open_proc(proc_root) else { return HashMap::new() };
     let detail = Detail { cmdline: false, cgroup: false };
     let deadline = Instant::now() + WALK_BUDGET;
-    scan_pids(&proc_dir, pids, wanted, &HashMap::new(), detail, 1, deadline).holders
+    let users = HashMap::new();
+    scan_pids(&proc_dir, pids, &Search { wanted, users: &users, detail, threads: 1, deadline })
+        .holders
 }
 
 /// Fills in `owners` of every socket with one pass over all processes: of the BPF iterator
@@ -488,13 +498,11 @@ pub(crate) fn resolve(
     let users = read_users(passwd);
     let deadline = Instant::now() + LIST_WALK_BUDGET;
     let listed = pids.as_deref().unwrap_or_default();
-    let from_iter =
-        try_iterator(iter.as_ref(), proc_root, listed, &wanted, &users, detail, threads, deadline);
+    let search = Search { wanted: &wanted, users: &users, detail, threads, deadline };
+    let from_iter = try_iterator(iter.as_ref(), proc_root, listed, &search);
     let mut scan = match (from_iter, open_proc(proc_root), pids) {
         (Some(scan), ..) => scan,
-        (None, Ok(proc_dir), Ok(pids)) => {
-            scan_pids(&proc_dir, &pids, &wanted, &users, detail, threads, deadline)
-        }
+        (None, Ok(proc_dir), Ok(pids)) => scan_pids(&proc_dir, &pids, &search),
         (None, ..) => {
             log::warn!("cannot read {}: process owners unknown", proc_root.display());
             FdScan { unreadable: 1, ..FdScan::default() }
@@ -646,14 +654,16 @@ NSpid:\t1\n";
         let wanted = HashSet::from([inode]);
         let users = HashMap::new();
         let detail = Detail { cmdline: false, cgroup: false };
-        let late = scan_pids(&proc_dir, &pids, &wanted, &users, detail, 1, Instant::now());
+        let search =
+            |deadline| Search { wanted: &wanted, users: &users, detail, threads: 1, deadline };
+        let late = scan_pids(&proc_dir, &pids, &search(Instant::now()));
         assert_eq!((late.unread, late.processes.len()), (2, 0));
         assert_eq!(
             late.owners_of(inode),
             Owners::Unknown(UnknownReason::Skipped { crowded: 0, unread: 2 })
         );
         let soon = Instant::now() + WALK_BUDGET;
-        let found = scan_pids(&proc_dir, &pids, &wanted, &users, detail, 1, soon);
+        let found = scan_pids(&proc_dir, &pids, &search(soon));
         assert_eq!(found.unread, 0);
         assert!(matches!(found.owners_of(inode), Owners::Known(p) if p[0].pid == pids[0]));
     }

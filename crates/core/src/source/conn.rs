@@ -128,16 +128,7 @@ mod feed {
         // (recorded then, in its context), when the programs saw that.
         let named = kind == ConnKind::Connect || (kind == ConnKind::Accept && e.pid != 0);
         let owners = if named {
-            Owners::Known(vec![Process {
-                pid: e.pid,
-                ppid: None,
-                comm: String::from_utf8_lossy(&e.comm).into_owned(),
-                cmdline: Vec::new(),
-                uid: e.uid,
-                user: None,
-                ns_pid: None,
-                cgroup: None,
-            }])
+            Owners::Known(vec![Process::from_kernel(e.pid, &e.comm, e.uid)])
         } else {
             Owners::Unknown(UnknownReason::NotResolved)
         };

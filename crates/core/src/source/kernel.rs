@@ -50,16 +50,7 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
             return Some(Observation::Gone { cookie: e.cookie, at });
         }
     };
-    let owner = Process {
-        pid: e.pid,
-        ppid: None,
-        comm: String::from_utf8_lossy(&e.comm).into_owned(),
-        cmdline: Vec::new(),
-        uid: e.uid,
-        user: None,
-        ns_pid: None,
-        cgroup: None,
-    };
+    let owner = Process::from_kernel(e.pid, &e.comm, e.uid);
     let socket = Socket {
         protocol: e.protocol,
         family: e.family,

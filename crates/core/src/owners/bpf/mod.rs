@@ -37,7 +37,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use self::btf::{Btf, BtfError, KIND_FUNC};
-use super::{Detail, FdScan, describe, for_each_pid, open_pid, open_proc, status_name};
+use super::{Detail, FdScan, Search, describe, for_each_pid, open_pid, open_proc, status_name};
 use crate::process::Process;
 use crate::sys;
 
@@ -258,17 +258,13 @@ const PASS_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
 /// One pass of the iterator: the holders of `wanted`, described as a walk would have
 /// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
 /// processes whose files the kernel hid from the pass in `unreadable`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn scan(
     iter: &OwnerIter,
     proc_root: &Path,
     pids: &[u32],
-    wanted: &HashSet<u64>,
-    users: &HashMap<u32, String>,
-    detail: Detail,
-    threads: usize,
-    deadline: Instant,
+    search: &Search,
 ) -> std::io::Result<FdScan> {
+    let Search { wanted, users, detail, threads, deadline } = *search;
     let started = Instant::now();
     // The pass reads every fd of every process, with no per-process cap: any user can make it
     // long (threads under an exited leader, each walked with the whole fd table; tens of

@@ -61,18 +61,7 @@ fn run_connector(prefix: &[&str], python: &str, fam: &str, addr: &str, n: usize)
 }
 
 fn load_conns(opts: &ConnOptions) -> Option<ConnPrograms> {
-    match ConnPrograms::load(opts) {
-        Ok(p) => Some(p),
-        Err(
-            e @ (LoadError::PermissionDenied { .. }
-            | LoadError::NoBtf { .. }
-            | LoadError::NoCgroup2),
-        ) => {
-            skip(&format!("cannot load the connection programs here: {e}"));
-            None
-        }
-        Err(e) => panic!("loading failed: {e}"),
-    }
+    loaded(ConnPrograms::load(opts), "the connection programs")
 }
 
 fn collect(

@@ -38,14 +38,20 @@ pub(crate) fn skip(why: &str) {
 
 /// Loads the programs, or says why this test cannot run here.
 fn load(opts: &LoadOptions) -> Option<Programs> {
-    match Programs::load(opts) {
+    loaded(Programs::load(opts), "the eBPF programs")
+}
+
+/// What a load gave, or `None` after saying why this machine cannot load `what` (no
+/// privilege, BTF or cgroup2); any other failure is the test's.
+pub(super) fn loaded<T>(result: Result<T, LoadError>, what: &str) -> Option<T> {
+    match result {
         Ok(p) => Some(p),
         Err(
             e @ (LoadError::PermissionDenied { .. }
             | LoadError::NoBtf { .. }
             | LoadError::NoCgroup2),
         ) => {
-            skip(&format!("cannot load the eBPF programs here: {e}"));
+            skip(&format!("cannot load {what} here: {e}"));
             None
         }
         Err(e) => panic!("loading failed: {e}"),
