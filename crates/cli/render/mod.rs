@@ -12,6 +12,7 @@ mod table;
 
 use std::borrow::Cow;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portwatch_core::{Event, Forward, Owners, Process, Socket, UnknownReason};
@@ -93,7 +94,7 @@ pub fn owners_text(owners: &Owners, style: &OwnerStyle) -> String {
 }
 
 /// `PID COMM` for each process, in `style`, each name escaped.
-pub fn processes_text(procs: &[Process], style: &OwnerStyle) -> String {
+pub fn processes_text(procs: &[Arc<Process>], style: &OwnerStyle) -> String {
     let mut text = String::new();
     for (i, p) in procs.iter().enumerate() {
         let sep = if i == 0 { "" } else { style.between };

@@ -38,7 +38,7 @@ pub enum Event {
         /// The socket with its new owners.
         socket: Socket,
         /// The processes that held it before.
-        previous: Vec<Process>,
+        previous: Vec<std::sync::Arc<Process>>,
         /// When the change was seen (wall clock).
         at: SystemTime,
         /// Which source saw the new owner.

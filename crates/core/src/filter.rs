@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn comm_matches_owners_and_the_kernels_cut() {
         let mut s = tcp("0.0.0.0", 1);
-        s.owners = crate::process::Owners::Known(vec![crate::socket::fixtures::process(10)]);
+        s.owners = crate::process::Owners::Known(vec![crate::socket::fixtures::process(10).into()]);
         let proc_root = Path::new("/nonexistent");
         assert!(Filter::new().comm("srv").owner_matches(&s, proc_root));
         assert!(!Filter::new().comm("sr").owner_matches(&s, proc_root));

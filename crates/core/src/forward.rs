@@ -201,7 +201,7 @@ fn parse_pasta_spec(spec: &str) -> Option<Vec<PastaPorts>> {
 pub(crate) fn pasta_of(socket: &Socket, proc_root: &Path) -> Option<(u16, Option<u64>)> {
     let addr = socket.addr?;
     let pastas: Vec<&Process> =
-        socket.processes().iter().filter(|p| is_pasta(p, proc_root)).collect();
+        socket.processes().iter().map(|p| &**p).filter(|p| is_pasta(p, proc_root)).collect();
     let port = pastas.iter().find_map(|p| {
         parse_pasta(&cmdline_of(p, proc_root)?, socket.protocol, addr, socket.port)
     })?;
@@ -350,9 +350,10 @@ mod tests {
         let line = "docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 18080 -container-ip \
                     172.17.0.2 -container-port 80";
         if let crate::process::Owners::Known(p) = &mut s.owners {
-            p[0].comm = "docker-proxy".into();
-            p[0].cmdline = args(line);
-            p[0].uid = 0;
+            let p = std::sync::Arc::make_mut(&mut p[0]);
+            p.comm = "docker-proxy".into();
+            p.cmdline = args(line);
+            p.uid = 0;
         }
         // This test process is named docker-proxy in its Process record, but its executable
         // is not docker-proxy: not believed, whoever runs it.

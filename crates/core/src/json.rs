@@ -120,7 +120,8 @@ mod tests {
             user: Some("dev".into()),
             ns_pid: Some(1),
             ..fixtures::process(10)
-        }]);
+        }
+        .into()]);
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["proto"], "tcp");
         assert_eq!(v["family"], "ipv6");

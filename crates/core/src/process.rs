@@ -138,8 +138,9 @@ impl fmt::Display for Runtime {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Owners {
-    /// The processes that hold a file descriptor for the socket, by ascending pid.
-    Known(Vec<Process>),
+    /// The processes that hold a file descriptor for the socket, by ascending pid. Shared:
+    /// one process holding many sockets is one value, not a copy per socket.
+    Known(Vec<Arc<Process>>),
     /// No holder was found; the reason says why.
     Unknown(UnknownReason),
 }

@@ -155,8 +155,8 @@ pub(crate) fn decode(text: &str) -> Result<Snapshot, String> {
                 let p = decode_process(&f).map_err(at)?;
                 let s = sockets.last_mut().ok_or_else(|| at("process before any socket".into()))?;
                 match &mut s.owners {
-                    Owners::Known(v) => v.push(p),
-                    o => *o = Owners::Known(vec![p]),
+                    Owners::Known(v) => v.push(p.into()),
+                    o => *o = Owners::Known(vec![p.into()]),
                 }
             }
             Some("") | None => {}
@@ -461,7 +461,8 @@ mod tests {
             user: Some("dev".into()),
             ns_pid: Some(7),
             ..crate::socket::fixtures::process(10)
-        }]);
+        }
+        .into()]);
         let unix = Socket {
             protocol: Protocol::Unix,
             family: Family::Unix,

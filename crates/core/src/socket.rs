@@ -345,7 +345,7 @@ impl Socket {
     }
 
     /// The processes holding the socket (empty when unknown).
-    pub fn processes(&self) -> &[Process] {
+    pub fn processes(&self) -> &[Arc<Process>] {
         match &self.owners {
             Owners::Known(p) => p,
             Owners::Unknown(_) => &[],
@@ -508,7 +508,7 @@ pub(crate) mod fixtures {
             owners: if pids.is_empty() {
                 Owners::Unknown(UnknownReason::NotFound)
             } else {
-                Owners::Known(pids.iter().map(|&pid| process(pid)).collect())
+                Owners::Known(pids.iter().map(|&pid| process(pid).into()).collect())
             },
         }
     }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::Event;
-use crate::process::{Owners, Process};
+use crate::process::Owners;
 use crate::socket::{Family, Protocol, Socket};
 use crate::source::{At, Observation, Source};
 
@@ -364,7 +364,7 @@ impl Tracker {
         if pids(&known.owners) == pids(&owners) {
             return;
         }
-        let previous: Vec<Process> = known.processes().to_vec();
+        let previous = known.processes().to_vec();
         known.owners = owners;
         out.push(Event::OwnersChanged {
             socket: known.clone(),

@@ -28,7 +28,7 @@ use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,7 @@ pub(crate) struct FdScan {
     /// Wanted inode → pids holding it (unsorted, each pid once per inode).
     pub(crate) holders: HashMap<u64, Vec<u32>>,
     /// Every holding process, described right after its fds were read (while it still lives).
-    pub(crate) processes: HashMap<u32, Process>,
+    pub(crate) processes: HashMap<u32, Arc<Process>>,
     /// Processes whose fd table could not be read (permission).
     pub(crate) unreadable: usize,
     /// Processes holding more than [`FDS_PER_PROCESS`] fds: only the first were read.
@@ -310,7 +310,7 @@ pub(crate) fn scan_pids(proc_dir: &OwnedFd, pids: &[u32], search: &Search) -> Fd
         if let Some(p) =
             holds.then(|| describe(&pid_dir, pid, users, detail, &mut scratch.buf)).flatten()
         {
-            local.processes.insert(pid, p);
+            local.processes.insert(pid, Arc::new(p));
         }
     })
 }
@@ -389,7 +389,7 @@ impl FdScan {
     /// skipped (the owner may be there), then hidepid (it hides processes rather than refusing
     /// them, and explains refusals too), then refusals.
     pub(super) fn owners_of(&self, inode: u64) -> Owners {
-        let mut procs: Vec<Process> = self
+        let mut procs: Vec<Arc<Process>> = self
             .holders
             .get(&inode)
             .into_iter()

@@ -128,7 +128,7 @@ mod feed {
         // (recorded then, in its context), when the programs saw that.
         let named = kind == ConnKind::Connect || (kind == ConnKind::Accept && e.pid != 0);
         let owners = if named {
-            Owners::Known(vec![Process::from_kernel(e.pid, &e.comm, e.uid)])
+            Owners::Known(vec![Process::from_kernel(e.pid, &e.comm, e.uid).into()])
         } else {
             Owners::Unknown(UnknownReason::NotResolved)
         };

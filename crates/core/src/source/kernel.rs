@@ -71,7 +71,7 @@ pub(crate) fn observe(e: KernelEvent, at: At) -> Option<Observation> {
         unix_type: None,
         container: None,
         forwards_to: None,
-        owners: Owners::Known(vec![owner]),
+        owners: Owners::Known(vec![owner.into()]),
     };
     Some(Observation::Seen { socket, at })
 }

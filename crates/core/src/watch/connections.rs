@@ -59,7 +59,7 @@ pub(super) struct ConnWatch {
     listeners: HashMap<(u64, Family, u16), (Socket, Instant)>,
     /// Processes described from /proc for a connect, by pid and thread name, and when.
     #[cfg(feature = "ebpf")]
-    described: HashMap<(u32, String), (crate::process::Process, Instant)>,
+    described: HashMap<(u32, String), (std::sync::Arc<crate::process::Process>, Instant)>,
     /// Kernel records were lost: followed connections are checked against a dump.
     #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     recheck: bool,
@@ -313,15 +313,14 @@ impl Loop {
         let Owners::Known(procs) = &mut socket.owners else { return };
         let now = Instant::now();
         for p in procs.iter_mut() {
-            let key = (p.pid, std::mem::take(&mut p.comm));
+            let key = (p.pid, p.comm.clone());
             if let Some((known, when)) = cw.described.get(&key)
                 && now.saturating_duration_since(*when) < DESCRIBED_FOR
             {
                 *p = known.clone();
                 continue;
             }
-            p.comm = key.1.clone();
-            self.owners.describe(p);
+            self.owners.describe(std::sync::Arc::make_mut(p));
             if cw.described.len() >= COOLDOWN_SWEEP {
                 cw.described.retain(|_, (_, t)| now.saturating_duration_since(*t) < DESCRIBED_FOR);
             }

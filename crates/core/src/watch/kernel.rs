@@ -98,7 +98,7 @@ impl Loop {
         let Some(i) = self.target_of(socket.netns, pid) else { return };
         if let crate::process::Owners::Known(procs) = &mut socket.owners {
             for p in procs.iter_mut() {
-                self.owners.describe(p);
+                self.owners.describe(std::sync::Arc::make_mut(p));
             }
         }
         let t = &mut self.targets[i];

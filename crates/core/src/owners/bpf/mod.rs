@@ -299,7 +299,7 @@ pub(crate) fn scan(
                 .and_then(|dir| describe(&dir, pid, users, detail, &mut scratch.buf)),
         };
         if let Some(p) = described {
-            local.processes.insert(pid, p);
+            local.processes.insert(pid, std::sync::Arc::new(p));
         }
     });
     // A holder that cannot be described exited since, or /proc hides it (hidepid): either
