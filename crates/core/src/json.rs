@@ -114,14 +114,16 @@ mod tests {
         s.inode = 42;
         s.uid = Some(1000);
         s.v6only = Some(false);
-        s.owners = Owners::Known(vec![Process {
-            cmdline: vec!["srv".into(), "-p".into(), "8080".into()],
-            uid: 1000,
-            user: Some("dev".into()),
-            ns_pid: Some(1),
-            ..fixtures::process(10)
-        }
-        .into()]);
+        s.owners = Owners::Known(vec![
+            Process {
+                cmdline: vec!["srv".into(), "-p".into(), "8080".into()],
+                uid: 1000,
+                user: Some("dev".into()),
+                ns_pid: Some(1),
+                ..fixtures::process(10)
+            }
+            .into(),
+        ]);
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["proto"], "tcp");
         assert_eq!(v["family"], "ipv6");

@@ -168,10 +168,55 @@ impl Query {
         let started = Instant::now();
         let filter = self.filter.clone().resolved(&self.proc_root, &self.passwd)?;
         let mut namer = Namer::new(self.docker.clone());
+        // What the owner lookup does before it knows the sockets (list the processes, load
+        // the BPF iterator and make its pass) runs beside the dump, on the second core.
+        let prepare = || owners::prepare(&self.proc_root, &self.passwd, self.lookup);
+        let mut sockets = std::thread::scope(|scope| -> Result<Vec<Socket>> {
+            let preparing = self.owners.then(|| {
+                std::thread::Builder::new().name("pw-owners".into()).spawn_scoped(scope, prepare)
+            });
+            let mut sockets = self.dump(&filter, &mut namer)?;
+            let dumped = Instant::now();
+            log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
+            let Some(preparing) = preparing else { return Ok(sockets) };
+            let prepared = match preparing {
+                Ok(handle) => handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // Refused (a pids limit): done here, after the dump.
+                Err(e) => {
+                    log::debug!("owner lookup prepared after the dump: {e}");
+                    prepare()
+                }
+            }?;
+            let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
+            owners::resolve(
+                &mut sockets,
+                prepared,
+                &self.proc_root,
+                detail,
+                owners::worker_threads(),
+            );
+            for s in &mut sockets {
+                namer.attribute(s, &self.proc_root);
+            }
+            log::debug!("resolved owners in {:?}", dumped.elapsed());
+            sockets.retain(|s| filter.owner_matches(s, &self.proc_root));
+            Ok(sockets)
+        })?;
+        // The inode makes the order total, so an unstable sort gives the same result.
+        sockets.sort_unstable_by(|a, b| {
+            (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
+                .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
+        });
+        Ok(sockets)
+    }
+
+    /// Every socket of the scope's namespaces that `filter` matches (owners not looked up).
+    fn dump(&self, filter: &Filter, namer: &mut Namer) -> Result<Vec<Socket>> {
+        let started = Instant::now();
         let namespaces = match &self.scope {
             Scope::Current => vec![Netns::current()?],
             Scope::One(ns) => vec![ns.clone()],
-            Scope::All => discover::all(&self.proc_root, &mut namer)?,
+            Scope::All => discover::all(&self.proc_root, namer)?,
         };
         let all = matches!(self.scope, Scope::All);
         let dumps = filter.dumps();
@@ -185,30 +230,6 @@ impl Query {
         }
         log::trace!("read {} namespaces in {:?}", namespaces.len(), started.elapsed());
         sockets.retain(|s| filter.matches(s));
-        let dumped = Instant::now();
-        log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
-        if self.owners {
-            let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
-            let threads = owners::worker_threads();
-            owners::resolve(
-                &mut sockets,
-                &self.proc_root,
-                &self.passwd,
-                detail,
-                threads,
-                self.lookup,
-            )?;
-            for s in &mut sockets {
-                namer.attribute(s, &self.proc_root);
-            }
-            log::debug!("resolved owners in {:?}", dumped.elapsed());
-            sockets.retain(|s| filter.owner_matches(s, &self.proc_root));
-        }
-        // The inode makes the order total, so an unstable sort gives the same result.
-        sockets.sort_unstable_by(|a, b| {
-            (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
-                .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
-        });
         Ok(sockets)
     }
 }

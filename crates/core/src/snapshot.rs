@@ -454,15 +454,17 @@ mod tests {
         tcp.netns = 4026531840;
         tcp.v6only = Some(false);
         tcp.interface = Some(1);
-        tcp.owners = Owners::Known(vec![Process {
-            comm: "my server".into(),
-            cmdline: vec!["node".into(), "app.js".into(), "".into(), "100%".into()],
-            uid: 1000,
-            user: Some("dev".into()),
-            ns_pid: Some(7),
-            ..crate::socket::fixtures::process(10)
-        }
-        .into()]);
+        tcp.owners = Owners::Known(vec![
+            Process {
+                comm: "my server".into(),
+                cmdline: vec!["node".into(), "app.js".into(), "".into(), "100%".into()],
+                uid: 1000,
+                user: Some("dev".into()),
+                ns_pid: Some(7),
+                ..crate::socket::fixtures::process(10)
+            }
+            .into(),
+        ]);
         let unix = Socket {
             protocol: Protocol::Unix,
             family: Family::Unix,

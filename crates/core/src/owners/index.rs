@@ -96,8 +96,13 @@ impl OwnerIndex {
             }
             // The first phase (new processes) is cheap; past it, every process may be read.
             if (first || i > 0)
-                && let Some(scan) =
-                    try_iterator(self.iter.as_ref(), &self.proc_root, &pids, &search(self.threads))
+                && let Some(scan) = try_iterator(
+                    self.iter.as_ref(),
+                    None,
+                    &self.proc_root,
+                    &pids,
+                    &search(self.threads),
+                )
             {
                 total = scan;
                 by_iterator = true;

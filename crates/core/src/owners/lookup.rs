@@ -66,6 +66,28 @@ pub(crate) type BpfIter = super::bpf::OwnerIter;
 #[derive(Debug)]
 pub(crate) enum BpfIter {}
 
+/// A pass of the iterator made before the sockets asked about are known, to overlap the dump
+/// that finds them. Without feature `ebpf` there is none.
+#[cfg(feature = "ebpf")]
+pub(crate) type EarlyPass = super::bpf::Pass;
+/// A pass of the iterator made before the sockets asked about are known, to overlap the dump
+/// that finds them. Without feature `ebpf` there is none.
+#[cfg(not(feature = "ebpf"))]
+#[derive(Debug)]
+pub(crate) enum EarlyPass {}
+
+/// With an iterator, one pass of it that keeps every socket fd (to be made beside the dump);
+/// `None` without one, or when the pass failed (then the lookup makes its own).
+pub(crate) fn early_pass(iter: Option<&BpfIter>) -> Option<EarlyPass> {
+    #[cfg(feature = "ebpf")]
+    return iter.and_then(super::bpf::early_pass);
+    #[cfg(not(feature = "ebpf"))]
+    match iter {
+        None => None,
+        Some(never) => match *never {},
+    }
+}
+
 /// Loads the BPF iterator as `how` asks: `Ok(None)` for the `/proc` walk (asked for, or
 /// `Auto` when it cannot load: then one warning says why), an error when `Bpf` cannot load.
 pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<BpfIter>> {
@@ -94,21 +116,23 @@ pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<Bpf
 }
 
 /// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
-/// iterator, or the pass failed: logged). `pids` are the processes listed before.
+/// iterator, or the pass failed: logged). `pids` are the processes listed before, and before
+/// `early` if there is one ([`early_pass`]).
 pub(crate) fn try_iterator(
     iter: Option<&BpfIter>,
+    early: Option<EarlyPass>,
     proc_root: &Path,
     pids: &[u32],
     search: &Search,
 ) -> Option<FdScan> {
     #[cfg(feature = "ebpf")]
     if let Some(iter) = iter {
-        match super::bpf::scan(iter, proc_root, pids, search) {
+        match super::bpf::scan(iter, early, proc_root, pids, search) {
             Ok(scan) => return Some(scan),
             Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
         }
     }
     #[cfg(not(feature = "ebpf"))]
-    let _ = (iter, proc_root, pids, search);
+    let _ = (iter, early, proc_root, pids, search);
     None
 }

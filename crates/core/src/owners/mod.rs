@@ -28,8 +28,8 @@ use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::dir::Dir;
@@ -51,7 +51,9 @@ mod parse;
 pub(crate) use self::cgroup::{CGROUP_MAX, parse_cgroup};
 pub(crate) use self::index::OwnerIndex;
 pub use self::lookup::OwnerLookup;
-pub(crate) use self::lookup::{AUTO_BPF_MIN_PROCESSES, BpfIter, load_iterator, try_iterator};
+pub(crate) use self::lookup::{
+    AUTO_BPF_MIN_PROCESSES, BpfIter, EarlyPass, early_pass, load_iterator, try_iterator,
+};
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(any(test, feature = "ebpf"))]
 pub(crate) use self::parse::status_name;
@@ -469,24 +471,28 @@ pub(crate) fn holders_among(
         .holders
 }
 
-/// Fills in `owners` of every socket with one pass over all processes: of the BPF iterator
-/// or of `/proc`, as `how` asks (with `Auto`, by the number of processes). An error only
-/// when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
-pub(crate) fn resolve(
-    sockets: &mut [Socket],
+/// What a one-shot owner lookup can do before it knows which sockets it is for, so that it
+/// can run beside the dump that finds them ([`prepare`]): list the processes, read the user
+/// table, and with the BPF iterator, load it and make one pass that keeps every socket fd.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The processes, listed before any pass or walk.
+    pids: std::io::Result<Vec<u32>>,
+    /// uid → user name.
+    users: HashMap<u32, String>,
+    /// The iterator, when the lookup uses it.
+    iter: Option<BpfIter>,
+    /// Its pass beside the dump.
+    early: Option<EarlyPass>,
+}
+
+/// Prepares a lookup done as `how` asks (with `Auto`, by the number of processes). An error
+/// only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
+pub(crate) fn prepare(
     proc_root: &Path,
     passwd: &Path,
-    detail: Detail,
-    threads: usize,
     how: OwnerLookup,
-) -> crate::error::Result<()> {
-    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
-    if wanted.is_empty() {
-        for socket in sockets.iter_mut() {
-            socket.owners = FdScan::default().owners_of(socket.inode);
-        }
-        return Ok(());
-    }
+) -> crate::error::Result<Prepared> {
     // With Auto, the number of processes decides: counting them is the readdir of /proc the
     // walk starts with anyway.
     let pids = list_pids(proc_root);
@@ -495,11 +501,31 @@ pub(crate) fn resolve(
         (how, _) => how,
     };
     let iter = load_iterator(how)?;
-    let users = read_users(passwd);
+    let early = early_pass(iter.as_ref());
+    Ok(Prepared { pids, users: read_users(passwd), iter, early })
+}
+
+/// Fills in `owners` of every socket with one pass over all processes: of the BPF iterator
+/// or of `/proc`, as `prepared` says.
+pub(crate) fn resolve(
+    sockets: &mut [Socket],
+    prepared: Prepared,
+    proc_root: &Path,
+    detail: Detail,
+    threads: usize,
+) {
+    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+    if wanted.is_empty() {
+        for socket in sockets.iter_mut() {
+            socket.owners = FdScan::default().owners_of(socket.inode);
+        }
+        return;
+    }
+    let Prepared { pids, users, iter, early } = prepared;
     let deadline = Instant::now() + LIST_WALK_BUDGET;
     let listed = pids.as_deref().unwrap_or_default();
     let search = Search { wanted: &wanted, users: &users, detail, threads, deadline };
-    let from_iter = try_iterator(iter.as_ref(), proc_root, listed, &search);
+    let from_iter = try_iterator(iter.as_ref(), early, proc_root, listed, &search);
     let mut scan = match (from_iter, open_proc(proc_root), pids) {
         (Some(scan), ..) => scan,
         (None, Ok(proc_dir), Ok(pids)) => scan_pids(&proc_dir, &pids, &search),
@@ -512,7 +538,6 @@ pub(crate) fn resolve(
     for socket in sockets.iter_mut() {
         socket.owners = scan.owners_of(socket.inode);
     }
-    Ok(())
 }
 
 /// How many threads the owner walk may use: the CPUs this thread may run on. (One

@@ -121,19 +121,61 @@ pub(crate) struct OwnerIter {
     pub(crate) load_time: Duration,
 }
 
+/// Which socket fds a pass keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Keep<'a> {
+    /// Those of these inodes: the sockets a lookup is for.
+    Wanted(&'a HashSet<u64>),
+    /// Every one: a pass made before the sockets asked about are known (beside the dump that
+    /// finds them). Bounded as every pass is, by its time budget.
+    Every,
+}
+
 /// What one pass found.
 #[derive(Debug, Default)]
 pub(crate) struct Pass {
-    /// Wanted inode → pids holding it (each pid once).
-    pub(crate) holders: HashMap<u64, Vec<u32>>,
+    /// (socket inode, pid, fd) of every socket fd kept, in the order read.
+    pub(crate) sockets: Vec<(u64, u32, u32)>,
     /// The deadline passed before the pass ended: processes from this pid on were not read.
     pub(crate) stopped_at: Option<u32>,
     /// Every process the pass walked (one with a socket, or a file among fds 0 to 2), with
     /// what the kernel said of it when one of those fds was open.
     pub(crate) walked: HashMap<u32, Option<Task>>,
+    /// For a pass made before the sockets were known ([`early_pass`]): every socket made
+    /// after it began has a greater inode number ([`inode_floor`]). `None`: no bound known.
+    pub(crate) floor: Option<u64>,
+}
+
+/// The holders of the wanted sockets among what passes kept.
+#[derive(Debug, Default)]
+struct Holders {
+    /// Wanted inode → pids holding it (each pid once).
+    of: HashMap<u64, Vec<u32>>,
     /// For each holder, one of its wanted sockets and the fd it was at: what proves, when
     /// /proc/PID is read later, that the pid still names the process the pass saw.
-    pub(crate) proof: HashMap<u32, (u32, u64)>,
+    proof: HashMap<u32, (u32, u64)>,
+}
+
+impl Holders {
+    fn add(&mut self, pass: &Pass, wanted: &HashSet<u64>) {
+        for &(inode, pid, fd) in pass.sockets.iter().filter(|(i, ..)| wanted.contains(i)) {
+            self.proof.entry(pid).or_insert((fd, inode));
+            let v = self.of.entry(inode).or_default();
+            if !v.contains(&pid) {
+                v.push(pid);
+            }
+        }
+    }
+}
+
+impl Pass {
+    /// The holders of `wanted` among the sockets kept.
+    #[cfg(test)]
+    pub(crate) fn holders_of(&self, inode: u64) -> Vec<u32> {
+        let mut h = Holders::default();
+        h.add(self, &HashSet::from([inode]));
+        h.of.remove(&inode).unwrap_or_default()
+    }
 }
 
 /// What the pass read of a process, at the instant it read its fds: what
@@ -202,9 +244,9 @@ impl OwnerIter {
         Ok(OwnerIter { link, load_time: start.elapsed() })
     }
 
-    /// One pass over every open file of every process: the holders of `wanted`. Stops at
-    /// `deadline` (checked between reads), saying where.
-    pub(crate) fn pass(&self, wanted: &HashSet<u64>, deadline: Instant) -> std::io::Result<Pass> {
+    /// One pass over every open file of every process: the socket fds `keep` asks for. Stops
+    /// at `deadline` (checked between reads), saying where.
+    pub(crate) fn pass(&self, keep: Keep<'_>, deadline: Instant) -> std::io::Result<Pass> {
         let iter = sys::bpf_iter_create(&self.link)?;
         let mut file = std::fs::File::from(iter);
         let mut pass = Pass::default();
@@ -232,12 +274,12 @@ impl OwnerIter {
                     }
                     last_pid = pid;
                 }
-                if wanted.contains(&inode) {
-                    pass.proof.entry(pid).or_insert((fd, inode));
-                    let v = pass.holders.entry(inode).or_default();
-                    if !v.contains(&pid) {
-                        v.push(pid);
-                    }
+                let kept = match keep {
+                    Keep::Wanted(wanted) => wanted.contains(&inode),
+                    Keep::Every => inode != 0,
+                };
+                if kept {
+                    pass.sockets.push((inode, pid, fd));
                 }
             }
             buf.copy_within(whole..filled, 0);
@@ -251,15 +293,86 @@ impl OwnerIter {
     }
 }
 
+/// A pass keeping every socket fd, to be made before the sockets asked about are known (see
+/// [`scan`]). `None` when it failed: logged, and the lookup makes its own pass.
+pub(crate) fn early_pass(iter: &OwnerIter) -> Option<Pass> {
+    let floor = inode_floor();
+    let pass = iter.pass(Keep::Every, Instant::now() + PASS_BUDGET);
+    pass.map(|pass| Pass { floor, ..pass })
+        .inspect_err(|e| log::debug!("BPF owner pass beside the dump failed: {e}"))
+        .ok()
+}
+
+/// A number below the inode of every socket made from now on, or `None` when it cannot be
+/// known. Sockets (and pipes) are numbered by the kernel's `get_next_ino`: each CPU counts up
+/// through its own batch of a shared counter, and takes a new batch, above every batch handed
+/// out before, when its own runs out. So a socket made on a CPU later than a pipe made there
+/// now gets a greater number, and the least of one pipe's number per CPU bounds every later
+/// socket from below (a socket whose number is not greater existed already). Each pipe is made
+/// with this thread moved to its CPU; every online CPU must be one it may run on (not so in a
+/// cpuset), or there is no bound. A CPU brought online meanwhile resumes an old batch: a socket
+/// made there in that instant may be taken for an old one, and its owner then looked for in
+/// the one pass only.
+fn inode_floor() -> Option<u64> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let me = nix::unistd::Pid::from_raw(0);
+    let allowed = sched_getaffinity(me).ok()?;
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    let cpus = parse_cpu_list(&online)?;
+    if cpus.iter().any(|&c| !allowed.is_set(c).unwrap_or(false)) {
+        return None;
+    }
+    let mut floor = None;
+    for &cpu in &cpus {
+        let mut one = CpuSet::new();
+        let number = one
+            .set(cpu)
+            .and_then(|()| sched_setaffinity(me, &one))
+            .and_then(|()| nix::unistd::pipe2(OFlag::O_CLOEXEC))
+            .and_then(|(read, _write)| nix::sys::stat::fstat(&read))
+            .map(|st| st.st_ino);
+        match number {
+            Ok(n) => floor = Some(floor.map_or(n, |f: u64| f.min(n))),
+            Err(_) => {
+                floor = None;
+                break;
+            }
+        }
+    }
+    // Back on every CPU it had; if that fails it stays on one, which only slows this thread.
+    let _ = sched_setaffinity(me, &allowed);
+    floor
+}
+
+/// The CPUs of a kernel CPU list (`0-3,8,10-11`), or `None` if it is not one.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+        if last < first || last >= nix::sched::CpuSet::count() {
+            return None;
+        }
+        cpus.extend(first..=last);
+    }
+    Some(cpus)
+}
+
 /// How long one pass may take before the walk is used instead: a pass over 2 000 processes
 /// and 10 000 sockets takes ~10 ms here.
 const PASS_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// One pass of the iterator: the holders of `wanted`, described as a walk would have
-/// described them ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`,
-/// processes whose files the kernel hid from the pass in `unreadable`.
+/// The holders of `wanted` from the iterator, described as a walk would have described them
+/// ([`describe_task`]). Pids not reached by `deadline` are counted in `unread`, processes
+/// whose files the kernel hid from the pass in `unreadable`.
+///
+/// `early` is a pass made beside the dump that found the sockets ([`Keep::Every`]): a socket
+/// made while it ran may be missing from it, so the sockets it lacks get one more pass of their
+/// own (a socket no process holds, a kernel one, costs that pass too). Without it, one pass
+/// for `wanted`.
 pub(crate) fn scan(
     iter: &OwnerIter,
+    early: Option<Pass>,
     proc_root: &Path,
     pids: &[u32],
     search: &Search,
@@ -271,8 +384,44 @@ pub(crate) fn scan(
     // thousands of fds). Past its own budget it gives way to the walk, which caps each
     // process, rather than leave root's sockets unknown.
     let pass_deadline = deadline.min(started + PASS_BUDGET);
-    let mut pass = iter.pass(wanted, pass_deadline)?;
-    log::debug!("BPF owner pass: {} holders in {:?}", pass.holders.len(), started.elapsed());
+    let had_early = early.is_some();
+    let mut pass = match early {
+        Some(pass) => pass,
+        None => iter.pass(Keep::Wanted(wanted), pass_deadline)?,
+    };
+    let mut holders = Holders::default();
+    holders.add(&pass, wanted);
+    // What the early pass cannot have seen: sockets made since it began. One it should have
+    // seen and did not (held by no process: a kernel socket; or by one whose files the
+    // kernel hides from the pass) would not be found by another pass either.
+    let floor = pass.floor;
+    let missing: HashSet<u64> = wanted
+        .iter()
+        .filter(|i| !holders.of.contains_key(i) && floor.is_none_or(|f| **i > f))
+        .copied()
+        .collect();
+    let again = had_early && pass.stopped_at.is_none() && !missing.is_empty();
+    if again {
+        let again = iter.pass(Keep::Wanted(&missing), pass_deadline)?;
+        holders.add(&again, &missing);
+        for (pid, task) in again.walked {
+            let known = pass.walked.entry(pid).or_default();
+            if known.is_none() {
+                *known = task;
+            }
+        }
+        pass.stopped_at = again.stopped_at;
+    }
+    log::debug!(
+        "BPF owner {}: holders of {} sockets in {:?}",
+        match (had_early, again) {
+            (false, _) => "pass".to_owned(),
+            (true, false) => "pass beside the dump".to_owned(),
+            (true, true) => format!("pass beside the dump, and one for {} newer", missing.len()),
+        },
+        holders.of.len(),
+        started.elapsed()
+    );
     if pass.stopped_at.is_some() && Instant::now() < deadline {
         return Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -283,11 +432,11 @@ pub(crate) fn scan(
         ));
     }
     let proc_dir = open_proc(proc_root).map_err(std::io::Error::from)?;
-    let mut holders: Vec<u32> = pass.holders.values().flatten().copied().collect();
-    holders.sort_unstable();
-    holders.dedup();
-    let mut scan = for_each_pid(&holders, threads, |pid, local, scratch| {
-        let proof = pass.proof.get(&pid).copied();
+    let mut holder_pids: Vec<u32> = holders.of.values().flatten().copied().collect();
+    holder_pids.sort_unstable();
+    holder_pids.dedup();
+    let mut scan = for_each_pid(&holder_pids, threads, |pid, local, scratch| {
+        let proof = holders.proof.get(&pid).copied();
         let described = match pass.walked.get(&pid) {
             Some(Some(task)) => {
                 Some(describe_task(&proc_dir, pid, task, proof, users, detail, &mut scratch.buf))
@@ -304,13 +453,13 @@ pub(crate) fn scan(
     });
     // A holder that cannot be described exited since, or /proc hides it (hidepid): either
     // way the walk would not have found it, so the reasons below are the walk's.
-    for pids in pass.holders.values_mut() {
+    for pids in holders.of.values_mut() {
         pids.retain(|p| scan.processes.contains_key(p));
     }
-    pass.holders.retain(|_, pids| !pids.is_empty());
+    holders.of.retain(|_, pids| !pids.is_empty());
     // Only when an owner is missing: which processes could it be in? Of those listed before
     // the pass (a process started since was not there to be walked), those not walked.
-    if wanted.iter().any(|i| !pass.holders.contains_key(i)) {
+    if wanted.iter().any(|i| !holders.of.contains_key(i)) {
         let from = pass.stopped_at.unwrap_or(u32::MAX);
         if pass.stopped_at.is_some() {
             scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
@@ -323,7 +472,7 @@ pub(crate) fn scan(
             .filter(|&&p| open_pid(&proc_dir, p).is_some_and(|dir| hid_files(&dir, sized)))
             .count();
     }
-    scan.holders = pass.holders;
+    scan.holders = holders.of;
     Ok(scan)
 }
 

@@ -3,6 +3,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::process::Owners;
 use crate::source::ebpf::tests::skip;
 
 /// Loads the iterator, or says why this test cannot run here (failing instead under
@@ -34,9 +35,11 @@ fn one_pass_finds_this_process_as_holder() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let inode = inode_of(&listener);
     let t = Instant::now();
-    let pass = iter.pass(&HashSet::from([inode]), Instant::now() + Duration::from_secs(5)).unwrap();
+    let pass = iter
+        .pass(Keep::Wanted(&HashSet::from([inode])), Instant::now() + Duration::from_secs(5))
+        .unwrap();
     eprintln!("pass in {:?}", t.elapsed());
-    assert_eq!(pass.holders.get(&inode), Some(&vec![std::process::id()]));
+    assert_eq!(pass.holders_of(inode), vec![std::process::id()]);
     assert_eq!(pass.stopped_at, None);
 }
 
@@ -75,7 +78,7 @@ fn loads_step_by_step() {
 #[test]
 fn a_pass_past_its_deadline_stops_and_says_where() {
     let Some(iter) = loaded() else { return };
-    let pass = iter.pass(&HashSet::from([1]), Instant::now()).unwrap();
+    let pass = iter.pass(Keep::Wanted(&HashSet::from([1])), Instant::now()).unwrap();
     // One read at most, then the deadline: the pids from where it stopped were not read.
     let stopped = pass.stopped_at.expect("stopped at the deadline");
     assert!(pass.walked.keys().all(|p| *p < stopped), "{stopped} {:?}", pass.walked.keys());
@@ -86,7 +89,10 @@ fn the_pass_describes_this_process_as_status_does() {
     let Some(iter) = loaded() else { return };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let pass = iter
-        .pass(&HashSet::from([inode_of(&listener)]), Instant::now() + Duration::from_secs(5))
+        .pass(
+            Keep::Wanted(&HashSet::from([inode_of(&listener)])),
+            Instant::now() + Duration::from_secs(5),
+        )
         .unwrap();
     let me = pass.walked[&std::process::id()].as_ref().expect("fds 0-2 open");
     let status = crate::owners::parse_status(&std::fs::read("/proc/self/status").unwrap()).unwrap();
@@ -136,4 +142,82 @@ fn a_refusal_quotes_the_end_of_the_verifier_log_only() {
     assert!(said.ends_with("R1 invalid mem access"), "{said}");
     assert_eq!(said.lines().count(), 7, "a lead-in and the last six lines: {said}");
     assert_eq!(log_tail("  \n"), "");
+}
+
+#[test]
+fn the_cpu_lists_of_sysfs_are_read() {
+    assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+    assert_eq!(parse_cpu_list("0,2-3,5"), Some(vec![0, 2, 3, 5]));
+    assert_eq!(parse_cpu_list("3-1"), None);
+    assert_eq!(parse_cpu_list("x"), None);
+    assert_eq!(parse_cpu_list("0-99999"), None);
+}
+
+#[test]
+fn every_socket_made_after_the_inode_floor_numbers_above_it() {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let me = nix::unistd::Pid::from_raw(0);
+    let Some(floor) = inode_floor() else {
+        return skip("not every online CPU is one this test may run on (a cpuset)");
+    };
+    let allowed = sched_getaffinity(me).unwrap();
+    let cpus: Vec<usize> =
+        (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    assert_eq!(sched_getaffinity(me).unwrap(), allowed, "the floor put the thread back");
+    // On every CPU, several: one CPU's numbers then another's, in any order.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        for &cpu in &cpus {
+            let mut one = CpuSet::new();
+            one.set(cpu).unwrap();
+            sched_setaffinity(me, &one).unwrap();
+            seen.push(inode_of(&std::net::UdpSocket::bind("127.0.0.1:0").unwrap()));
+        }
+    }
+    sched_setaffinity(me, &allowed).unwrap();
+    assert!(seen.iter().all(|&i| i > floor), "floor {floor}, sockets {seen:?}");
+}
+
+/// The holders of `wanted` through `scan`, with an early pass if given.
+fn scanned(iter: &OwnerIter, early: Option<Pass>, wanted: &HashSet<u64>) -> FdScan {
+    let users = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let detail = Detail { cmdline: false, cgroup: false };
+    let search = Search { wanted, users: &users, detail, threads: 1, deadline };
+    let pids = crate::owners::list_pids(Path::new("/proc")).unwrap();
+    scan(iter, early, Path::new("/proc"), &pids, &search).unwrap()
+}
+
+#[test]
+fn a_socket_made_while_the_early_pass_ran_is_found_by_one_more() {
+    let Some(iter) = loaded() else { return };
+    let before = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let early = early_pass(&iter).expect("a pass");
+    // Made after the pass, as a socket made while it ran beside the dump can be.
+    let after = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert_eq!(early.holders_of(inode_of(&before)), vec![std::process::id()]);
+    assert!(early.holders_of(inode_of(&after)).is_empty());
+    let scan = scanned(&iter, Some(early), &HashSet::from([inode_of(&before), inode_of(&after)]));
+    for s in [&before, &after] {
+        assert_eq!(scan.holders.get(&inode_of(s)), Some(&vec![std::process::id()]));
+    }
+}
+
+#[test]
+fn a_socket_older_than_the_early_pass_that_nobody_holds_is_unknown_as_the_walk_says() {
+    let Some(iter) = loaded() else { return };
+    // Closed before the pass: older than it and held by no process, as a kernel socket is.
+    let gone = inode_of(&std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let early = early_pass(&iter).expect("a pass");
+    let wanted = HashSet::from([gone]);
+    let scan = scanned(&iter, Some(early), &wanted);
+    let proc_dir = open_proc(Path::new("/proc")).unwrap();
+    let pids = crate::owners::list_pids(Path::new("/proc")).unwrap();
+    let users = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let detail = Detail { cmdline: false, cgroup: false };
+    let search = Search { wanted: &wanted, users: &users, detail, threads: 1, deadline };
+    let walked = crate::owners::scan_pids(&proc_dir, &pids, &search);
+    assert!(matches!(scan.owners_of(gone), Owners::Unknown(_)), "{:?}", scan.owners_of(gone));
+    assert_eq!(scan.owners_of(gone), walked.owners_of(gone));
 }
