@@ -26,7 +26,8 @@ pub use table::{table, unknown_owners_warning};
 /// (bidi overrides and isolates, line and paragraph separators, as `\u{202e}`). Printable
 /// UTF-8, spaces and backslashes stay as they are, so ordinary names read unchanged.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(unsafe_char) {
+    // Printable ASCII, the common case, is checked a byte at a time.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(unsafe_char) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -80,27 +81,37 @@ pub const LINE_OWNERS: OwnerStyle =
 
 /// The processes holding a socket, or why they are unknown.
 pub fn owners_text(owners: &Owners, style: &OwnerStyle) -> String {
-    match owners {
-        Owners::Known(procs) => processes_text(procs, style),
-        Owners::Unknown(UnknownReason::NotResolved) => style.not_resolved.to_owned(),
-        Owners::Unknown(UnknownReason::PermissionDenied { .. }) => {
-            "unknown (permission denied)".to_owned()
-        }
-        Owners::Unknown(UnknownReason::NotFound) => "unknown (not found)".to_owned(),
-        Owners::Unknown(UnknownReason::Skipped { .. }) => "unknown (skipped)".to_owned(),
-        Owners::Unknown(UnknownReason::Hidden) => "unknown (hidden by hidepid)".to_owned(),
-        Owners::Unknown(_) | _ => "unknown".to_owned(),
-    }
+    let mut text = String::new();
+    write_owners(&mut text, owners, style);
+    text
+}
+
+/// [`owners_text`], appended to `text`.
+pub fn write_owners(text: &mut String, owners: &Owners, style: &OwnerStyle) {
+    text.push_str(match owners {
+        Owners::Known(procs) => return write_processes(text, procs, style),
+        Owners::Unknown(UnknownReason::NotResolved) => style.not_resolved,
+        Owners::Unknown(UnknownReason::PermissionDenied { .. }) => "unknown (permission denied)",
+        Owners::Unknown(UnknownReason::NotFound) => "unknown (not found)",
+        Owners::Unknown(UnknownReason::Skipped { .. }) => "unknown (skipped)",
+        Owners::Unknown(UnknownReason::Hidden) => "unknown (hidden by hidepid)",
+        Owners::Unknown(_) | _ => "unknown",
+    });
 }
 
 /// `PID COMM` for each process, in `style`, each name escaped.
 pub fn processes_text(procs: &[Arc<Process>], style: &OwnerStyle) -> String {
     let mut text = String::new();
+    write_processes(&mut text, procs, style);
+    text
+}
+
+/// [`processes_text`], appended to `text`.
+fn write_processes(text: &mut String, procs: &[Arc<Process>], style: &OwnerStyle) {
     for (i, p) in procs.iter().enumerate() {
         let sep = if i == 0 { "" } else { style.between };
         let _ = write!(text, "{sep}{}{}{}", p.pid, style.pid_comm, escape(&p.comm));
     }
-    text
 }
 
 /// What names a socket's namespace in output: its container (escaped), else, when it is not

@@ -2,25 +2,29 @@
 //! missing.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::ops::Range;
 
 use portwatch_core::{AddressScope, Owners, Socket, State, UnknownReason, Users};
 
-use super::{TABLE_OWNERS, escape, forward_text, namespace_text, owners_text};
+use super::{TABLE_OWNERS, escape, forward_text, namespace_text, write_owners};
 
 /// The user column: the owning process's user, else the socket's uid; by name whenever
 /// `/etc/passwd` has one, so root is `root` on every line, owners known or not.
-fn user_text<'a>(s: &'a Socket, users: &'a Users) -> Cow<'a, str> {
+fn write_user(text: &mut String, s: &Socket, users: &Users) {
     let (uid, name) = match s.processes().first() {
         Some(p) => (p.uid, p.user.as_deref()),
         None => match s.uid {
             Some(uid) => (uid, None),
-            None => return Cow::Borrowed("-"),
+            None => return text.push('-'),
         },
     };
     match name.or_else(|| users.name(uid)) {
-        Some(name) => escape(name),
-        None => Cow::Owned(uid.to_string()),
+        Some(name) => text.push_str(&escape(name)),
+        None => {
+            let _ = write!(text, "{uid}");
+        }
     }
 }
 
@@ -32,17 +36,16 @@ fn state_text(s: &Socket) -> Cow<'static, str> {
     }
 }
 
-/// Writes `cell` left-aligned in `width` columns, then two spaces.
-fn cell(out: &mut impl Write, cell: &str, width: usize) -> io::Result<()> {
-    const SPACES: &[u8] = &[b' '; 128];
-    out.write_all(cell.as_bytes())?;
-    let mut pad = width.saturating_sub(cell.chars().count()) + 2;
-    while pad > 0 {
-        let n = pad.min(SPACES.len());
-        out.write_all(&SPACES[..n])?;
-        pad -= n;
-    }
-    Ok(())
+/// The columns a terminal gives `text`.
+fn width(text: &str) -> usize {
+    if text.is_ascii() { text.len() } else { text.chars().count() }
+}
+
+/// Appends `cell` left-aligned in `width` columns, then two spaces.
+fn cell(out: &mut Vec<u8>, cell: &str, width: usize) {
+    out.extend_from_slice(cell.as_bytes());
+    let pad = width.saturating_sub(self::width(cell)) + 2;
+    out.resize(out.len() + pad, b' ');
 }
 
 /// The scope column, short as `ss` columns are: `lo` (loopback), `link` (link-local), `addr`
@@ -58,36 +61,59 @@ fn scope_text(s: &Socket) -> &'static str {
     }
 }
 
-/// The peer column: `addr:port` of a connected inet socket, `*` for any other.
-fn peer_text(s: &Socket) -> String {
-    s.remote.map_or_else(|| "*".to_owned(), |r| r.to_string())
+/// The cells of one row whose text is built (the rest are static): ranges of one buffer.
+struct Row {
+    namespace: Range<usize>,
+    local: Range<usize>,
+    peer: Range<usize>,
+    user: Range<usize>,
+    process: Range<usize>,
+}
+
+/// Appends what `write` writes to `text`, returning where it is.
+fn built(text: &mut String, write: impl FnOnce(&mut String)) -> Range<usize> {
+    let start = text.len();
+    write(text);
+    start..text.len()
 }
 
 /// The table; with `own_netns` (several namespaces listed), a Namespace column first. A Scope
 /// column (`lo`, `link`, `addr`, `any`) follows the state when any inet socket is listed. A
 /// Peer column follows the local address when any socket listed has a peer (connected
 /// sockets, as `--state established` lists): listeners have none, so their table stays as
-/// narrow as `ss -l`'s.
+/// narrow as `ss -l`'s. Built whole, then written at once.
 pub fn table(
     sockets: &[Socket],
     users: &Users,
     own_netns: Option<u64>,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    // Only the namespace, address, peer and user columns need text built per row. The
-    // address is a unix path for unix sockets: escaped like every name.
-    let rows: Vec<(Cow<'_, str>, String, String, Cow<'_, str>)> = sockets
+    // The cells built per row, all in one buffer. Names other users chose (a unix path, a
+    // container, a process name) are escaped.
+    let mut text = String::with_capacity(sockets.len() * 64);
+    let rows: Vec<Row> = sockets
         .iter()
-        .map(|s| {
-            let ns = own_netns.map_or(Cow::Borrowed(""), |own| {
-                namespace_text(s, own).unwrap_or(Cow::Borrowed("host"))
-            });
-            let local = s.local_display();
-            let local = match escape(&local) {
-                Cow::Borrowed(_) => local,
-                Cow::Owned(escaped) => escaped,
-            };
-            (ns, local, peer_text(s), user_text(s, users))
+        .map(|s| Row {
+            namespace: built(&mut text, |t| {
+                if let Some(own) = own_netns {
+                    t.push_str(&namespace_text(s, own).unwrap_or(Cow::Borrowed("host")));
+                }
+            }),
+            local: built(&mut text, |t| t.push_str(&escape(&s.local_display()))),
+            peer: built(&mut text, |t| match s.remote {
+                Some(r) => {
+                    let _ = write!(t, "{r}");
+                }
+                None => t.push('*'),
+            }),
+            user: built(&mut text, |t| write_user(t, s, users)),
+            process: built(&mut text, |t| {
+                write_owners(t, &s.owners, &TABLE_OWNERS);
+                if let Some(f) = &s.forwards_to {
+                    t.push_str(" -> ");
+                    t.push_str(&forward_text(f));
+                }
+            }),
         })
         .collect();
     let header = [
@@ -101,13 +127,13 @@ pub fn table(
         "Process",
     ];
     let mut widths = header.map(str::len);
-    for (s, (ns, local, peer, user)) in sockets.iter().zip(&rows) {
-        widths[0] = widths[0].max(ns.chars().count());
+    for (s, row) in sockets.iter().zip(&rows) {
+        widths[0] = widths[0].max(width(&text[row.namespace.clone()]));
         widths[1] = widths[1].max(s.protocol.as_str().len());
         widths[2] = widths[2].max(state_text(s).len());
-        widths[4] = widths[4].max(local.chars().count());
-        widths[5] = widths[5].max(peer.len());
-        widths[6] = widths[6].max(user.chars().count());
+        widths[4] = widths[4].max(width(&text[row.local.clone()]));
+        widths[5] = widths[5].max(width(&text[row.peer.clone()]));
+        widths[6] = widths[6].max(width(&text[row.user.clone()]));
     }
     let shown = [
         own_netns.is_some(),
@@ -118,28 +144,34 @@ pub fn table(
         sockets.iter().any(|s| s.remote.is_some()),
     ];
     let shown = |column: usize| shown.get(column).copied().unwrap_or(true);
-    for (column, (text, width)) in header.iter().zip(widths).take(7).enumerate() {
+    let mut lines = Vec::with_capacity(text.len() + sockets.len() * 48 + 128);
+    for (column, (title, width)) in header.iter().zip(widths).take(7).enumerate() {
         if shown(column) {
-            cell(out, text, width)?;
+            cell(&mut lines, title, width);
         }
     }
-    writeln!(out, "{}", header[7])?;
-    for (s, (ns, local, peer, user)) in sockets.iter().zip(&rows) {
+    lines.extend_from_slice(header[7].as_bytes());
+    lines.push(b'\n');
+    for (s, row) in sockets.iter().zip(&rows) {
         let state = state_text(s);
-        let cells = [&**ns, s.protocol.as_str(), &state, scope_text(s), local, peer, user];
+        let cells = [
+            &text[row.namespace.clone()],
+            s.protocol.as_str(),
+            &state,
+            scope_text(s),
+            &text[row.local.clone()],
+            &text[row.peer.clone()],
+            &text[row.user.clone()],
+        ];
         for (column, (text, width)) in cells.iter().zip(widths).enumerate() {
             if shown(column) {
-                cell(out, text, width)?;
+                cell(&mut lines, text, width);
             }
         }
-        match &s.forwards_to {
-            Some(f) => {
-                writeln!(out, "{} -> {}", owners_text(&s.owners, &TABLE_OWNERS), forward_text(f))?
-            }
-            None => writeln!(out, "{}", owners_text(&s.owners, &TABLE_OWNERS))?,
-        }
+        lines.extend_from_slice(text[row.process.clone()].as_bytes());
+        lines.push(b'\n');
     }
-    Ok(())
+    out.write_all(&lines)
 }
 
 /// Why some owners are missing and what would fix it (one line each, with its newline), if any
