@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::Mode;
@@ -159,36 +158,63 @@ pub(crate) fn open_pid(proc_dir: &OwnedFd, pid: u32) -> Option<OwnedFd> {
     openat(proc_dir, decimal_cstr(pid, &mut name), flags, Mode::empty()).ok()
 }
 
+/// Bytes of `getdents64` records read at a time from `/proc/PID/fd`: room for the first
+/// [`FDS_PER_PROCESS`] fds (24 bytes each up to fd 99 999) in one call, as libc's `readdir`.
+const DENTS_BUF: usize = 32 << 10;
+/// The longest record of an fd in `/proc/PID/fd`: 19 bytes of header, ten digits and a NUL,
+/// rounded up to 8.
+const FD_RECORD_MAX: usize = 32;
+
+/// Lists the fds of an open `/proc/PID/fd` into `fds` (cleared first), ascending, at most
+/// `max`; `Ok(true)` when there are more. The listing is in fd order, so stopping early keeps
+/// the lowest fds and spares the kernel building an entry for each of the rest. `buf` is
+/// scratch, sized here for `max` fds (and `.`, `..`), up to [`DENTS_BUF`] bytes.
+pub(crate) fn list_fds(
+    fd_dir: &OwnedFd,
+    max: usize,
+    fds: &mut Vec<u32>,
+    buf: &mut Vec<u8>,
+) -> Result<bool, Errno> {
+    fds.clear();
+    buf.resize(max.saturating_add(2).saturating_mul(FD_RECORD_MAX).min(DENTS_BUF), 0);
+    loop {
+        let n = sys::getdents64(fd_dir, buf)?;
+        let names = sys::dirent_names(&buf[..n]);
+        for fd in names.filter_map(|name| std::str::from_utf8(name).ok()?.parse().ok()) {
+            if fds.len() == max {
+                return Ok(true);
+            }
+            fds.push(fd);
+        }
+        // procfs fills the buffer until the next fd does not fit: with room for one more
+        // left, the listing has ended, and another call would only return 0.
+        if n == 0 || n + FD_RECORD_MAX <= buf.len() {
+            return Ok(false);
+        }
+    }
+}
+
 /// Walks `fd/` of an open `/proc/PID`, calling `found(inode)` for every socket fd among its
-/// first [`FDS_PER_PROCESS`] whose inode is wanted. `fds` is a scratch buffer kept across calls.
+/// first [`FDS_PER_PROCESS`] whose inode is wanted.
 fn scan_pid(
     pid_dir: &OwnedFd,
     wanted: &HashSet<u64>,
-    fds: &mut Vec<u32>,
+    scratch: &mut Scratch,
     mut found: impl FnMut(u64),
 ) -> PidScan {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let mut dir = match Dir::openat(pid_dir, "fd", flags, Mode::empty()) {
+    let dir = match openat(pid_dir, "fd", flags, Mode::empty()) {
         Ok(d) => d,
         Err(Errno::EACCES | Errno::EPERM) => return PidScan::Unreadable,
         // ENOENT/ESRCH: exited; anything else: nothing we can learn from this process.
         Err(_) => return PidScan::Done,
     };
-    fds.clear();
-    let mut outcome = PidScan::Done;
-    // Collect first: the directory handle is borrowed by its iterator while it runs. The
-    // listing is in ascending fd order, so stopping early keeps the lowest fds (and spares
-    // the kernel building an entry for each of the rest).
-    for entry in dir.iter() {
-        let Ok(entry) = entry else { break };
-        if let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse().ok()) {
-            if fds.len() == FDS_PER_PROCESS {
-                outcome = PidScan::Crowded;
-                break;
-            }
-            fds.push(fd);
-        }
-    }
+    let fds = &mut scratch.fds;
+    let outcome = match list_fds(&dir, FDS_PER_PROCESS, fds, &mut scratch.dents) {
+        Ok(true) => PidScan::Crowded,
+        // Exited midway (ENOENT), or a short list: what was read is what there is.
+        Ok(false) | Err(_) => PidScan::Done,
+    };
     let mut name = [0u8; 12];
     let mut link = [0u8; 64];
     for &fd in fds.iter() {
@@ -297,7 +323,7 @@ pub(crate) fn scan_pids(proc_dir: &OwnedFd, pids: &[u32], search: &Search) -> Fd
         }
         let Some(pid_dir) = open_pid(proc_dir, pid) else { return };
         let mut holds = false;
-        let seen = scan_pid(&pid_dir, wanted, &mut scratch.fds, |inode| {
+        let seen = scan_pid(&pid_dir, wanted, scratch, |inode| {
             holds = true;
             let v = local.holders.entry(inode).or_default();
             if !v.contains(&pid) {
@@ -319,9 +345,13 @@ pub(crate) fn scan_pids(proc_dir: &OwnedFd, pids: &[u32], search: &Search) -> Fd
 
 /// Buffers a worker keeps across the processes it reads.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
+    /// The fds of one process.
     fds: Vec<u32>,
-    buf: Vec<u8>,
+    /// `getdents64` records.
+    dents: Vec<u8>,
+    /// A /proc file.
+    pub(crate) buf: Vec<u8>,
 }
 
 /// Runs `work` for each of `pids` over up to `threads` threads (one below
@@ -596,6 +626,68 @@ NSpgid:\t4242\t7\nNSsid:\t4200\t1\nKthread:\t0\nVmPeak:\t   10000 kB\n";
 Tgid:\t1\nNgid:\t0\nPid:\t1\nPPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
 NSpid:\t1\n";
 
+    /// The fds /proc/self/fd lists, by `read_dir` (libc's readdir), ascending.
+    fn listed_by_readdir() -> Vec<u32> {
+        let mut fds: Vec<u32> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    #[test]
+    fn list_fds_lists_what_readdir_does_and_stops_at_max() {
+        // Past one buffer's worth, so the listing takes more than one call.
+        let held: Vec<std::fs::File> =
+            (0..1500).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let dir =
+            open(Path::new("/proc/self/fd"), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                .unwrap();
+        let (mut fds, mut buf) = (Vec::new(), Vec::new());
+        assert_eq!(list_fds(&dir, usize::MAX, &mut fds, &mut buf), Ok(false));
+        // readdir lists the same, and the fd it reads through, opened after.
+        let expected = listed_by_readdir();
+        assert!(fds.len() > 1500, "{}", fds.len());
+        assert_eq!(fds[..], expected[..fds.len()]);
+        assert_eq!(expected.len(), fds.len() + 1);
+        drop(held);
+    }
+
+    #[test]
+    fn list_fds_keeps_the_lowest_and_says_there_are_more() {
+        let dir =
+            open(Path::new("/proc/self/fd"), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                .unwrap();
+        let (mut fds, mut buf) = (Vec::new(), Vec::new());
+        assert_eq!(list_fds(&dir, 2, &mut fds, &mut buf), Ok(true));
+        assert_eq!(fds, listed_by_readdir()[..2]);
+    }
+
+    #[test]
+    fn dirent_records_are_read_without_trusting_them() {
+        // Two records as the kernel writes them: ".", then "12".
+        let mut records = Vec::new();
+        for name in [&b"."[..], b"12"] {
+            let len = (19 + name.len() + 1).next_multiple_of(8);
+            let mut r = vec![0u8; len];
+            r[16..18].copy_from_slice(&(len as u16).to_ne_bytes());
+            r[19..19 + name.len()].copy_from_slice(name);
+            records.extend(r);
+        }
+        let names: Vec<&[u8]> = sys::dirent_names(&records).collect();
+        assert_eq!(names, [&b"."[..], b"12"]);
+        // Cut anywhere, or a length of zero or past the end: no panic, no endless loop.
+        for cut in 0..records.len() {
+            assert!(sys::dirent_names(&records[..cut]).count() <= 2);
+        }
+        let mut zero = records.clone();
+        zero[16..18].copy_from_slice(&0u16.to_ne_bytes());
+        assert_eq!(sys::dirent_names(&zero).count(), 0);
+        zero[16..18].copy_from_slice(&u16::MAX.to_ne_bytes());
+        assert_eq!(sys::dirent_names(&zero).count(), 0);
+    }
+
     #[test]
     fn socket_links() {
         assert_eq!(parse_socket_link(b"socket:[12345]"), Some(12345));
@@ -725,10 +817,10 @@ NSpid:\t1\n";
         }
         // Through the handle: nothing, not the newcomer's fds or status.
         assert!(describe(&handle, pid, &users, detail, &mut buf).is_none());
-        let mut fds = Vec::new();
+        let mut scratch = Scratch::default();
         let mut found = false;
-        scan_pid(&handle, &HashSet::from([1]), &mut fds, |_| found = true);
-        assert!(fds.is_empty() && !found);
+        scan_pid(&handle, &HashSet::from([1]), &mut scratch, |_| found = true);
+        assert!(scratch.fds.is_empty() && !found);
         if let Some(mut next) = successor {
             // By path, the same pid now names the newcomer: reads by pid would mix them.
             let fresh = open_pid(&proc_dir, pid).unwrap();

@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use self::btf::{Btf, BtfError, KIND_FUNC};
-use super::{Detail, FdScan, Search, describe, for_each_pid, open_pid, open_proc, status_name};
+use super::{
+    Detail, FdScan, Search, describe, for_each_pid, list_fds, open_pid, open_proc, status_name,
+};
 use crate::process::Process;
 use crate::sys;
 
@@ -534,12 +535,11 @@ fn hid_files(pid_dir: &OwnedFd, sized: bool) -> bool {
         return false;
     }
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let Ok(mut dir) = Dir::openat(pid_dir, "fd", flags, Mode::empty()) else { return false };
+    let Ok(dir) = nix::fcntl::openat(pid_dir, "fd", flags, Mode::empty()) else { return false };
     // Listed in ascending order: the first fd is the lowest.
-    dir.iter()
-        .flatten()
-        .find_map(|e| e.file_name().to_str().ok().and_then(|n| n.parse::<u32>().ok()))
-        .is_some_and(|fd| fd < MARKER_FDS)
+    let mut first = Vec::new();
+    let _ = list_fds(&dir, 1, &mut first, &mut Vec::new());
+    first.first().is_some_and(|fd| *fd < MARKER_FDS)
 }
 
 /// The kernel's BTF: mapped where the kernel allows it (6.16+), else read.
