@@ -21,6 +21,7 @@
 //! asked about, not what others hold.
 
 mod btf;
+mod bytes;
 mod elf;
 
 use std::collections::{HashMap, HashSet};
@@ -424,9 +425,9 @@ impl KernelBtf {
 /// (tgid, socket inode, the process) of one record (native byte order, as the program wrote
 /// it; `rec` is one whole record).
 fn decode(rec: &[u8]) -> (u32, u32, u64, Option<Task>) {
-    let u32_at = |at: usize| btf::u32_at(rec, at).unwrap_or(0);
-    let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
-    let comm = rec.get(32..48).and_then(|b| b.try_into().ok()).unwrap_or([0; 16]);
+    let u32_at = |at: usize| bytes::u32_at(rec, at).unwrap_or(0);
+    let inode = bytes::u64_at(rec, 8).unwrap_or(0);
+    let comm = bytes::array_at(rec, 32).unwrap_or([0; 16]);
     let task = (u32_at(28) == 1).then(|| Task {
         ppid: u32_at(16),
         uid: u32_at(20),
@@ -483,11 +484,8 @@ impl Object {
 
     /// The instructions with every field offset the kernel's BTF gives.
     fn relocated(&self, kernel: &Btf<'_>) -> Result<Program, Unavailable> {
-        let mut insns: Vec<u64> = self
-            .code
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
-            .collect();
+        let mut insns: Vec<u64> =
+            self.code.chunks_exact(8).map(|c| bytes::u64_at(c, 0).unwrap_or_default()).collect();
         for relo in &self.relos {
             let offset = btf::field_offset(relo, &self.local, kernel)
                 .map_err(|e: BtfError| Unavailable::Unsupported(e.to_string()))?;
