@@ -39,7 +39,7 @@ RATE ?= 200
 SOURCE ?= scan
 PER_PROCESS ?= 1
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args
+FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args bpf_object bpf_kernel
 NAMESPACES ?= 40
 LISTENERS ?= 5
 CROWD_PROCS ?= 40
@@ -140,7 +140,8 @@ soak: build
 	  --source $(SOURCE) --per-process $(PER_PROCESS) $(if $(SCRAPE),--scrape $(SCRAPE))
 
 # Each target starts from its seeds (fuzz/seeds/TARGET: datagrams captured from this kernel,
-# real /proc files, a snapshot a container wrote) and grows fuzz/corpus/TARGET.
+# real /proc files, a snapshot a container wrote, the committed eBPF objects and their BTF)
+# and grows fuzz/corpus/TARGET.
 # cargo-fuzz needs the nightly -Z flags for sanitizer coverage; these machines have one stable
 # toolchain, which RUSTC_BOOTSTRAP=1 lets take them (it unlocks nightly features on a stable
 # compiler: fine for a fuzzing build, never for what we ship). `make lint` only checks that

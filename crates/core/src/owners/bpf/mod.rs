@@ -23,6 +23,8 @@
 mod btf;
 mod bytes;
 mod elf;
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) mod fuzz;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -168,16 +170,9 @@ impl OwnerIter {
         if !missing.is_empty() {
             return Err(Unavailable::Permission { missing });
         }
-        let object = Object::parse()?;
+        let object = Object::parse(OBJECT)?;
         let kernel_blob = KernelBtf::open().map_err(|source| Unavailable::NoBtf { source })?;
-        let mut names = object.local.relocated_names(&object.relos);
-        names.push(ATTACH_FUNC);
-        let kernel = Btf::parse_naming(kernel_blob.bytes(), &names)
-            .map_err(|e| Unavailable::Unsupported(format!("kernel BTF: {e}")))?;
-        let program = object.relocated(&kernel)?;
-        let attach = kernel.find(KIND_FUNC, ATTACH_FUNC).ok_or_else(|| {
-            Unavailable::Unsupported("no task_file iterator (bpf_iter_task_file)".into())
-        })?;
+        let (program, attach) = object.prepare(kernel_blob.bytes())?;
         let license = c"Dual MIT/GPL";
         let prog = match sys::bpf_load_iter(&program.insns, license, PROGRAM_NAME, attach, None) {
             Ok(fd) => fd,
@@ -456,17 +451,18 @@ struct Program {
     insns: Vec<u64>,
 }
 
-/// The committed object, taken apart: the program's code, its BTF and CO-RE relocations.
-struct Object {
-    code: &'static [u8],
-    local: Btf<'static>,
+/// The object (the committed one, [`OBJECT`]), taken apart: the program's code, its BTF and
+/// CO-RE relocations.
+struct Object<'a> {
+    code: &'a [u8],
+    local: Btf<'a>,
     relos: Vec<btf::CoreRelo>,
 }
 
-impl Object {
-    fn parse() -> Result<Object, Unavailable> {
+impl<'a> Object<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Object<'a>, Unavailable> {
         let object = |what: &str| Unavailable::Object(what.to_owned());
-        let elf = elf::Elf::parse(OBJECT).ok_or_else(|| object("not an ELF64 object"))?;
+        let elf = elf::Elf::parse(bytes).ok_or_else(|| object("not an ELF64 object"))?;
         let code = elf.section(SECTION).ok_or_else(|| object("no iter/task_file section"))?;
         // A relocation section would mean maps or calls to patch, which this loader does not do.
         if elf.has(&[b".rel", SECTION].concat()) {
@@ -480,6 +476,20 @@ impl Object {
         let local = Btf::parse(local_blob).map_err(|e| object(&format!(".BTF: {e}")))?;
         let relos = btf::core_relos(ext, &local, SECTION).map_err(|e| object(&e.to_string()))?;
         Ok(Object { code, local, relos })
+    }
+
+    /// Everything the loader does with the kernel's BTF (`kernel_blob`): index it for the
+    /// types the relocations need, relocate the program, find the function it attaches to.
+    fn prepare(&self, kernel_blob: &[u8]) -> Result<(Program, u32), Unavailable> {
+        let mut names = self.local.relocated_names(&self.relos);
+        names.push(ATTACH_FUNC);
+        let kernel = Btf::parse_naming(kernel_blob, &names)
+            .map_err(|e| Unavailable::Unsupported(format!("kernel BTF: {e}")))?;
+        let program = self.relocated(&kernel)?;
+        let attach = kernel.find(KIND_FUNC, ATTACH_FUNC).ok_or_else(|| {
+            Unavailable::Unsupported("no task_file iterator (bpf_iter_task_file)".into())
+        })?;
+        Ok((program, attach))
     }
 
     /// The instructions with every field offset the kernel's BTF gives.
