@@ -62,7 +62,8 @@ man:
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
 # and setpriv (util-linux) and python3 for the namespace sandboxes and runs with chosen
 # capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service, pasta (passt)
-# for a port rootless Podman's network publishes, prometheus and
+# for a port rootless Podman's network publishes, strace (its fault injection makes bpf(2)
+# refuse portwatch alone, as lockdown would), prometheus and
 # promtool (Debian's prometheus, without the node exporter it recommends) to scrape
 # `watch --metrics` for real. The tests run as root and call them by
 # absolute path in the system directories (never through PATH), so that is where they must be.
@@ -76,6 +77,7 @@ deps:
 	[ -n "$(call have,systemd-analyze)" ] || missing="$$missing systemd"; \
 	[ -n "$(call have,pasta)" ] || missing="$$missing passt"; \
 	[ -n "$(call have,python3)" ] || missing="$$missing python3"; \
+	[ -n "$(call have,strace)" ] || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \

@@ -105,6 +105,16 @@ pub(crate) enum Unavailable {
     Object(String),
 }
 
+impl Unavailable {
+    /// Whether this is a defect of this build (the object out of step with the code) rather
+    /// than a condition of the host: missing capabilities, BTF or kernel support, a pid
+    /// namespace, a kernel that refuses the program (lockdown, an LSM). A host's condition
+    /// holds on every run, and the `/proc` walk gives the same answers, so it is no news.
+    pub(crate) fn is_defect(&self) -> bool {
+        matches!(self, Unavailable::Object(_))
+    }
+}
+
 /// The end of the verifier's log, where it says why (the whole log runs to 64 KiB).
 fn log_tail(log: &str) -> String {
     const LINES: usize = 6;
@@ -158,8 +168,10 @@ pub(crate) struct Task {
 const MARKER_FDS: u32 = 3;
 
 impl OwnerIter {
-    /// Loads and links the iterator.
-    pub(crate) fn load() -> Result<OwnerIter, Unavailable> {
+    /// Loads and links the iterator. `verifier_log`: when the kernel refuses the program,
+    /// load it again asking for the verifier's log, which says why (a second load, and a
+    /// slower one: worth it only when the refusal is reported).
+    pub(crate) fn load(verifier_log: bool) -> Result<OwnerIter, Unavailable> {
         let start = Instant::now();
         if std::fs::metadata("/proc/self/ns/pid")
             .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != INIT_PID_NS)
@@ -176,6 +188,9 @@ impl OwnerIter {
         let license = c"Dual MIT/GPL";
         let prog = match sys::bpf_load_iter(&program.insns, license, PROGRAM_NAME, attach, None) {
             Ok(fd) => fd,
+            Err(errno) if !verifier_log => {
+                return Err(refused("loading the program", errno, String::new()));
+            }
             Err(errno) => {
                 // Again with the verifier's log, which says why: only on failure, as asking
                 // for it makes the verifier slower.

@@ -8,7 +8,7 @@ use crate::source::ebpf::tests::skip;
 /// Loads the iterator, or says why this test cannot run here (failing instead under
 /// `PORTWATCH_REQUIRE_PRIVILEGED=1`, as CI runs).
 fn loaded() -> Option<OwnerIter> {
-    OwnerIter::load().map_err(|e| skip(&e.to_string())).ok()
+    OwnerIter::load(true).map_err(|e| skip(&e.to_string())).ok()
 }
 
 fn inode_of(fd: &impl AsRawFd) -> u64 {
