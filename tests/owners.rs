@@ -9,9 +9,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use serde_json::json;
+
 use crate::util::{
-    Holder, PATIENCE, WatchCmd, is_root, json, json_list, pids_of, portwatch, private_dir, skip,
-    system_tool, wait_for,
+    Holder, PATIENCE, WatchCmd, as_nobody_under_hidepid, is_root, json, json_list, pids_of,
+    portwatch, private_dir, skip, system_tool, tool, wait_for,
 };
 
 fn can_load() -> bool {
@@ -306,3 +308,61 @@ fn a_process_that_makes_the_bpf_pass_long_cannot_hide_roots_owners() {
     );
     assert!(err.contains("walking /proc instead"), "the pass gave way to the walk: {err}");
 }
+
+/// `portwatch ARGS` as nobody with CAP_BPF and CAP_PERFMON only (no CAP_SYS_PTRACE, so
+/// hidepid holds for it), in a mount namespace of its own whose /proc has `hidepid=HIDEPID`.
+fn with_bpf_caps_under_hidepid(hidepid: u8, args: &[&str]) -> std::process::Output {
+    let caps = "-all,+bpf,+perfmon";
+    let options = ["--inh-caps", "--ambient-caps", "--bounding-set"].map(|o| format!("{o}={caps}"));
+    as_nobody_under_hidepid(hidepid, &options.each_ref().map(String::as_str), args)
+}
+
+#[test]
+fn the_pass_does_not_reveal_the_processes_hidepid_hides() {
+    if !can_load() {
+        return;
+    }
+    if ["unshare", "mount", "setpriv", "python3"].iter().any(|t| system_tool(t).is_none()) {
+        return skip("unshare, mount, setpriv (util-linux) or python3 is not installed");
+    }
+    // Root's listener (this test's) and one of nobody's own, listed by nobody with the BPF
+    // capabilities where /proc hides root's processes: the pass sees both holders, but may
+    // name only the one /proc shows, as the walk does; root's is hidden.
+    let root = TcpListener::bind("127.0.0.1:0").unwrap();
+    let root_port = root.local_addr().unwrap().port().to_string();
+    let mut py = tool("python3");
+    py.args(["-c", HOLD_AS_NOBODY]).uid(65534).gid(65534);
+    let mut own = py.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut own_port = String::new();
+    BufReader::new(own.stdout.take().unwrap()).read_line(&mut own_port).unwrap();
+    let own_port = own_port.trim().to_owned();
+    let list = |hidepid: u8, owners: &str, port: &str| {
+        let out = with_bpf_caps_under_hidepid(
+            hidepid,
+            &["list", "--format", "json", "--tcp", "--owners", owners, "--port", port],
+        );
+        // --owners bpf fails where the iterator cannot load: when it succeeds, it loaded.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "hidepid={hidepid} --owners {owners}: {err}");
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list.len(), 1, "{list:?}");
+        list[0].clone()
+    };
+    // hidepid=2: other users' /proc/PID are not there; hidepid=1: there, but closed.
+    for (hidepid, owners) in [(2, "bpf"), (2, "proc"), (1, "bpf"), (1, "proc")] {
+        let hidden = list(hidepid, owners, &root_port);
+        let said = format!("hidepid={hidepid} --owners {owners}");
+        assert_eq!(hidden["pids"], json!([]), "{said}: root's holder shown: {hidden}");
+        assert_eq!(hidden["owner_unknown_reason"], "hidden", "{said}: {hidden}");
+        let shown = list(hidepid, owners, &own_port);
+        assert_eq!(shown["pids"], json!([own.id()]), "{said}: {shown}");
+    }
+    drop(own.stdin.take());
+    let _ = own.wait();
+}
+
+/// Listens on 127.0.0.1, prints the port, and holds it until stdin closes.
+const HOLD_AS_NOBODY: &str = "import socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()";

@@ -129,7 +129,10 @@ fn wants_verifier_log(how: OwnerLookup, debug: bool) -> bool {
 }
 
 /// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
-/// iterator, or the pass failed: logged). `pids` are the processes listed before.
+/// iterator, or the pass failed: logged). `pids` are the processes listed before. Where
+/// `/proc` hides processes from us (hidepid, without the privilege to see through it), only
+/// the holders `/proc` shows us are kept: the pass sees every process, and must not tell more
+/// than the walk would.
 pub(crate) fn try_iterator(
     iter: Option<&BpfIter>,
     proc_root: &Path,
@@ -139,7 +142,12 @@ pub(crate) fn try_iterator(
     #[cfg(feature = "ebpf")]
     if let Some(iter) = iter {
         match super::bpf::scan(iter, proc_root, pids, search) {
-            Ok(scan) => return Some(scan),
+            Ok(mut scan) => {
+                if super::hidepid::hides_from_us(proc_root) {
+                    super::hidepid::drop_invisible(&mut scan, proc_root);
+                }
+                return Some(scan);
+            }
             Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
         }
     }

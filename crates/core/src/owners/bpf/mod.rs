@@ -15,7 +15,8 @@
 //! Nothing is pinned and nothing outlives the process: the program and its link are file
 //! descriptors, closed with [`OwnerIter`].
 //!
-//! The iterator sees every process of the host, whatever `/proc` hides; the limits of the
+//! The iterator sees every process of the host, whatever `/proc` hides (`lookup` then keeps
+//! only the holders `/proc` shows us, where hidepid hides the rest); the limits of the
 //! walk still hold where they matter: a deadline between reads (the kernel yields every
 //! million objects), records kept only for wanted inodes, so memory follows the sockets
 //! asked about, not what others hold.
