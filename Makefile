@@ -39,7 +39,7 @@ RATE ?= 200
 SOURCE ?= scan
 PER_PROCESS ?= 1
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args
+FUZZ_TARGETS := netlink proc_net proc_pid snapshot cli_args bpf_object bpf_kernel
 NAMESPACES ?= 40
 LISTENERS ?= 5
 CROWD_PROCS ?= 40
@@ -62,7 +62,8 @@ man:
 # Tools the tests call: ss and ip (iproute2) for the differential and namespace tests, unshare
 # and setpriv (util-linux) and python3 for the namespace sandboxes and runs with chosen
 # capabilities, systemd-analyze (systemd) to verify packaging/portwatch.service, pasta (passt)
-# for a port rootless Podman's network publishes, prometheus and
+# for a port rootless Podman's network publishes, strace (its fault injection makes bpf(2)
+# refuse portwatch alone, as lockdown would), prometheus and
 # promtool (Debian's prometheus, without the node exporter it recommends) to scrape
 # `watch --metrics` for real. The tests run as root and call them by
 # absolute path in the system directories (never through PATH), so that is where they must be.
@@ -76,6 +77,7 @@ deps:
 	[ -n "$(call have,systemd-analyze)" ] || missing="$$missing systemd"; \
 	[ -n "$(call have,pasta)" ] || missing="$$missing passt"; \
 	[ -n "$(call have,python3)" ] || missing="$$missing python3"; \
+	[ -n "$(call have,strace)" ] || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
@@ -140,7 +142,8 @@ soak: build
 	  --source $(SOURCE) --per-process $(PER_PROCESS) $(if $(SCRAPE),--scrape $(SCRAPE))
 
 # Each target starts from its seeds (fuzz/seeds/TARGET: datagrams captured from this kernel,
-# real /proc files, a snapshot a container wrote) and grows fuzz/corpus/TARGET.
+# real /proc files, a snapshot a container wrote, the committed eBPF objects and their BTF)
+# and grows fuzz/corpus/TARGET.
 # cargo-fuzz needs the nightly -Z flags for sanitizer coverage; these machines have one stable
 # toolchain, which RUSTC_BOOTSTRAP=1 lets take them (it unlocks nightly features on a stable
 # compiler: fine for a fuzzing build, never for what we ship). `make lint` only checks that

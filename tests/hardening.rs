@@ -129,23 +129,9 @@ sys.stdin.read()"#;
     }
 }
 
-/// `unshare --mount`, a /proc with `hidepid=2` over /proc in that mount namespace only, and
-/// `ARGS` run as nobody there.
+/// `ARGS` run as nobody where /proc has `hidepid=2` (in a mount namespace of its own).
 fn as_nobody_under_hidepid(args: &[&str]) -> Output {
-    let (mount, setpriv) = (system_tool("mount").unwrap(), system_tool("setpriv").unwrap());
-    let script = format!(
-        "{} -t proc -o hidepid=2 proc /proc && exec {} --reuid={NOBODY} --regid={NOBODY} \
-         --clear-groups \"$@\"",
-        mount.display(),
-        setpriv.display()
-    );
-    tool("unshare")
-        .args(["--mount", "--propagation", "private", "/bin/sh", "-c", &script, "sh"])
-        .arg(env!("CARGO_BIN_EXE_portwatch"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    crate::util::as_nobody_under_hidepid(2, &[], args)
 }
 
 #[test]

@@ -82,6 +82,26 @@ pub fn private_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("portwatch-test-").tempdir().expect("a private temp dir")
 }
 
+/// `portwatch ARGS` as nobody (`setpriv`, with the further options `setpriv_options`, such
+/// as the capabilities to keep) in a mount namespace of its own (`unshare --mount`) whose
+/// /proc is mounted over with `hidepid=HIDEPID`: the host's /proc is left alone.
+pub fn as_nobody_under_hidepid(hidepid: u8, setpriv_options: &[&str], args: &[&str]) -> Output {
+    let script = format!(
+        "{} -t proc -o hidepid={hidepid} proc /proc && exec {} --reuid=65534 --regid=65534 \
+         --clear-groups {} \"$@\"",
+        system_tool("mount").unwrap().display(),
+        system_tool("setpriv").unwrap().display(),
+        setpriv_options.join(" "),
+    );
+    tool("unshare")
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c", &script, "sh"])
+        .arg(env!("CARGO_BIN_EXE_portwatch"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 /// Whether we are root; tests that need it [`skip`] without.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -161,8 +161,8 @@ pub enum BackendArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OwnersArg {
-    /// The BPF iterator where it loads and pays (hundreds of processes), else /proc; says
-    /// once why it cannot load.
+    /// The BPF iterator where it loads and pays (hundreds of processes), else /proc (why it
+    /// cannot load: RUST_LOG=info).
     Auto,
     /// One pass of a BPF task_file iterator over every open file (root, or CAP_BPF +
     /// CAP_PERFMON; kernel BTF); an error if it cannot load.

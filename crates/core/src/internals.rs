@@ -124,3 +124,18 @@ pub fn fuzz_snapshot(bytes: &[u8]) {
         assert_eq!(again.as_ref(), Ok(&snap), "a loaded snapshot must round-trip");
     }
 }
+
+/// Fuzz entry (feature `ebpf`): bytes as the BPF owner iterator's object, taken apart and
+/// relocated as its loader does (`owners::bpf::fuzz::fuzz_object`). No `bpf(2)` call.
+#[cfg(feature = "ebpf")]
+pub fn fuzz_bpf_object(bytes: &[u8]) {
+    owners::bpf_fuzz::fuzz_object(bytes);
+}
+
+/// Fuzz entry (feature `ebpf`): bytes as what the kernel hands the BPF owner iterator: its
+/// BTF (the committed object relocated against it), a pass's records, the verifier's log
+/// (`owners::bpf::fuzz::fuzz_kernel`). No `bpf(2)` call.
+#[cfg(feature = "ebpf")]
+pub fn fuzz_bpf_kernel(bytes: &[u8]) {
+    owners::bpf_fuzz::fuzz_kernel(bytes);
+}

@@ -1,5 +1,6 @@
 //! Whether `/proc` hides other users' processes from us (`hidepid=`), so that an owner that
-//! was not found may simply be invisible.
+//! was not found may simply be invisible; and, for the BPF pass (which sees every process
+//! whatever `/proc` shows), dropping the holders `/proc` would not have shown.
 //!
 //! With `hidepid=2` (`invisible`) another user's `/proc/PID` is not even listed, and with
 //! `hidepid=1` (`noaccess`) it is listed but unreadable: either way the walk cannot tell a
@@ -96,13 +97,56 @@ pub(super) fn explains_missing(scan: &FdScan, wanted: &HashSet<u64>, proc_root: 
     if wanted.iter().all(|i| scan.holders.contains_key(i)) {
         return false;
     }
+    hides_from_us(proc_root)
+}
+
+/// Whether `/proc` at `proc_root` hides other users' processes from this process: mounted
+/// with `hidepid=` and this process not exempt ([`exempt`]). Reads `/proc/self/status`, and
+/// the mount table only without `CAP_SYS_PTRACE` (root's usual case needs one small read).
+pub(super) fn hides_from_us(proc_root: &Path) -> bool {
+    let status = std::fs::read(proc_root.join("self/status")).unwrap_or_default();
+    if exempt(&status, None) {
+        return false;
+    }
     let Ok(mountinfo) = std::fs::read(proc_root.join("self/mountinfo")) else { return false };
     let point = std::fs::canonicalize(proc_root).unwrap_or_else(|_| proc_root.to_owned());
     let Some(gid) = parse_hidepid(&mountinfo, point.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    let status = std::fs::read(proc_root.join("self/status")).unwrap_or_default();
     !exempt(&status, gid)
+}
+
+/// Drops from `scan` (a BPF pass's) every holder whose `/proc/PID` this process may not
+/// enter, as the walk could not have: with `hidepid=2` it is not listed, with `hidepid=1`
+/// it is listed but closed. The pass sees every process; without this, a process with `CAP_BPF`
+/// and `CAP_PERFMON` but not `CAP_SYS_PTRACE` would be shown, from the pass alone, the
+/// processes `/proc` hides from it. Its sockets then say what the walk's would: hidden.
+/// One `openat` per holder: call it only where [`hides_from_us`].
+#[cfg(feature = "ebpf")]
+pub(super) fn drop_invisible(scan: &mut FdScan, proc_root: &Path) {
+    let Ok(proc_dir) = super::open_proc(proc_root) else {
+        scan.processes.clear();
+        scan.holders.clear();
+        return;
+    };
+    scan.processes.retain(|pid, _| visible(&proc_dir, *pid));
+    for pids in scan.holders.values_mut() {
+        pids.retain(|p| scan.processes.contains_key(p));
+    }
+    scan.holders.retain(|_, pids| !pids.is_empty());
+}
+
+/// Whether this process may enter `/proc/PID`: open it for reading, which hidepid checks.
+/// An `O_PATH` open, as [`super::open_pid`] makes, is not checked: it succeeds under
+/// `hidepid=1` and `hidepid=2` alike (the kernel checks when the directory is read or
+/// entered, and hides it only from listings), so it cannot tell.
+#[cfg(feature = "ebpf")]
+fn visible(proc_dir: &std::os::fd::OwnedFd, pid: u32) -> bool {
+    use nix::fcntl::OFlag;
+    let mut name = [0u8; 12];
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let name = super::decimal_cstr(pid, &mut name);
+    nix::fcntl::openat(proc_dir, name, flags, nix::sys::stat::Mode::empty()).is_ok()
 }
 
 #[cfg(test)]
@@ -152,5 +196,29 @@ mod tests {
         assert!(exempt(status("000001ffffffffff").as_bytes(), None), "root");
         assert!(!exempt(status("zz").as_bytes(), None));
         assert!(!exempt(b"", Some(0)));
+    }
+
+    /// The decision the BPF lookup makes once (whether to check each holder): a fake /proc
+    /// (a directory with `self/status` and `self/mountinfo`) mounted, as its mountinfo says,
+    /// with or without hidepid.
+    #[test]
+    fn whether_proc_hides_processes_from_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(root.join("self")).unwrap();
+        let at = |options: &str, caps: &str, gid: u32| {
+            let line = format!("611 22 0:77 / {} rw - proc proc {options}\n", root.display());
+            std::fs::write(root.join("self/mountinfo"), line).unwrap();
+            let status = format!("Gid:\t{gid}\t{gid}\t{gid}\t{gid}\nCapEff:\t{caps}\n");
+            std::fs::write(root.join("self/status"), status).unwrap();
+            hides_from_us(&root)
+        };
+        let (none, bpf_perfmon, ptrace) = ("0000000000000000", "000000c000000000", "80000");
+        assert!(at("rw,hidepid=invisible", none, 65534));
+        assert!(at("rw,hidepid=noaccess", bpf_perfmon, 65534), "CAP_BPF sees no more of /proc");
+        assert!(!at("rw,hidepid=invisible", ptrace, 65534), "CAP_SYS_PTRACE sees through");
+        assert!(!at("rw,gid=27,hidepid=invisible", none, 27), "the mount's gid= group");
+        assert!(!at("rw", none, 65534), "no hidepid");
+        assert!(!hides_from_us(&root.join("nowhere")), "nothing to read: nothing hidden");
     }
 }

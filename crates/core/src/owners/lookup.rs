@@ -11,7 +11,9 @@ use super::{FdScan, Search};
 #[non_exhaustive]
 pub enum OwnerLookup {
     /// The BPF iterator where it loads and the host is large enough for it to pay, the
-    /// `/proc` walk otherwise; when it cannot load, the walk, saying once (a warning) why.
+    /// `/proc` walk otherwise. When it cannot load, the walk (same answers), saying why at
+    /// info level: what keeps it from loading (no capability, no BTF, an old kernel,
+    /// lockdown) holds on every run, and repeating it on each would be noise.
     #[default]
     Auto,
     /// One pass of a BPF `iter/task_file` program over every open file of every process
@@ -89,35 +91,70 @@ pub(crate) fn early_pass(iter: Option<&BpfIter>) -> Option<EarlyPass> {
 }
 
 /// Loads the BPF iterator as `how` asks: `Ok(None)` for the `/proc` walk (asked for, or
-/// `Auto` when it cannot load: then one warning says why), an error when `Bpf` cannot load.
+/// `Auto` when it cannot load: then it says why, [`NotLoaded::level`]), an error when `Bpf`
+/// cannot load.
 pub(crate) fn load_iterator(how: OwnerLookup) -> crate::error::Result<Option<BpfIter>> {
     if how == OwnerLookup::Proc {
         return Ok(None);
     }
     #[cfg(feature = "ebpf")]
-    let loaded = super::bpf::OwnerIter::load().map_err(|e| e.to_string());
+    let loaded =
+        super::bpf::OwnerIter::load(wants_verifier_log(how, log::log_enabled!(log::Level::Debug)))
+            .map_err(|e| NotLoaded { defect: e.is_defect(), reason: e.to_string() });
     #[cfg(not(feature = "ebpf"))]
-    let loaded: Result<BpfIter, String> =
-        Err("this build has no eBPF support (feature `ebpf`)".to_owned());
+    let loaded: Result<BpfIter, NotLoaded> = Err(NotLoaded {
+        reason: "this build has no eBPF support (feature `ebpf`)".to_owned(),
+        defect: false,
+    });
     match loaded {
         Ok(iter) => {
             #[cfg(feature = "ebpf")]
             log::debug!("BPF owner iterator loaded in {:?}", iter.load_time);
             Ok(Some(iter))
         }
-        Err(reason) if how == OwnerLookup::Bpf => {
-            Err(crate::error::Error::OwnerLookupUnavailable { reason })
+        Err(why) if how == OwnerLookup::Bpf => {
+            Err(crate::error::Error::OwnerLookupUnavailable { reason: why.reason })
         }
-        Err(reason) => {
-            log::warn!("owners from /proc instead of the BPF iterator: {reason}");
+        Err(why) => {
+            log::log!(why.level(), "owners from /proc instead of the BPF iterator: {}", why.reason);
             Ok(None)
         }
     }
 }
 
+/// Why the iterator did not load.
+#[derive(Debug)]
+struct NotLoaded {
+    /// What to tell the user.
+    reason: String,
+    /// A defect of this build, not a condition of the host.
+    defect: bool,
+}
+
+impl NotLoaded {
+    /// How loudly `Auto` says it walks instead: a warning only for a defect of this build.
+    /// What the host lacks (a capability, BTF, a recent kernel) or refuses (lockdown, an LSM)
+    /// holds on every run and costs nothing but time, since the walk finds the same owners:
+    /// like `ss -p` without privilege, a listing that works says nothing of it (`RUST_LOG=info`
+    /// shows it). Asking for `--owners bpf` is how to hear it: that fails, saying why.
+    fn level(&self) -> log::Level {
+        if self.defect { log::Level::Warn } else { log::Level::Info }
+    }
+}
+
+/// Whether a refused program is loaded again for the verifier's log: a second load (and a
+/// slower one), worth paying only when the reason will be read: `--owners bpf` fails with it,
+/// or debug logging is on. `Auto` otherwise takes the refusal and walks.
+#[cfg(any(test, feature = "ebpf"))]
+fn wants_verifier_log(how: OwnerLookup, debug: bool) -> bool {
+    how == OwnerLookup::Bpf || debug
+}
+
 /// Fills `scan` from the iterator if there is one: `None` when the caller must walk (no
 /// iterator, or the pass failed: logged). `pids` are the processes listed before, and before
-/// `early` if there is one ([`early_pass`]).
+/// `early` if there is one ([`early_pass`]). Where `/proc` hides processes from us (hidepid,
+/// without the privilege to see through it), only the holders `/proc` shows us are kept: the
+/// pass sees every process, and must not tell more than the walk would.
 pub(crate) fn try_iterator(
     iter: Option<&BpfIter>,
     early: Option<EarlyPass>,
@@ -128,11 +165,55 @@ pub(crate) fn try_iterator(
     #[cfg(feature = "ebpf")]
     if let Some(iter) = iter {
         match super::bpf::scan(iter, early, proc_root, pids, search) {
-            Ok(scan) => return Some(scan),
+            Ok(mut scan) => {
+                if super::hidepid::hides_from_us(proc_root) {
+                    super::hidepid::drop_invisible(&mut scan, proc_root);
+                }
+                return Some(scan);
+            }
             Err(e) => log::warn!("BPF owner iterator failed ({e}): walking /proc instead"),
         }
     }
     #[cfg(not(feature = "ebpf"))]
     let _ = (iter, early, proc_root, pids, search);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_reported_refusal_pays_for_the_verifier_log() {
+        assert!(wants_verifier_log(OwnerLookup::Bpf, false));
+        assert!(!wants_verifier_log(OwnerLookup::Auto, false), "auto: one load, then the walk");
+        assert!(wants_verifier_log(OwnerLookup::Auto, true), "unless debug logging will show it");
+    }
+
+    #[test]
+    fn auto_warns_only_of_a_defect_of_this_build() {
+        let level = |defect| NotLoaded { reason: String::new(), defect }.level();
+        assert_eq!(level(false), log::Level::Info);
+        assert_eq!(level(true), log::Level::Warn);
+    }
+
+    /// What the host lacks or refuses is its condition, said at info level; only an object
+    /// out of step with the code is a defect.
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn conditions_of_the_host_are_not_defects() {
+        use super::super::bpf::Unavailable;
+        use nix::errno::Errno;
+        let host = [
+            Unavailable::Permission { missing: vec!["CAP_BPF"] },
+            Unavailable::NoBtf { source: std::io::ErrorKind::NotFound.into() },
+            Unavailable::Unsupported("no struct file".into()),
+            Unavailable::PidNamespace,
+            Unavailable::Refused { step: "loading", errno: Errno::EPERM, verifier_log: "".into() },
+        ];
+        for why in host {
+            assert!(!why.is_defect(), "{why}");
+        }
+        assert!(Unavailable::Object("no .BTF".into()).is_defect());
+    }
 }

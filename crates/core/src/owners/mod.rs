@@ -42,6 +42,8 @@ use crate::sys;
 
 #[cfg(feature = "ebpf")]
 mod bpf;
+#[cfg(all(feature = "ebpf", feature = "bench-internals"))]
+pub(crate) use self::bpf::fuzz as bpf_fuzz;
 mod cgroup;
 mod hidepid;
 mod index;

@@ -365,7 +365,8 @@ impl WatcherBuilder {
     /// lookups that would read every process — the first scan's, and a reconciling dump's
     /// when new processes do not explain its sockets — are one pass of it; the smaller
     /// lookups stay incremental walks of `/proc`. [`build`](Self::build) fails when
-    /// [`OwnerLookup::Bpf`] cannot load; `Auto` then walks, with one warning.
+    /// [`OwnerLookup::Bpf`] cannot load; `Auto` then walks, saying why at info level (a
+    /// warning only when this build's object is at fault).
     pub fn owner_lookup(mut self, how: OwnerLookup) -> Self {
         self.config.owner_lookup = how;
         self

@@ -10,6 +10,8 @@
 
 use std::borrow::Cow;
 
+use super::bytes::{u16_at, u32_at, usize_at};
+
 /// What is wrong with a BTF blob, a `.BTF.ext` or a relocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BtfError(pub(crate) Cow<'static, str>);
@@ -43,18 +45,6 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
-
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
-}
-
-pub(super) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn usize_at(b: &[u8], off: usize) -> Option<usize> {
-    u32_at(b, off).map(|v| v as usize)
-}
 
 /// One BTF blob (the kernel's, or an object's `.BTF`), indexed by type id.
 pub(crate) struct Btf<'a> {

@@ -1,18 +1,13 @@
 //! The sections of a 64-bit little- or big-endian ELF relocatable object, by name: enough to
 //! take the owner iterator's instructions and BTF out of `owners.bpf.o`. Pure, bounds-checked.
 
+use super::bytes::{u16_at, u32_at, usize64_at};
+
 /// The sections of an ELF64 object in this machine's byte order.
 pub(crate) struct Elf<'a> {
     bytes: &'a [u8],
     /// (name, offset, size) of each section.
     sections: Vec<(&'a [u8], usize, usize)>,
-}
-
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
 impl<'a> Elf<'a> {
@@ -25,7 +20,7 @@ impl<'a> Elf<'a> {
         {
             return None;
         }
-        let shoff = usize::try_from(u64_at(bytes, 0x28)?).ok()?;
+        let shoff = usize64_at(bytes, 0x28)?;
         let (entsize, count, names) = (
             usize::from(u16_at(bytes, 0x3a)?),
             usize::from(u16_at(bytes, 0x3c)?),
@@ -36,12 +31,7 @@ impl<'a> Elf<'a> {
         }
         let header = |i: usize| -> Option<(u32, usize, usize)> {
             let h = bytes.get(shoff.checked_add(i.checked_mul(entsize)?)?..)?;
-            let name = u32::from_ne_bytes(h.get(..4)?.try_into().ok()?);
-            Some((
-                name,
-                usize::try_from(u64_at(h, 24)?).ok()?,
-                usize::try_from(u64_at(h, 32)?).ok()?,
-            ))
+            Some((u32_at(h, 0)?, usize64_at(h, 24)?, usize64_at(h, 32)?))
         };
         let (_, str_off, str_size) = header(names)?;
         let strtab = bytes.get(str_off..str_off.checked_add(str_size)?)?;

@@ -15,13 +15,17 @@
 //! Nothing is pinned and nothing outlives the process: the program and its link are file
 //! descriptors, closed with [`OwnerIter`].
 //!
-//! The iterator sees every process of the host, whatever `/proc` hides; the limits of the
+//! The iterator sees every process of the host, whatever `/proc` hides (`lookup` then keeps
+//! only the holders `/proc` shows us, where hidepid hides the rest); the limits of the
 //! walk still hold where they matter: a deadline between reads (the kernel yields every
 //! million objects), records kept only for wanted inodes, so memory follows the sockets
 //! asked about, not what others hold.
 
 mod btf;
+mod bytes;
 mod elf;
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) mod fuzz;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -101,6 +105,16 @@ pub(crate) enum Unavailable {
     /// The committed object is out of step with this code.
     #[error("the BPF owner lookup's object does not match this build ({0}): run make bpf")]
     Object(String),
+}
+
+impl Unavailable {
+    /// Whether this is a defect of this build (the object out of step with the code) rather
+    /// than a condition of the host: missing capabilities, BTF or kernel support, a pid
+    /// namespace, a kernel that refuses the program (lockdown, an LSM). A host's condition
+    /// holds on every run, and the `/proc` walk gives the same answers, so it is no news.
+    pub(crate) fn is_defect(&self) -> bool {
+        matches!(self, Unavailable::Object(_))
+    }
 }
 
 /// The end of the verifier's log, where it says why (the whole log runs to 64 KiB).
@@ -198,8 +212,10 @@ pub(crate) struct Task {
 const MARKER_FDS: u32 = 3;
 
 impl OwnerIter {
-    /// Loads and links the iterator.
-    pub(crate) fn load() -> Result<OwnerIter, Unavailable> {
+    /// Loads and links the iterator. `verifier_log`: when the kernel refuses the program,
+    /// load it again asking for the verifier's log, which says why (a second load, and a
+    /// slower one: worth it only when the refusal is reported).
+    pub(crate) fn load(verifier_log: bool) -> Result<OwnerIter, Unavailable> {
         let start = Instant::now();
         if std::fs::metadata("/proc/self/ns/pid")
             .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != INIT_PID_NS)
@@ -210,19 +226,15 @@ impl OwnerIter {
         if !missing.is_empty() {
             return Err(Unavailable::Permission { missing });
         }
-        let object = Object::parse()?;
+        let object = Object::parse(OBJECT)?;
         let kernel_blob = KernelBtf::open().map_err(|source| Unavailable::NoBtf { source })?;
-        let mut names = object.local.relocated_names(&object.relos);
-        names.push(ATTACH_FUNC);
-        let kernel = Btf::parse_naming(kernel_blob.bytes(), &names)
-            .map_err(|e| Unavailable::Unsupported(format!("kernel BTF: {e}")))?;
-        let program = object.relocated(&kernel)?;
-        let attach = kernel.find(KIND_FUNC, ATTACH_FUNC).ok_or_else(|| {
-            Unavailable::Unsupported("no task_file iterator (bpf_iter_task_file)".into())
-        })?;
+        let (program, attach) = object.prepare(kernel_blob.bytes())?;
         let license = c"Dual MIT/GPL";
         let prog = match sys::bpf_load_iter(&program.insns, license, PROGRAM_NAME, attach, None) {
             Ok(fd) => fd,
+            Err(errno) if !verifier_log => {
+                return Err(refused("loading the program", errno, String::new()));
+            }
             Err(errno) => {
                 // Again with the verifier's log, which says why: only on failure, as asking
                 // for it makes the verifier slower.
@@ -573,9 +585,9 @@ impl KernelBtf {
 /// (tgid, socket inode, the process) of one record (native byte order, as the program wrote
 /// it; `rec` is one whole record).
 fn decode(rec: &[u8]) -> (u32, u32, u64, Option<Task>) {
-    let u32_at = |at: usize| btf::u32_at(rec, at).unwrap_or(0);
-    let inode = rec.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes);
-    let comm = rec.get(32..48).and_then(|b| b.try_into().ok()).unwrap_or([0; 16]);
+    let u32_at = |at: usize| bytes::u32_at(rec, at).unwrap_or(0);
+    let inode = bytes::u64_at(rec, 8).unwrap_or(0);
+    let comm = bytes::array_at(rec, 32).unwrap_or([0; 16]);
     let task = (u32_at(28) == 1).then(|| Task {
         ppid: u32_at(16),
         uid: u32_at(20),
@@ -604,17 +616,18 @@ struct Program {
     insns: Vec<u64>,
 }
 
-/// The committed object, taken apart: the program's code, its BTF and CO-RE relocations.
-struct Object {
-    code: &'static [u8],
-    local: Btf<'static>,
+/// The object (the committed one, [`OBJECT`]), taken apart: the program's code, its BTF and
+/// CO-RE relocations.
+struct Object<'a> {
+    code: &'a [u8],
+    local: Btf<'a>,
     relos: Vec<btf::CoreRelo>,
 }
 
-impl Object {
-    fn parse() -> Result<Object, Unavailable> {
+impl<'a> Object<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Object<'a>, Unavailable> {
         let object = |what: &str| Unavailable::Object(what.to_owned());
-        let elf = elf::Elf::parse(OBJECT).ok_or_else(|| object("not an ELF64 object"))?;
+        let elf = elf::Elf::parse(bytes).ok_or_else(|| object("not an ELF64 object"))?;
         let code = elf.section(SECTION).ok_or_else(|| object("no iter/task_file section"))?;
         // A relocation section would mean maps or calls to patch, which this loader does not do.
         if elf.has(&[b".rel", SECTION].concat()) {
@@ -630,13 +643,24 @@ impl Object {
         Ok(Object { code, local, relos })
     }
 
+    /// Everything the loader does with the kernel's BTF (`kernel_blob`): index it for the
+    /// types the relocations need, relocate the program, find the function it attaches to.
+    fn prepare(&self, kernel_blob: &[u8]) -> Result<(Program, u32), Unavailable> {
+        let mut names = self.local.relocated_names(&self.relos);
+        names.push(ATTACH_FUNC);
+        let kernel = Btf::parse_naming(kernel_blob, &names)
+            .map_err(|e| Unavailable::Unsupported(format!("kernel BTF: {e}")))?;
+        let program = self.relocated(&kernel)?;
+        let attach = kernel.find(KIND_FUNC, ATTACH_FUNC).ok_or_else(|| {
+            Unavailable::Unsupported("no task_file iterator (bpf_iter_task_file)".into())
+        })?;
+        Ok((program, attach))
+    }
+
     /// The instructions with every field offset the kernel's BTF gives.
     fn relocated(&self, kernel: &Btf<'_>) -> Result<Program, Unavailable> {
-        let mut insns: Vec<u64> = self
-            .code
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
-            .collect();
+        let mut insns: Vec<u64> =
+            self.code.chunks_exact(8).map(|c| bytes::u64_at(c, 0).unwrap_or_default()).collect();
         for relo in &self.relos {
             let offset = btf::field_offset(relo, &self.local, kernel)
                 .map_err(|e: BtfError| Unavailable::Unsupported(e.to_string()))?;

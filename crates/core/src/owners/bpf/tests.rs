@@ -9,7 +9,7 @@ use crate::source::ebpf::tests::skip;
 /// Loads the iterator, or says why this test cannot run here (failing instead under
 /// `PORTWATCH_REQUIRE_PRIVILEGED=1`, as CI runs).
 fn loaded() -> Option<OwnerIter> {
-    OwnerIter::load().map_err(|e| skip(&e.to_string())).ok()
+    OwnerIter::load(true).map_err(|e| skip(&e.to_string())).ok()
 }
 
 fn inode_of(fd: &impl AsRawFd) -> u64 {
@@ -23,7 +23,7 @@ fn the_committed_object_relocates_against_this_kernel() {
         return skip(&format!("no kernel BTF at {BTF_PATH}"));
     };
     let kernel = Btf::parse(&blob).unwrap();
-    let program = Object::parse().unwrap().relocated(&kernel).unwrap();
+    let program = Object::parse(OBJECT).unwrap().relocated(&kernel).unwrap();
     assert!(program.insns.len() > 10);
     assert!(kernel.find(KIND_FUNC, ATTACH_FUNC).is_some());
 }
@@ -54,7 +54,7 @@ fn loads_step_by_step() {
     };
     let Ok(blob) = KernelBtf::open() else { return skip("no kernel BTF") };
     lap("map btf");
-    let object = Object::parse().unwrap();
+    let object = Object::parse(OBJECT).unwrap();
     lap("object");
     let mut names = object.local.relocated_names(&object.relos);
     names.push(ATTACH_FUNC);

@@ -1,0 +1,4 @@
+#![no_main]
+//! See portwatch_core::internals::fuzz_bpf_object.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portwatch_core::internals::fuzz_bpf_object(data));
