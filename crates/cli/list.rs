@@ -36,5 +36,8 @@ pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
         // One write, so the line is not interleaved with other output.
         let _ = io::stderr().write_all(warning.as_bytes());
     }
+    // The process exits next, which frees everything at once: freeing 10 000 sockets one by
+    // one first took longer (0.7 ms) than sorting them.
+    std::mem::forget(sockets);
     Ok(())
 }

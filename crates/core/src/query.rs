@@ -168,46 +168,52 @@ impl Query {
         let started = Instant::now();
         let filter = self.filter.clone().resolved(&self.proc_root, &self.passwd)?;
         let mut namer = Namer::new(self.docker.clone());
-        // What the owner lookup does before it knows the sockets (list the processes, load
-        // the BPF iterator and make its pass) runs beside the dump, on the second core.
-        let prepare = || owners::prepare(&self.proc_root, &self.passwd, self.lookup);
-        let mut sockets = std::thread::scope(|scope| -> Result<Vec<Socket>> {
-            let preparing = self.owners.then(|| {
-                std::thread::Builder::new().name("pw-owners".into()).spawn_scoped(scope, prepare)
-            });
+        std::thread::scope(|scope| {
+            // The BPF owner lookup's load and pass need nothing the dump finds: they run
+            // beside it, on the second core. The processes are listed here first, before that
+            // pass (`owners::iterator_beside` waits for their number).
+            let how = self.lookup;
+            let (listed, count) = std::sync::mpsc::sync_channel(1);
+            let beside =
+                (self.owners && owners::may_use_iterator(how, &self.proc_root)).then(|| {
+                    std::thread::Builder::new()
+                        .name("pw-owners".into())
+                        .spawn_scoped(scope, move || owners::iterator_beside(how, count))
+                });
+            let pids = self.owners.then(|| owners::list_pids(&self.proc_root));
+            let listed_count = pids.as_ref().and_then(|p| p.as_ref().ok()).map_or(0, Vec::len);
+            let _ = listed.send(listed_count);
             let mut sockets = self.dump(&filter, &mut namer)?;
             let dumped = Instant::now();
             log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
-            let Some(preparing) = preparing else { return Ok(sockets) };
-            let prepared = match preparing {
-                Ok(handle) => handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                // Refused (a pids limit): done here, after the dump.
-                Err(e) => {
-                    log::debug!("owner lookup prepared after the dump: {e}");
-                    prepare()
+            // The inode makes the order total, so an unstable sort gives the same result.
+            sockets.sort_unstable_by(|a, b| {
+                (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
+                    .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
+            });
+            let Some(pids) = pids else { return Ok(sockets) };
+            let users = owners::read_users(&self.passwd);
+            let beside = match beside {
+                None => None,
+                Some(Ok(side)) => side.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?,
+                // Refused (a pids limit): here, after the dump.
+                Some(Err(e)) => {
+                    log::debug!("BPF owner lookup after the dump, not beside it: {e}");
+                    let (listed, count) = std::sync::mpsc::sync_channel(1);
+                    let _ = listed.send(listed_count);
+                    owners::iterator_beside(how, count)?
                 }
-            }?;
+            };
             let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
-            owners::resolve(
-                &mut sockets,
-                prepared,
-                &self.proc_root,
-                detail,
-                owners::worker_threads(),
-            );
+            let threads = owners::worker_threads();
+            owners::resolve(&mut sockets, pids, beside, &users, &self.proc_root, detail, threads);
             for s in &mut sockets {
                 namer.attribute(s, &self.proc_root);
             }
             log::debug!("resolved owners in {:?}", dumped.elapsed());
             sockets.retain(|s| filter.owner_matches(s, &self.proc_root));
             Ok(sockets)
-        })?;
-        // The inode makes the order total, so an unstable sort gives the same result.
-        sockets.sort_unstable_by(|a, b| {
-            (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
-                .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
-        });
-        Ok(sockets)
+        })
     }
 
     /// Every socket of the scope's namespaces that `filter` matches (owners not looked up).

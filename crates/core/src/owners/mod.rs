@@ -128,16 +128,20 @@ pub(crate) struct FdScan {
     pub(crate) hidden: bool,
 }
 
-/// Lists the pids under `proc_root`.
+/// Lists the pids under `proc_root`. With `getdents64` into one buffer: `read_dir` makes an
+/// entry and a name per process, a third of the listing's time at 2 000 processes.
 pub(crate) fn list_pids(proc_root: &Path) -> std::io::Result<Vec<u32>> {
+    let dir = open_proc(proc_root)?;
     let mut pids = Vec::new();
-    for entry in std::fs::read_dir(proc_root)? {
-        let Ok(entry) = entry else { continue };
-        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
-            pids.push(pid);
+    let mut buf = vec![0u8; DENTS_BUF];
+    loop {
+        let n = sys::getdents64(&dir, &mut buf)?;
+        if n == 0 {
+            return Ok(pids);
         }
+        let names = sys::dirent_names(&buf[..n]);
+        pids.extend(names.filter_map(|name| std::str::from_utf8(name).ok()?.parse::<u32>().ok()));
     }
-    Ok(pids)
 }
 
 /// Where a pid's fd walk ended.
@@ -503,45 +507,64 @@ pub(crate) fn holders_among(
         .holders
 }
 
-/// What a one-shot owner lookup can do before it knows which sockets it is for, so that it
-/// can run beside the dump that finds them ([`prepare`]): list the processes, read the user
-/// table, and with the BPF iterator, load it and make one pass that keeps every socket fd.
+/// The BPF iterator of a one-shot lookup, loaded and passed over once before the sockets
+/// asked about are known, so that it runs beside the dump that finds them
+/// ([`iterator_beside`]).
 #[derive(Debug)]
-pub(crate) struct Prepared {
-    /// The processes, listed before any pass or walk.
-    pids: std::io::Result<Vec<u32>>,
-    /// uid → user name.
-    users: HashMap<u32, String>,
-    /// The iterator, when the lookup uses it.
-    iter: Option<BpfIter>,
-    /// Its pass beside the dump.
+pub(crate) struct Beside {
+    iter: BpfIter,
     early: Option<EarlyPass>,
 }
 
-/// Prepares a lookup done as `how` asks (with `Auto`, by the number of processes). An error
-/// only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
-pub(crate) fn prepare(
-    proc_root: &Path,
-    passwd: &Path,
-    how: OwnerLookup,
-) -> crate::error::Result<Prepared> {
-    // With Auto, the number of processes decides: counting them is the readdir of /proc the
-    // walk starts with anyway.
-    let pids = list_pids(proc_root);
-    let how = match (how, &pids) {
-        (OwnerLookup::Auto, Ok(pids)) if pids.len() < AUTO_BPF_MIN_PROCESSES => OwnerLookup::Proc,
-        (how, _) => how,
-    };
-    let iter = load_iterator(how)?;
-    let early = early_pass(iter.as_ref());
-    Ok(Prepared { pids, users: read_users(passwd), iter, early })
+/// Whether a one-shot lookup done as `how` may use the BPF iterator, told before the
+/// processes are listed, so that loading it can start at once: with `Auto`, when the host
+/// runs at least [`AUTO_BPF_MIN_PROCESSES`] threads (`/proc/loadavg`: a process has one or
+/// more, so fewer threads means fewer processes, and the walk).
+pub(crate) fn may_use_iterator(how: OwnerLookup, proc_root: &Path) -> bool {
+    match how {
+        OwnerLookup::Proc => false,
+        OwnerLookup::Bpf => true,
+        OwnerLookup::Auto => std::fs::read(proc_root.join("loadavg"))
+            .ok()
+            .and_then(|b| parse_loadavg_threads(&b))
+            .is_none_or(|threads| threads >= AUTO_BPF_MIN_PROCESSES),
+    }
 }
 
-/// Fills in `owners` of every socket with one pass over all processes: of the BPF iterator
-/// or of `/proc`, as `prepared` says.
+/// The number of threads (scheduling entities) `/proc/loadavg` gives: its fourth field,
+/// `running/total`.
+fn parse_loadavg_threads(loadavg: &[u8]) -> Option<usize> {
+    let field = std::str::from_utf8(loadavg).ok()?.split_whitespace().nth(3)?;
+    field.split_once('/')?.1.parse().ok()
+}
+
+/// Loads the iterator as `how` asks, then waits for `listed`: how many processes the caller
+/// listed (its listing must come before the pass, which is what tells a process the pass could
+/// not see from one that did not exist yet). With `Auto`, fewer than
+/// [`AUTO_BPF_MIN_PROCESSES`] means the walk (`None`); otherwise one pass keeping every socket
+/// fd. An error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
+pub(crate) fn iterator_beside(
+    how: OwnerLookup,
+    listed: std::sync::mpsc::Receiver<usize>,
+) -> crate::error::Result<Option<Beside>> {
+    let Some(iter) = load_iterator(how)? else { return Ok(None) };
+    // The sender gone without a count: the caller gave up, and nothing will use the pass.
+    let Ok(count) = listed.recv() else { return Ok(None) };
+    if how == OwnerLookup::Auto && count < AUTO_BPF_MIN_PROCESSES {
+        return Ok(None);
+    }
+    let early = early_pass(Some(&iter));
+    Ok(Some(Beside { iter, early }))
+}
+
+/// Fills in `owners` of every socket with one pass over all processes: of the iterator when
+/// `beside` brings one (its pass made beside the dump), else of `/proc`. `pids` are the
+/// processes listed before that pass.
 pub(crate) fn resolve(
     sockets: &mut [Socket],
-    prepared: Prepared,
+    pids: std::io::Result<Vec<u32>>,
+    beside: Option<Beside>,
+    users: &HashMap<u32, String>,
     proc_root: &Path,
     detail: Detail,
     threads: usize,
@@ -553,10 +576,10 @@ pub(crate) fn resolve(
         }
         return;
     }
-    let Prepared { pids, users, iter, early } = prepared;
+    let (iter, early) = beside.map_or((None, None), |b| (Some(b.iter), b.early));
     let deadline = Instant::now() + LIST_WALK_BUDGET;
     let listed = pids.as_deref().unwrap_or_default();
-    let search = Search { wanted: &wanted, users: &users, detail, threads, deadline };
+    let search = Search { wanted: &wanted, users, detail, threads, deadline };
     let from_iter = try_iterator(iter.as_ref(), early, proc_root, listed, &search);
     let mut scan = match (from_iter, open_proc(proc_root), pids) {
         (Some(scan), ..) => scan,
@@ -688,6 +711,54 @@ NSpid:\t1\n";
         assert_eq!(sys::dirent_names(&zero).count(), 0);
         zero[16..18].copy_from_slice(&u16::MAX.to_ne_bytes());
         assert_eq!(sys::dirent_names(&zero).count(), 0);
+    }
+
+    #[test]
+    fn the_thread_count_of_loadavg_is_read() {
+        assert_eq!(parse_loadavg_threads(b"0.10 0.20 0.30 3/2100 14813\n"), Some(2100));
+        assert_eq!(parse_loadavg_threads(b"0.10 0.20 0.30 3-2100 14813\n"), None);
+        assert_eq!(parse_loadavg_threads(b"\xff"), None);
+        assert_eq!(parse_loadavg_threads(b""), None);
+    }
+
+    #[test]
+    fn auto_loads_the_iterator_beside_the_dump_only_on_a_host_of_many_threads() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let loadavg = |threads: usize| {
+            let line = format!("0.00 0.01 0.05 1/{threads} 4242\n");
+            std::fs::write(proc_root.path().join("loadavg"), line).unwrap();
+        };
+        loadavg(AUTO_BPF_MIN_PROCESSES - 1);
+        assert!(!may_use_iterator(OwnerLookup::Auto, proc_root.path()), "fewer processes still");
+        assert!(may_use_iterator(OwnerLookup::Bpf, proc_root.path()), "asked for");
+        loadavg(AUTO_BPF_MIN_PROCESSES);
+        assert!(may_use_iterator(OwnerLookup::Auto, proc_root.path()));
+        assert!(!may_use_iterator(OwnerLookup::Proc, proc_root.path()));
+        std::fs::remove_file(proc_root.path().join("loadavg")).unwrap();
+        assert!(may_use_iterator(OwnerLookup::Auto, proc_root.path()), "unknown: try");
+    }
+
+    /// Loaded beside the dump on a host of many threads, the iterator still walks a host of
+    /// few processes (`Auto`), and passes on a large one or when asked for.
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn auto_decides_by_the_processes_listed_before_the_pass() {
+        let beside = |how, listed| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            tx.send(listed).unwrap();
+            iterator_beside(how, rx)
+        };
+        match beside(OwnerLookup::Bpf, 1) {
+            Ok(Some(b)) => assert!(b.early.is_some(), "one pass beside the dump"),
+            Ok(None) => unreachable!("--owners bpf either loads or fails"),
+            Err(e) => return crate::source::ebpf::tests::skip(&format!("no iterator: {e}")),
+        }
+        assert!(beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES - 1).unwrap().is_none());
+        assert!(beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES).unwrap().is_some());
+        // The caller gave up before listing: no pass.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(1);
+        drop(tx);
+        assert!(iterator_beside(OwnerLookup::Bpf, rx).unwrap().is_none());
     }
 
     #[test]
