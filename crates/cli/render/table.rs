@@ -99,7 +99,9 @@ pub fn table(
                     t.push_str(&namespace_text(s, own).unwrap_or(Cow::Borrowed("host")));
                 }
             }),
-            local: built(&mut text, |t| t.push_str(&escape(&s.local_display()))),
+            local: built(&mut text, |t| {
+                let _ = s.write_local(t, escape);
+            }),
             peer: built(&mut text, |t| match s.remote {
                 Some(r) => {
                     let _ = write!(t, "{r}");

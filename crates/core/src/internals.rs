@@ -56,9 +56,10 @@ pub fn parse_proc_net_tcp(bytes: &[u8]) -> Vec<Socket> {
 /// One owner walk over `proc_root` for `inodes`; returns how many inodes were found.
 pub fn owner_walk(proc_root: &Path, inodes: &HashSet<u64>, threads: usize) -> usize {
     let users = Default::default();
+    let inodes: owners::Inodes = inodes.iter().copied().collect();
     owners::scan_fds(
         proc_root,
-        inodes,
+        &inodes,
         &users,
         owners::Detail { cmdline: true, cgroup: true },
         threads,

@@ -333,14 +333,27 @@ impl Socket {
     /// The local endpoint as `ss` prints it: `0.0.0.0:22`, `[::1]:53`, `*:80` (an IPv6 wildcard
     /// that also accepts IPv4), `[::]:80` (IPv6 only), `/run/x.sock`, `@name`.
     pub fn local_display(&self) -> String {
+        let mut text = String::new();
+        let _ = self.write_local(&mut text, |path| path.into());
+        text
+    }
+
+    /// [`local_display`](Self::local_display), written to `out`, with a unix path (a name
+    /// another user chose) passed through `path` first: how a renderer escapes it without a
+    /// copy of every address.
+    pub fn write_local<W: fmt::Write>(
+        &self,
+        out: &mut W,
+        path: impl FnOnce(&str) -> std::borrow::Cow<'_, str>,
+    ) -> fmt::Result {
         match (self.addr, &self.path) {
             (Some(IpAddr::V6(a)), _) if a.is_unspecified() && self.v6only == Some(false) => {
-                format!("*:{}", self.port)
+                write!(out, "*:{}", self.port)
             }
-            (Some(IpAddr::V6(a)), _) => format!("[{a}]:{}", self.port),
-            (Some(a), _) => format!("{a}:{}", self.port),
-            (None, Some(p)) => p.clone(),
-            (None, None) => "*".to_owned(),
+            (Some(IpAddr::V6(a)), _) => write!(out, "[{a}]:{}", self.port),
+            (Some(a), _) => write!(out, "{a}:{}", self.port),
+            (None, Some(p)) => out.write_str(&path(p)),
+            (None, None) => out.write_str("*"),
         }
     }
 

@@ -8,7 +8,6 @@
 //! with `CAP_SYS_PTRACE` and members of the mount's `gid=` group see everything; for them
 //! hidepid explains nothing.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use super::FdScan;
@@ -93,7 +92,7 @@ pub(crate) fn exempt(status: &[u8], gid: Option<u32>) -> bool {
 /// Whether some of `wanted` has no holder in `scan` and `/proc` at `proc_root` hides other
 /// users' processes from this one: then hidepid, not a closed socket, is the likely reason.
 /// Reads nothing when every socket's owner was found.
-pub(super) fn explains_missing(scan: &FdScan, wanted: &HashSet<u64>, proc_root: &Path) -> bool {
+pub(super) fn explains_missing(scan: &FdScan, wanted: &super::Inodes, proc_root: &Path) -> bool {
     if wanted.iter().all(|i| scan.holders.contains_key(i)) {
         return false;
     }

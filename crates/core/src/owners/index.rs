@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{
-    BpfIter, Detail, FdScan, Search, WALK_BUDGET, describe, hidepid, list_pids, open_pid,
+    BpfIter, Detail, FdScan, Inodes, Search, WALK_BUDGET, describe, hidepid, list_pids, open_pid,
     open_proc, read_users, scan_pids, try_iterator,
 };
 use crate::process::{Owners, Process, UnknownReason};
@@ -75,7 +75,7 @@ impl OwnerIndex {
         // One budget for every phase: the bound is on what a lookup costs the scan thread.
         let deadline = Instant::now() + WALK_BUDGET;
         let users = &*self.users.get_or_insert_with(|| read_users(&self.passwd));
-        let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+        let wanted: Inodes = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
         let detail = self.detail;
         let search = |threads| Search { wanted: &wanted, users, detail, threads, deadline };
         let mut missing = wanted.clone();

@@ -87,6 +87,13 @@ const CHUNK: usize = 16;
 /// Below this many processes one thread is as fast as several.
 const PARALLEL_MIN_PIDS: usize = 64;
 
+/// Hashing for the maps of a lookup, keyed by inode or pid and filled by the ten thousand in
+/// a large listing: foldhash, seeded per map. SipHash (std's default) cost a 10 000-socket
+/// listing ~2 ms; the keys are numbers the kernel hands out, which no other user chooses.
+pub(crate) type Fast = foldhash::fast::RandomState;
+/// Socket inodes.
+pub(crate) type Inodes = HashSet<u64, Fast>;
+
 /// What to read about each owning process beyond pid, name and uid.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Detail {
@@ -100,7 +107,7 @@ pub(crate) struct Detail {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Search<'a> {
     /// The socket inodes whose holders are sought.
-    pub(crate) wanted: &'a HashSet<u64>,
+    pub(crate) wanted: &'a Inodes,
     /// uid → user name, for describing the holders.
     pub(crate) users: &'a HashMap<u32, String>,
     /// What to read of each holder.
@@ -115,9 +122,9 @@ pub(crate) struct Search<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct FdScan {
     /// Wanted inode → pids holding it (unsorted, each pid once per inode).
-    pub(crate) holders: HashMap<u64, Vec<u32>>,
+    pub(crate) holders: HashMap<u64, Vec<u32>, Fast>,
     /// Every holding process, described right after its fds were read (while it still lives).
-    pub(crate) processes: HashMap<u32, Arc<Process>>,
+    pub(crate) processes: HashMap<u32, Arc<Process>, Fast>,
     /// Processes whose fd table could not be read (permission).
     pub(crate) unreadable: usize,
     /// Processes holding more than [`FDS_PER_PROCESS`] fds: only the first were read.
@@ -204,7 +211,7 @@ pub(crate) fn list_fds(
 /// first [`FDS_PER_PROCESS`] whose inode is wanted.
 fn scan_pid(
     pid_dir: &OwnedFd,
-    wanted: &HashSet<u64>,
+    wanted: &Inodes,
     scratch: &mut Scratch,
     mut found: impl FnMut(u64),
 ) -> PidScan {
@@ -297,7 +304,7 @@ pub(crate) fn open_proc(proc_root: &Path) -> nix::Result<OwnedFd> {
 #[cfg(feature = "bench-internals")]
 pub(crate) fn scan_fds(
     proc_root: &Path,
-    wanted: &HashSet<u64>,
+    wanted: &Inodes,
     users: &HashMap<u32, String>,
     detail: Detail,
     threads: usize,
@@ -497,9 +504,9 @@ pub(crate) fn read_users(passwd: &Path) -> HashMap<u32, String> {
 pub(crate) fn holders_among(
     proc_root: &Path,
     pids: &[u32],
-    wanted: &HashSet<u64>,
-) -> HashMap<u64, Vec<u32>> {
-    let Ok(proc_dir) = open_proc(proc_root) else { return HashMap::new() };
+    wanted: &Inodes,
+) -> HashMap<u64, Vec<u32>, Fast> {
+    let Ok(proc_dir) = open_proc(proc_root) else { return HashMap::default() };
     let detail = Detail { cmdline: false, cgroup: false };
     let deadline = Instant::now() + WALK_BUDGET;
     let users = HashMap::new();
@@ -569,7 +576,7 @@ pub(crate) fn resolve(
     detail: Detail,
     threads: usize,
 ) {
-    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+    let wanted: Inodes = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
     if wanted.is_empty() {
         for socket in sockets.iter_mut() {
             socket.owners = FdScan::default().owners_of(socket.inode);
@@ -841,7 +848,7 @@ NSpid:\t1\n";
         .unwrap();
         let proc_dir = open_proc(Path::new("/proc")).unwrap();
         let pids = [std::process::id(), 1];
-        let wanted = HashSet::from([inode]);
+        let wanted = Inodes::from_iter([inode]);
         let users = HashMap::new();
         let detail = Detail { cmdline: false, cgroup: false };
         let search =
@@ -892,7 +899,7 @@ NSpid:\t1\n";
         assert!(describe(&handle, pid, &users, detail, &mut buf).is_none());
         let mut scratch = Scratch::default();
         let mut found = false;
-        scan_pid(&handle, &HashSet::from([1]), &mut scratch, |_| found = true);
+        scan_pid(&handle, &Inodes::from_iter([1]), &mut scratch, |_| found = true);
         assert!(scratch.fds.is_empty() && !found);
         if let Some(mut next) = successor {
             // By path, the same pid now names the newcomer: reads by pid would mix them.

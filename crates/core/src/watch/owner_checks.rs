@@ -227,7 +227,7 @@ fn no_longer_held(proc_root: &std::path::Path, sockets: Vec<Socket>) -> Vec<Sock
     if sockets.is_empty() {
         return sockets;
     }
-    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    let wanted: crate::owners::Inodes = sockets.iter().map(|s| s.inode).collect();
     let mut pids: Vec<u32> = sockets.iter().flat_map(|s| s.pids()).collect();
     pids.sort_unstable();
     pids.dedup();

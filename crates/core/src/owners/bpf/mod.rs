@@ -27,7 +27,7 @@ mod elf;
 #[cfg(any(test, feature = "bench-internals"))]
 pub(crate) mod fuzz;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -41,7 +41,8 @@ use nix::sys::stat::Mode;
 
 use self::btf::{Btf, BtfError, KIND_FUNC};
 use super::{
-    Detail, FdScan, Search, describe, for_each_pid, list_fds, open_pid, open_proc, status_name,
+    Detail, Fast, FdScan, Inodes, Search, describe, for_each_pid, list_fds, open_pid, open_proc,
+    status_name,
 };
 use crate::process::Process;
 use crate::sys;
@@ -140,7 +141,7 @@ pub(crate) struct OwnerIter {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Keep<'a> {
     /// Those of these inodes: the sockets a lookup is for.
-    Wanted(&'a HashSet<u64>),
+    Wanted(&'a Inodes),
     /// Every one: a pass made before the sockets asked about are known (beside the dump that
     /// finds them). Bounded as every pass is, by its time budget.
     Every,
@@ -155,24 +156,32 @@ pub(crate) struct Pass {
     pub(crate) stopped_at: Option<u32>,
     /// Every process the pass walked (one with a socket, or a file among fds 0 to 2), with
     /// what the kernel said of it when one of those fds was open.
-    pub(crate) walked: HashMap<u32, Option<Task>>,
+    pub(crate) walked: HashMap<u32, Option<Task>, Fast>,
     /// For a pass made before the sockets were known ([`early_pass`]): every socket made
     /// after it began has a greater inode number ([`inode_floor`]). `None`: no bound known.
     pub(crate) floor: Option<u64>,
 }
 
 /// The holders of the wanted sockets among what passes kept.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Holders {
     /// Wanted inode → pids holding it (each pid once).
-    of: HashMap<u64, Vec<u32>>,
+    of: HashMap<u64, Vec<u32>, Fast>,
     /// For each holder, one of its wanted sockets and the fd it was at: what proves, when
     /// /proc/PID is read later, that the pid still names the process the pass saw.
-    proof: HashMap<u32, (u32, u64)>,
+    proof: HashMap<u32, (u32, u64), Fast>,
 }
 
 impl Holders {
-    fn add(&mut self, pass: &Pass, wanted: &HashSet<u64>) {
+    /// Sized for `wanted`: each holds one socket or a few.
+    fn sized_for(wanted: &Inodes) -> Holders {
+        Holders {
+            of: HashMap::with_capacity_and_hasher(wanted.len(), Fast::default()),
+            proof: HashMap::with_capacity_and_hasher(wanted.len(), Fast::default()),
+        }
+    }
+
+    fn add(&mut self, pass: &Pass, wanted: &Inodes) {
         for &(inode, pid, fd) in pass.sockets.iter().filter(|(i, ..)| wanted.contains(i)) {
             self.proof.entry(pid).or_insert((fd, inode));
             let v = self.of.entry(inode).or_default();
@@ -187,8 +196,9 @@ impl Pass {
     /// The holders of `wanted` among the sockets kept.
     #[cfg(test)]
     pub(crate) fn holders_of(&self, inode: u64) -> Vec<u32> {
-        let mut h = Holders::default();
-        h.add(self, &HashSet::from([inode]));
+        let wanted = Inodes::from_iter([inode]);
+        let mut h = Holders::sized_for(&wanted);
+        h.add(self, &wanted);
         h.of.remove(&inode).unwrap_or_default()
     }
 }
@@ -402,13 +412,13 @@ pub(crate) fn scan(
         Some(pass) => pass,
         None => iter.pass(Keep::Wanted(wanted), pass_deadline)?,
     };
-    let mut holders = Holders::default();
+    let mut holders = Holders::sized_for(wanted);
     holders.add(&pass, wanted);
     // What the early pass cannot have seen: sockets made since it began. One it should have
     // seen and did not (held by no process: a kernel socket; or by one whose files the
     // kernel hides from the pass) would not be found by another pass either.
     let floor = pass.floor;
-    let missing: HashSet<u64> = wanted
+    let missing: Inodes = wanted
         .iter()
         .filter(|i| !holders.of.contains_key(i) && floor.is_none_or(|f| **i > f))
         .copied()

@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ fn one_pass_finds_this_process_as_holder() {
     let inode = inode_of(&listener);
     let t = Instant::now();
     let pass = iter
-        .pass(Keep::Wanted(&HashSet::from([inode])), Instant::now() + Duration::from_secs(5))
+        .pass(Keep::Wanted(&Inodes::from_iter([inode])), Instant::now() + Duration::from_secs(5))
         .unwrap();
     eprintln!("pass in {:?}", t.elapsed());
     assert_eq!(pass.holders_of(inode), vec![std::process::id()]);
@@ -78,7 +77,7 @@ fn loads_step_by_step() {
 #[test]
 fn a_pass_past_its_deadline_stops_and_says_where() {
     let Some(iter) = loaded() else { return };
-    let pass = iter.pass(Keep::Wanted(&HashSet::from([1])), Instant::now()).unwrap();
+    let pass = iter.pass(Keep::Wanted(&Inodes::from_iter([1])), Instant::now()).unwrap();
     // One read at most, then the deadline: the pids from where it stopped were not read.
     let stopped = pass.stopped_at.expect("stopped at the deadline");
     assert!(pass.walked.keys().all(|p| *p < stopped), "{stopped} {:?}", pass.walked.keys());
@@ -90,7 +89,7 @@ fn the_pass_describes_this_process_as_status_does() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let pass = iter
         .pass(
-            Keep::Wanted(&HashSet::from([inode_of(&listener)])),
+            Keep::Wanted(&Inodes::from_iter([inode_of(&listener)])),
             Instant::now() + Duration::from_secs(5),
         )
         .unwrap();
@@ -179,7 +178,7 @@ fn every_socket_made_after_the_inode_floor_numbers_above_it() {
 }
 
 /// The holders of `wanted` through `scan`, with an early pass if given.
-fn scanned(iter: &OwnerIter, early: Option<Pass>, wanted: &HashSet<u64>) -> FdScan {
+fn scanned(iter: &OwnerIter, early: Option<Pass>, wanted: &Inodes) -> FdScan {
     let users = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     let detail = Detail { cmdline: false, cgroup: false };
@@ -197,7 +196,8 @@ fn a_socket_made_while_the_early_pass_ran_is_found_by_one_more() {
     let after = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     assert_eq!(early.holders_of(inode_of(&before)), vec![std::process::id()]);
     assert!(early.holders_of(inode_of(&after)).is_empty());
-    let scan = scanned(&iter, Some(early), &HashSet::from([inode_of(&before), inode_of(&after)]));
+    let scan =
+        scanned(&iter, Some(early), &Inodes::from_iter([inode_of(&before), inode_of(&after)]));
     for s in [&before, &after] {
         assert_eq!(scan.holders.get(&inode_of(s)), Some(&vec![std::process::id()]));
     }
@@ -209,7 +209,7 @@ fn a_socket_older_than_the_early_pass_that_nobody_holds_is_unknown_as_the_walk_s
     // Closed before the pass: older than it and held by no process, as a kernel socket is.
     let gone = inode_of(&std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let early = early_pass(&iter).expect("a pass");
-    let wanted = HashSet::from([gone]);
+    let wanted = Inodes::from_iter([gone]);
     let scan = scanned(&iter, Some(early), &wanted);
     let proc_dir = open_proc(Path::new("/proc")).unwrap();
     let pids = crate::owners::list_pids(Path::new("/proc")).unwrap();
