@@ -1,7 +1,6 @@
 //! Hot paths of one scan: decoding a sock_diag answer, parsing /proc/net/tcp, and the owner
 //! walk over the live /proc. Run with `make bench` (or `cargo bench --bench scan`).
 
-use std::collections::HashSet;
 use std::hint::black_box;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -50,10 +49,11 @@ fn owner_walk(c: &mut Criterion) {
     // machine runs; the figure is per walk of the whole /proc.
     let listeners: Vec<TcpListener> =
         (0..100).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let inodes: HashSet<u64> = listeners
-        .iter()
-        .map(|l| std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino())
-        .collect();
+    let inodes = internals::inode_set(
+        listeners
+            .iter()
+            .map(|l| std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino()),
+    );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("owner_walk");
     for t in [1, threads] {

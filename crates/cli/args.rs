@@ -164,7 +164,7 @@ pub enum OwnersArg {
     /// The BPF iterator where it loads and pays (hundreds of processes), else /proc (why it
     /// cannot load: RUST_LOG=info).
     Auto,
-    /// One pass of a BPF task_file iterator over every open file (root, or CAP_BPF +
+    /// A pass of a BPF task_file iterator over every open file (root, or CAP_BPF +
     /// CAP_PERFMON; kernel BTF); an error if it cannot load.
     Bpf,
     /// A walk of /proc/*/fd (each process's first 1024 fds).

@@ -2,7 +2,6 @@
 //! `fuzz/` (feature `bench-internals`). Not a public API: no stability promise, hidden from
 //! the docs.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use crate::owners;
@@ -53,13 +52,21 @@ pub fn parse_proc_net_tcp(bytes: &[u8]) -> Vec<Socket> {
     source::parse_proc_net(bytes, dump, 1).unwrap_or_default()
 }
 
+/// Socket inodes, as the owner lookup keeps them.
+#[derive(Debug)]
+pub struct InodeSet(owners::Inodes);
+
+/// `inodes` as an [`InodeSet`] for [`owner_walk`].
+pub fn inode_set(inodes: impl IntoIterator<Item = u64>) -> InodeSet {
+    InodeSet(inodes.into_iter().collect())
+}
+
 /// One owner walk over `proc_root` for `inodes`; returns how many inodes were found.
-pub fn owner_walk(proc_root: &Path, inodes: &HashSet<u64>, threads: usize) -> usize {
+pub fn owner_walk(proc_root: &Path, inodes: &InodeSet, threads: usize) -> usize {
     let users = Default::default();
-    let inodes: owners::Inodes = inodes.iter().copied().collect();
     owners::scan_fds(
         proc_root,
-        &inodes,
+        &inodes.0,
         &users,
         owners::Detail { cmdline: true, cgroup: true },
         threads,

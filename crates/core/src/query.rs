@@ -170,19 +170,19 @@ impl Query {
         let mut namer = Namer::new(self.docker.clone());
         std::thread::scope(|scope| {
             // The BPF owner lookup's load and pass need nothing the dump finds: they run
-            // beside it, on the second core. The processes are listed here first, before that
-            // pass (`owners::iterator_beside` waits for their number).
+            // beside it, on the second core, once the processes are listed here (the pass
+            // must come after that list: `owners::iterator_beside`).
             let how = self.lookup;
-            let (listed, count) = std::sync::mpsc::sync_channel(1);
+            let (listed, pids) = std::sync::mpsc::sync_channel(1);
             let beside =
                 (self.owners && owners::may_use_iterator(how, &self.proc_root)).then(|| {
                     std::thread::Builder::new()
                         .name("pw-owners".into())
-                        .spawn_scoped(scope, move || owners::iterator_beside(how, count))
+                        .spawn_scoped(scope, move || owners::iterator_beside(how, pids, true))
                 });
-            let pids = self.owners.then(|| owners::list_pids(&self.proc_root));
-            let listed_count = pids.as_ref().and_then(|p| p.as_ref().ok()).map_or(0, Vec::len);
-            let _ = listed.send(listed_count);
+            if let Some(Ok(_)) = &beside {
+                let _ = listed.send(owners::list_pids(&self.proc_root));
+            }
             let mut sockets = self.dump(&filter, &mut namer)?;
             let dumped = Instant::now();
             log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
@@ -191,22 +191,25 @@ impl Query {
                 (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
                     .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
             });
-            let Some(pids) = pids else { return Ok(sockets) };
+            if !self.owners {
+                return Ok(sockets);
+            }
             let users = owners::read_users(&self.passwd);
             let beside = match beside {
                 None => None,
                 Some(Ok(side)) => side.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?,
-                // Refused (a pids limit): here, after the dump.
+                // Refused (a pids limit): loaded here, after the dump, for a pass of the
+                // sockets it found.
                 Some(Err(e)) => {
                     log::debug!("BPF owner lookup after the dump, not beside it: {e}");
-                    let (listed, count) = std::sync::mpsc::sync_channel(1);
-                    let _ = listed.send(listed_count);
-                    owners::iterator_beside(how, count)?
+                    let (listed, pids) = std::sync::mpsc::sync_channel(1);
+                    let _ = listed.send(owners::list_pids(&self.proc_root));
+                    owners::iterator_beside(how, pids, false)?
                 }
             };
             let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
             let threads = owners::worker_threads();
-            owners::resolve(&mut sockets, pids, beside, &users, &self.proc_root, detail, threads);
+            owners::resolve(&mut sockets, beside, &users, &self.proc_root, detail, threads);
             for s in &mut sockets {
                 namer.attribute(s, &self.proc_root);
             }

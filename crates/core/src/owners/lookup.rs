@@ -16,9 +16,10 @@ pub enum OwnerLookup {
     /// lockdown) holds on every run, and repeating it on each would be noise.
     #[default]
     Auto,
-    /// One pass of a BPF `iter/task_file` program over every open file of every process
+    /// A pass of a BPF `iter/task_file` program over every open file of every process
     /// (feature `ebpf`; root, or CAP_BPF + CAP_PERFMON; kernel BTF; the host's pid
-    /// namespace). Not loading is an error that says why.
+    /// namespace): one, or in a listing, one beside the dump and another for sockets it may
+    /// have missed. Not loading is an error that says why.
     Bpf,
     /// A walk of `/proc/*/fd`: each process's first 1024 fds, within a time budget.
     Proc,
@@ -88,6 +89,15 @@ pub(crate) fn early_pass(iter: Option<&BpfIter>) -> Option<EarlyPass> {
         None => None,
         Some(never) => match *never {},
     }
+}
+
+/// `early` told which of the sockets asked about were made by `socket(2)` itself (see
+/// `bpf::Pass::made_by_socket`).
+pub(crate) fn early_made_by_socket(early: EarlyPass, inodes: super::Inodes) -> EarlyPass {
+    #[cfg(feature = "ebpf")]
+    return super::bpf::Pass { made_by_socket: inodes, ..early };
+    #[cfg(not(feature = "ebpf"))]
+    match (early, inodes) {}
 }
 
 /// Loads the BPF iterator as `how` asks: `Ok(None)` for the `/proc` walk (asked for, or

@@ -16,8 +16,9 @@
 //! table and its `status` cannot describe another process.
 //!
 //! The inode → pids map comes from one of two places ([`OwnerLookup`]): this walk, or (feature
-//! `ebpf`) one pass of a BPF `task_file` iterator (`bpf`), which reads every fd of every
-//! process inside the kernel. Either way the holders are then described here, from their
+//! `ebpf`) a pass of a BPF `task_file` iterator (`bpf`), which reads every fd of every
+//! process inside the kernel; a `list` makes it beside its dump (`iterator_beside`), and one
+//! more for sockets that pass may have missed. Either way the holders are then described here, from their
 //! `/proc/PID`, and a socket without a found owner says why: one pipeline, two ways of
 //! filling its map.
 //!
@@ -37,7 +38,7 @@ use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::Mode;
 
 use crate::process::{Owners, Process, UnknownReason};
-use crate::socket::Socket;
+use crate::socket::{Protocol, Socket, State};
 use crate::sys;
 
 #[cfg(feature = "ebpf")]
@@ -53,7 +54,8 @@ pub(crate) use self::cgroup::{CGROUP_MAX, parse_cgroup};
 pub(crate) use self::index::OwnerIndex;
 pub use self::lookup::OwnerLookup;
 pub(crate) use self::lookup::{
-    AUTO_BPF_MIN_PROCESSES, BpfIter, EarlyPass, early_pass, load_iterator, try_iterator,
+    AUTO_BPF_MIN_PROCESSES, BpfIter, EarlyPass, early_made_by_socket, early_pass, load_iterator,
+    try_iterator,
 };
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(any(test, feature = "ebpf"))]
@@ -172,7 +174,7 @@ pub(crate) fn open_pid(proc_dir: &OwnedFd, pid: u32) -> Option<OwnedFd> {
 }
 
 /// Bytes of `getdents64` records read at a time from `/proc/PID/fd`: room for the first
-/// [`FDS_PER_PROCESS`] fds (24 bytes each up to fd 99 999) in one call, as libc's `readdir`.
+/// [`FDS_PER_PROCESS`] fds (24 bytes each up to fd 9 999) in one call, as libc's `readdir`.
 const DENTS_BUF: usize = 32 << 10;
 /// The longest record of an fd in `/proc/PID/fd`: 19 bytes of header, ten digits and a NUL,
 /// rounded up to 8.
@@ -199,9 +201,9 @@ pub(crate) fn list_fds(
             }
             fds.push(fd);
         }
-        // procfs fills the buffer until the next fd does not fit: with room for one more
-        // left, the listing has ended, and another call would only return 0.
-        if n == 0 || n + FD_RECORD_MAX <= buf.len() {
+        // Until a call returns nothing: a short one is not the end when a signal is pending
+        // (the kernel then stops filling early).
+        if n == 0 {
             return Ok(false);
         }
     }
@@ -521,6 +523,8 @@ pub(crate) fn holders_among(
 pub(crate) struct Beside {
     iter: BpfIter,
     early: Option<EarlyPass>,
+    /// The processes, listed before the pass.
+    pids: std::io::Result<Vec<u32>>,
 }
 
 /// Whether a one-shot lookup done as `how` may use the BPF iterator, told before the
@@ -545,31 +549,32 @@ fn parse_loadavg_threads(loadavg: &[u8]) -> Option<usize> {
     field.split_once('/')?.1.parse().ok()
 }
 
-/// Loads the iterator as `how` asks, then waits for `listed`: how many processes the caller
-/// listed (its listing must come before the pass, which is what tells a process the pass could
-/// not see from one that did not exist yet). With `Auto`, fewer than
-/// [`AUTO_BPF_MIN_PROCESSES`] means the walk (`None`); otherwise one pass keeping every socket
-/// fd. An error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
+/// Loads the iterator as `how` asks, then waits for `listed`: the processes the caller listed
+/// (its listing must come before the pass, which is what tells a process the pass could not
+/// see from one that did not exist yet). With `Auto`, fewer than [`AUTO_BPF_MIN_PROCESSES`]
+/// means the walk (`None`); otherwise, with `early`, one pass keeping every socket fd. An
+/// error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
 pub(crate) fn iterator_beside(
     how: OwnerLookup,
-    listed: std::sync::mpsc::Receiver<usize>,
+    listed: std::sync::mpsc::Receiver<std::io::Result<Vec<u32>>>,
+    early: bool,
 ) -> crate::error::Result<Option<Beside>> {
     let Some(iter) = load_iterator(how)? else { return Ok(None) };
-    // The sender gone without a count: the caller gave up, and nothing will use the pass.
-    let Ok(count) = listed.recv() else { return Ok(None) };
+    // The sender gone without a list: the caller gave up, and nothing will use the pass.
+    let Ok(pids) = listed.recv() else { return Ok(None) };
+    let count = pids.as_ref().map_or(0, Vec::len);
     if how == OwnerLookup::Auto && count < AUTO_BPF_MIN_PROCESSES {
         return Ok(None);
     }
-    let early = early_pass(Some(&iter));
-    Ok(Some(Beside { iter, early }))
+    let early = early.then(|| early_pass(Some(&iter))).flatten();
+    Ok(Some(Beside { iter, early, pids }))
 }
 
 /// Fills in `owners` of every socket with one pass over all processes: of the iterator when
-/// `beside` brings one (its pass made beside the dump), else of `/proc`. `pids` are the
-/// processes listed before that pass.
+/// `beside` brings one (with its pass made beside the dump, if any), else of `/proc`, listed
+/// now: a process started during the dump may hold one of its sockets.
 pub(crate) fn resolve(
     sockets: &mut [Socket],
-    pids: std::io::Result<Vec<u32>>,
     beside: Option<Beside>,
     users: &HashMap<u32, String>,
     proc_root: &Path,
@@ -583,12 +588,22 @@ pub(crate) fn resolve(
         }
         return;
     }
-    let (iter, early) = beside.map_or((None, None), |b| (Some(b.iter), b.early));
     let deadline = Instant::now() + LIST_WALK_BUDGET;
-    let listed = pids.as_deref().unwrap_or_default();
     let search = Search { wanted: &wanted, users, detail, threads, deadline };
-    let from_iter = try_iterator(iter.as_ref(), early, proc_root, listed, &search);
-    let mut scan = match (from_iter, open_proc(proc_root), pids) {
+    let from_iter = beside.and_then(|Beside { iter, early, pids }| {
+        // A socket accept(2) made, or one passed between processes, can be older than the
+        // early pass and missing from it all the same: only listeners and UDP sockets, made
+        // and installed by one socket(2), are known to have been there for it to see.
+        let made_by_socket = sockets
+            .iter()
+            .filter(|s| s.state == State::Listen || s.protocol == Protocol::Udp)
+            .map(|s| s.inode)
+            .collect();
+        let early = early.map(|e| early_made_by_socket(e, made_by_socket));
+        let listed = pids.as_deref().unwrap_or_default();
+        try_iterator(Some(&iter), early, proc_root, listed, &search)
+    });
+    let mut scan = match (from_iter, open_proc(proc_root), list_pids(proc_root)) {
         (Some(scan), ..) => scan,
         (None, Ok(proc_dir), Ok(pids)) => scan_pids(&proc_dir, &pids, &search),
         (None, ..) => {
@@ -658,42 +673,33 @@ NSpgid:\t4242\t7\nNSsid:\t4200\t1\nKthread:\t0\nVmPeak:\t   10000 kB\n";
 Tgid:\t1\nNgid:\t0\nPid:\t1\nPPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
 NSpid:\t1\n";
 
-    /// The fds /proc/self/fd lists, by `read_dir` (libc's readdir), ascending.
-    fn listed_by_readdir() -> Vec<u32> {
-        let mut fds: Vec<u32> = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        fds.sort_unstable();
-        fds
+    /// `/proc/self/fd`, open. (Other tests of this process open and close fds meanwhile: the
+    /// tests below assert only what holds whatever they do.)
+    fn own_fd_dir() -> OwnedFd {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        open(Path::new("/proc/self/fd"), flags, Mode::empty()).unwrap()
     }
 
     #[test]
-    fn list_fds_lists_what_readdir_does_and_stops_at_max() {
+    fn list_fds_lists_every_fd_in_order_over_several_calls() {
         // Past one buffer's worth, so the listing takes more than one call.
         let held: Vec<std::fs::File> =
             (0..1500).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
-        let dir =
-            open(Path::new("/proc/self/fd"), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-                .unwrap();
         let (mut fds, mut buf) = (Vec::new(), Vec::new());
-        assert_eq!(list_fds(&dir, usize::MAX, &mut fds, &mut buf), Ok(false));
-        // readdir lists the same, and the fd it reads through, opened after.
-        let expected = listed_by_readdir();
-        assert!(fds.len() > 1500, "{}", fds.len());
-        assert_eq!(fds[..], expected[..fds.len()]);
-        assert_eq!(expected.len(), fds.len() + 1);
-        drop(held);
+        assert_eq!(list_fds(&own_fd_dir(), usize::MAX, &mut fds, &mut buf), Ok(false));
+        assert!(fds.windows(2).all(|w| w[0] < w[1]), "ascending, each once");
+        for f in &held {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(f) as u32;
+            assert!(fds.binary_search(&fd).is_ok(), "fd {fd} of {} listed", fds.len());
+        }
     }
 
     #[test]
     fn list_fds_keeps_the_lowest_and_says_there_are_more() {
-        let dir =
-            open(Path::new("/proc/self/fd"), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-                .unwrap();
         let (mut fds, mut buf) = (Vec::new(), Vec::new());
-        assert_eq!(list_fds(&dir, 2, &mut fds, &mut buf), Ok(true));
-        assert_eq!(fds, listed_by_readdir()[..2]);
+        assert_eq!(list_fds(&own_fd_dir(), 2, &mut fds, &mut buf), Ok(true));
+        // stdin, stdout and stderr are open under the test harness: the lowest two.
+        assert_eq!(fds, [0, 1]);
     }
 
     #[test]
@@ -750,22 +756,26 @@ NSpid:\t1\n";
     #[cfg(feature = "ebpf")]
     #[test]
     fn auto_decides_by_the_processes_listed_before_the_pass() {
-        let beside = |how, listed| {
+        let beside = |how, processes: usize, early| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            tx.send(listed).unwrap();
-            iterator_beside(how, rx)
+            tx.send(Ok((0..processes as u32).collect())).unwrap();
+            iterator_beside(how, rx, early)
         };
-        match beside(OwnerLookup::Bpf, 1) {
+        match beside(OwnerLookup::Bpf, 1, true) {
             Ok(Some(b)) => assert!(b.early.is_some(), "one pass beside the dump"),
             Ok(None) => unreachable!("--owners bpf either loads or fails"),
             Err(e) => return crate::source::ebpf::tests::skip(&format!("no iterator: {e}")),
         }
-        assert!(beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES - 1).unwrap().is_none());
-        assert!(beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES).unwrap().is_some());
+        assert!(beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES - 1, true).unwrap().is_none());
+        let large = beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES, true).unwrap();
+        assert!(large.is_some_and(|b| b.early.is_some()));
+        // Loaded after the dump (no thread for it): no early pass.
+        let after = beside(OwnerLookup::Bpf, 1, false).unwrap();
+        assert!(after.is_some_and(|b| b.early.is_none()));
         // The caller gave up before listing: no pass.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u32>>>(1);
         drop(tx);
-        assert!(iterator_beside(OwnerLookup::Bpf, rx).unwrap().is_none());
+        assert!(iterator_beside(OwnerLookup::Bpf, rx, true).unwrap().is_none());
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //! The iterator sees every process of the host, whatever `/proc` hides (`lookup` then keeps
 //! only the holders `/proc` shows us, where hidepid hides the rest); the limits of the
 //! walk still hold where they matter: a deadline between reads (the kernel yields every
-//! million objects), records kept only for wanted inodes, so memory follows the sockets
-//! asked about, not what others hold.
+//! million objects), and records kept only for wanted inodes, so memory follows the sockets
+//! asked about, not what others hold; except in a `list`'s pass beside the dump, made before
+//! the sockets are known ([`Keep::Every`]), which keeps at most [`EVERY_MAX`] (4 MiB).
 
 mod btf;
 mod bytes;
@@ -143,9 +144,14 @@ pub(crate) enum Keep<'a> {
     /// Those of these inodes: the sockets a lookup is for.
     Wanted(&'a Inodes),
     /// Every one: a pass made before the sockets asked about are known (beside the dump that
-    /// finds them). Bounded as every pass is, by its time budget.
+    /// finds them). Bounded by its time budget, and by [`EVERY_MAX`] sockets.
     Every,
 }
+
+/// Most socket fds a [`Keep::Every`] pass keeps (16 bytes each: 4 MiB). Any user may hold
+/// hundreds of thousands; past this the pass gives up, and the lookup makes its own pass for
+/// the sockets asked about once they are known. A host of 10 000 listeners has ~10 000.
+const EVERY_MAX: usize = 256 << 10;
 
 /// What one pass found.
 #[derive(Debug, Default)]
@@ -160,6 +166,12 @@ pub(crate) struct Pass {
     /// For a pass made before the sockets were known ([`early_pass`]): every socket made
     /// after it began has a greater inode number ([`inode_floor`]). `None`: no bound known.
     pub(crate) floor: Option<u64>,
+    /// Of the sockets asked about, those `socket(2)` made and installed in one call
+    /// (listeners, UDP sockets): one numbered under the floor was in its process's fd table
+    /// before the pass began. Not so for the others: `accept(2)` numbers its socket before
+    /// it waits for a connection, and a socket passed between processes (`SCM_RIGHTS`) may
+    /// be in flight while the pass reads both.
+    pub(crate) made_by_socket: Inodes,
 }
 
 /// The holders of the wanted sockets among what passes kept.
@@ -193,6 +205,13 @@ impl Holders {
 }
 
 impl Pass {
+    /// Whether this pass, made before the sockets were known, may have missed `inode` while
+    /// a process held it: unless the socket was numbered before the pass began
+    /// ([`Pass::floor`]) by the `socket(2)` that installed it ([`Pass::made_by_socket`]).
+    fn may_have_missed(&self, inode: u64) -> bool {
+        !(self.floor.is_some_and(|f| inode <= f) && self.made_by_socket.contains(&inode))
+    }
+
     /// The holders of `wanted` among the sockets kept.
     #[cfg(test)]
     pub(crate) fn holders_of(&self, inode: u64) -> Vec<u32> {
@@ -307,7 +326,9 @@ impl OwnerIter {
             }
             buf.copy_within(whole..filled, 0);
             filled -= whole;
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline
+                || matches!(keep, Keep::Every) && pass.sockets.len() >= EVERY_MAX
+            {
                 pass.stopped_at = Some(last_pid.saturating_add(1));
                 break;
             }
@@ -317,25 +338,41 @@ impl OwnerIter {
 }
 
 /// A pass keeping every socket fd, to be made before the sockets asked about are known (see
-/// [`scan`]). `None` when it failed: logged, and the lookup makes its own pass.
+/// [`scan`]), on a thread of the lookup's own ([`inode_floor`] moves it between CPUs).
+/// `None` when it failed or stopped at [`EVERY_MAX`] sockets: logged, and the lookup makes
+/// its own pass. (One out of time is kept: [`scan`] then walks `/proc` instead, as after any
+/// pass that took too long.)
 pub(crate) fn early_pass(iter: &OwnerIter) -> Option<Pass> {
     let floor = inode_floor();
-    let pass = iter.pass(Keep::Every, Instant::now() + PASS_BUDGET);
-    pass.map(|pass| Pass { floor, ..pass })
-        .inspect_err(|e| log::debug!("BPF owner pass beside the dump failed: {e}"))
-        .ok()
+    match iter.pass(Keep::Every, Instant::now() + PASS_BUDGET) {
+        Ok(pass) if pass.sockets.len() >= EVERY_MAX => {
+            log::debug!("BPF owner pass beside the dump stopped at {} sockets", pass.sockets.len());
+            None
+        }
+        Ok(pass) => Some(Pass { floor, ..pass }),
+        Err(e) => {
+            log::debug!("BPF owner pass beside the dump failed: {e}");
+            None
+        }
+    }
 }
 
+/// Longest [`inode_floor`] may take: moving to a CPU waits for a turn on it, which on a large
+/// busy host adds up.
+const FLOOR_BUDGET: Duration = Duration::from_millis(5);
+
 /// A number below the inode of every socket made from now on, or `None` when it cannot be
-/// known. Sockets (and pipes) are numbered by the kernel's `get_next_ino`: each CPU counts up
+/// known. Sockets and pipes are numbered by the kernel's `get_next_ino` (sockfs and pipefs
+/// share it; an implementation detail, not an ABI, checked by a test): each CPU counts up
 /// through its own batch of a shared counter, and takes a new batch, above every batch handed
 /// out before, when its own runs out. So a socket made on a CPU later than a pipe made there
 /// now gets a greater number, and the least of one pipe's number per CPU bounds every later
-/// socket from below (a socket whose number is not greater existed already). Each pipe is made
-/// with this thread moved to its CPU; every online CPU must be one it may run on (not so in a
-/// cpuset), or there is no bound. A CPU brought online meanwhile resumes an old batch: a socket
-/// made there in that instant may be taken for an old one, and its owner then looked for in
-/// the one pass only.
+/// socket from below (a socket whose number is not greater was numbered already). Each pipe is
+/// made with this thread moved to its CPU; every online CPU must be one it may run on (not so
+/// in a cpuset), and all within [`FLOOR_BUDGET`], or there is no bound. Two cases escape it,
+/// each in a window of the pass's ~10 ms: a CPU brought online meanwhile resumes an old batch,
+/// and the 32-bit counter wrapping (after 4 billion sockets and pipes) starts again from 1. A
+/// socket made then is taken for an old one, and its owner looked for in the one pass only.
 fn inode_floor() -> Option<u64> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     let me = nix::unistd::Pid::from_raw(0);
@@ -346,7 +383,12 @@ fn inode_floor() -> Option<u64> {
         return None;
     }
     let mut floor = None;
+    let deadline = Instant::now() + FLOOR_BUDGET;
     for &cpu in &cpus {
+        if Instant::now() >= deadline {
+            floor = None;
+            break;
+        }
         let mut one = CpuSet::new();
         let number = one
             .set(cpu)
@@ -362,7 +404,8 @@ fn inode_floor() -> Option<u64> {
             }
         }
     }
-    // Back on every CPU it had; if that fails it stays on one, which only slows this thread.
+    // Back on every CPU it had. This is the lookup's own thread, which ends with the pass: if
+    // that fails, only the pass runs on one CPU.
     let _ = sched_setaffinity(me, &allowed);
     floor
 }
@@ -414,13 +457,13 @@ pub(crate) fn scan(
     };
     let mut holders = Holders::sized_for(wanted);
     holders.add(&pass, wanted);
-    // What the early pass cannot have seen: sockets made since it began. One it should have
-    // seen and did not (held by no process: a kernel socket; or by one whose files the
-    // kernel hides from the pass) would not be found by another pass either.
-    let floor = pass.floor;
+    // What the early pass cannot have seen: sockets made since it began, and sockets that
+    // may have come into a process it had read already. A listener or UDP socket older than
+    // the pass that it did not see (held by no process: a kernel socket; or by one whose
+    // files the kernel hides from the pass) would not be found by another pass either.
     let missing: Inodes = wanted
         .iter()
-        .filter(|i| !holders.of.contains_key(i) && floor.is_none_or(|f| **i > f))
+        .filter(|i| !holders.of.contains_key(i) && pass.may_have_missed(**i))
         .copied()
         .collect();
     let again = had_early && pass.stopped_at.is_none() && !missing.is_empty();

@@ -204,11 +204,27 @@ fn a_socket_made_while_the_early_pass_ran_is_found_by_one_more() {
 }
 
 #[test]
+fn a_second_pass_is_made_only_for_a_socket_the_early_pass_may_have_missed() {
+    let floor = 1000;
+    let pass = Pass {
+        floor: Some(floor),
+        made_by_socket: Inodes::from_iter([900, 1001]),
+        ..Pass::default()
+    };
+    assert!(!pass.may_have_missed(900), "a listener numbered before the pass: it was seen");
+    assert!(pass.may_have_missed(1001), "numbered after the pass began");
+    assert!(pass.may_have_missed(950), "older, but accept(2) numbers before it installs");
+    let unbounded = Pass { floor: None, ..pass };
+    assert!(unbounded.may_have_missed(900), "no floor known: look again");
+}
+
+#[test]
 fn a_socket_older_than_the_early_pass_that_nobody_holds_is_unknown_as_the_walk_says() {
     let Some(iter) = loaded() else { return };
     // Closed before the pass: older than it and held by no process, as a kernel socket is.
     let gone = inode_of(&std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let early = early_pass(&iter).expect("a pass");
+    let early = Pass { made_by_socket: Inodes::from_iter([gone]), ..early };
     let wanted = Inodes::from_iter([gone]);
     let scan = scanned(&iter, Some(early), &wanted);
     let proc_dir = open_proc(Path::new("/proc")).unwrap();
