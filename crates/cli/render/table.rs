@@ -77,21 +77,17 @@ fn built(text: &mut String, write: impl FnOnce(&mut String)) -> Range<usize> {
     start..text.len()
 }
 
-/// The table; with `own_netns` (several namespaces listed), a Namespace column first. A Scope
-/// column (`lo`, `link`, `addr`, `any`) follows the state when any inet socket is listed. A
-/// Peer column follows the local address when any socket listed has a peer (connected
-/// sockets, as `--state established` lists): listeners have none, so their table stays as
-/// narrow as `ss -l`'s. Built whole, then written at once.
-pub fn table(
-    sockets: &[Socket],
-    users: &Users,
-    own_netns: Option<u64>,
-    out: &mut impl Write,
-) -> io::Result<()> {
-    // The cells built per row, all in one buffer. Names other users chose (a unix path, a
-    // container, a process name) are escaped.
+/// The cells of a run of rows whose text is built, in one buffer.
+struct Built {
+    text: String,
+    rows: Vec<Row>,
+}
+
+/// Builds the cells of `sockets`. Names other users chose (a unix path, a container, a
+/// process name) are escaped.
+fn build(sockets: &[Socket], users: &Users, own_netns: Option<u64>) -> Built {
     let mut text = String::with_capacity(sockets.len() * 64);
-    let rows: Vec<Row> = sockets
+    let rows = sockets
         .iter()
         .map(|s| Row {
             namespace: built(&mut text, |t| {
@@ -118,6 +114,48 @@ pub fn table(
             }),
         })
         .collect();
+    Built { text, rows }
+}
+
+/// From this many rows the table is built on two threads, half each: at 10 000 rows building
+/// them is most of a listing's time after its owners are known.
+const TWO_THREADS_FROM: usize = 4096;
+
+/// `work` for each of `parts` (one or two), the second on a thread of its own; here too if
+/// that thread is refused.
+fn on_threads<P: Sync, T: Send>(parts: &[P], work: impl Fn(&P) -> T + Sync) -> Vec<T> {
+    let (Some(first), Some(second), None) = (parts.first(), parts.get(1), parts.get(2)) else {
+        return parts.iter().map(&work).collect();
+    };
+    std::thread::scope(|scope| {
+        let other = std::thread::Builder::new().spawn_scoped(scope, || work(second));
+        let done = work(first);
+        let other = match other {
+            Ok(handle) => handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(_) => work(second),
+        };
+        vec![done, other]
+    })
+}
+
+/// The table; with `own_netns` (several namespaces listed), a Namespace column first. A Scope
+/// column (`lo`, `link`, `addr`, `any`) follows the state when any inet socket is listed. A
+/// Peer column follows the local address when any socket listed has a peer (connected
+/// sockets, as `--state established` lists): listeners have none, so their table stays as
+/// narrow as `ss -l`'s. Built whole, then written at once.
+pub fn table(
+    sockets: &[Socket],
+    users: &Users,
+    own_netns: Option<u64>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let halves = if sockets.len() >= TWO_THREADS_FROM {
+        let (first, second) = sockets.split_at(sockets.len() / 2);
+        vec![first, second]
+    } else {
+        vec![sockets]
+    };
+    let built = on_threads(&halves, |half| build(half, users, own_netns));
     let header = [
         "Namespace",
         "Proto",
@@ -129,13 +167,15 @@ pub fn table(
         "Process",
     ];
     let mut widths = header.map(str::len);
-    for (s, row) in sockets.iter().zip(&rows) {
-        widths[0] = widths[0].max(width(&text[row.namespace.clone()]));
-        widths[1] = widths[1].max(s.protocol.as_str().len());
-        widths[2] = widths[2].max(state_text(s).len());
-        widths[4] = widths[4].max(width(&text[row.local.clone()]));
-        widths[5] = widths[5].max(width(&text[row.peer.clone()]));
-        widths[6] = widths[6].max(width(&text[row.user.clone()]));
+    for (half, Built { text, rows }) in halves.iter().zip(&built) {
+        for (s, row) in half.iter().zip(rows) {
+            widths[0] = widths[0].max(width(&text[row.namespace.clone()]));
+            widths[1] = widths[1].max(s.protocol.as_str().len());
+            widths[2] = widths[2].max(state_text(s).len());
+            widths[4] = widths[4].max(width(&text[row.local.clone()]));
+            widths[5] = widths[5].max(width(&text[row.peer.clone()]));
+            widths[6] = widths[6].max(width(&text[row.user.clone()]));
+        }
     }
     let shown = [
         own_netns.is_some(),
@@ -146,34 +186,40 @@ pub fn table(
         sockets.iter().any(|s| s.remote.is_some()),
     ];
     let shown = |column: usize| shown.get(column).copied().unwrap_or(true);
-    let mut lines = Vec::with_capacity(text.len() + sockets.len() * 48 + 128);
+    let mut head = Vec::new();
     for (column, (title, width)) in header.iter().zip(widths).take(7).enumerate() {
         if shown(column) {
-            cell(&mut lines, title, width);
+            cell(&mut head, title, width);
         }
     }
-    lines.extend_from_slice(header[7].as_bytes());
-    lines.push(b'\n');
-    for (s, row) in sockets.iter().zip(&rows) {
-        let state = state_text(s);
-        let cells = [
-            &text[row.namespace.clone()],
-            s.protocol.as_str(),
-            &state,
-            scope_text(s),
-            &text[row.local.clone()],
-            &text[row.peer.clone()],
-            &text[row.user.clone()],
-        ];
-        for (column, (text, width)) in cells.iter().zip(widths).enumerate() {
-            if shown(column) {
-                cell(&mut lines, text, width);
+    head.extend_from_slice(header[7].as_bytes());
+    head.push(b'\n');
+    let parts: Vec<(&[Socket], &Built)> = halves.iter().copied().zip(&built).collect();
+    let lines = on_threads(&parts, |(half, Built { text, rows })| {
+        let mut lines = Vec::with_capacity(text.len() + half.len() * 48);
+        for (s, row) in half.iter().zip(rows) {
+            let state = state_text(s);
+            let cells = [
+                &text[row.namespace.clone()],
+                s.protocol.as_str(),
+                &state,
+                scope_text(s),
+                &text[row.local.clone()],
+                &text[row.peer.clone()],
+                &text[row.user.clone()],
+            ];
+            for (column, (text, width)) in cells.iter().zip(widths).enumerate() {
+                if shown(column) {
+                    cell(&mut lines, text, width);
+                }
             }
+            lines.extend_from_slice(text[row.process.clone()].as_bytes());
+            lines.push(b'\n');
         }
-        lines.extend_from_slice(text[row.process.clone()].as_bytes());
-        lines.push(b'\n');
-    }
-    out.write_all(&lines)
+        lines
+    });
+    out.write_all(&head)?;
+    lines.iter().try_for_each(|l| out.write_all(l))
 }
 
 /// Why some owners are missing and what would fix it (one line each, with its newline), if any
