@@ -4,7 +4,9 @@
 //! object and the kernel's BTF are trusted inputs today (compiled in; read from the kernel),
 //! but the parsers are the crate's, and the library must not panic on any input.
 
-use super::{ATTACH_FUNC, KIND_FUNC, OBJECT, Object, RECORD, btf::Btf, decode, elf, log_tail};
+use super::btf::{Btf, KIND_FUNC};
+use super::load::{ATTACH_FUNC, OBJECT, Object, log_tail};
+use super::{RECORD, decode, elf};
 
 /// `bytes` as the loader's object: its sections found ([`elf::Elf`]), its `.BTF` indexed and
 /// its `.BTF.ext` relocations read ([`Object::parse`]), then relocated as [`Object::prepare`]

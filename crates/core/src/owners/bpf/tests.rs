@@ -1,6 +1,8 @@
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use super::btf::{Btf, KIND_FUNC};
+use super::load::*;
 use super::*;
 use crate::process::Owners;
 use crate::source::ebpf::tests::skip;
