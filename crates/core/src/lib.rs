@@ -93,6 +93,9 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![deny(unsafe_code)]
 
+// Without `ebpf`, only `getdents64` output is read with it.
+#[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
+mod bytes;
 mod connection;
 mod discover;
 #[cfg(feature = "docker")]

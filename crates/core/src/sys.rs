@@ -65,7 +65,7 @@ pub(crate) fn dirent_names(records: &[u8]) -> impl Iterator<Item = &[u8]> {
     const NAME: usize = 19;
     let mut rest = records;
     std::iter::from_fn(move || {
-        let len = usize::from(u16::from_ne_bytes(rest.get(16..18)?.try_into().ok()?));
+        let len = usize::from(crate::bytes::u16_at(rest, 16)?);
         let record = rest.get(..len).filter(|_| len > NAME)?;
         rest = &rest[len..];
         let name = &record[NAME..];

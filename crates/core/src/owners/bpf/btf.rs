@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use super::bytes::{u16_at, u32_at, usize_at};
+use crate::bytes::{u16_at, u32_at, usize_at};
 
 /// What is wrong with a BTF blob, a `.BTF.ext` or a relocation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The sections of a 64-bit little- or big-endian ELF relocatable object, by name: enough to
 //! take the owner iterator's instructions and BTF out of `owners.bpf.o`. Pure, bounds-checked.
 
-use super::bytes::{u16_at, u32_at, usize64_at};
+use crate::bytes::{u16_at, u32_at, usize64_at};
 
 /// The sections of an ELF64 object in this machine's byte order.
 pub(crate) struct Elf<'a> {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use super::btf::{self, Btf, BtfError, KIND_FUNC};
-use super::{bytes, elf};
+use super::elf;
+use crate::bytes;
 use crate::sys;
 
 /// The iterator's object, built from `crates/core/bpf/owners.bpf.c` by `make bpf`.

@@ -23,7 +23,6 @@
 //! the sockets are known ([`Keep::Every`]), which keeps at most [`EVERY_MAX`] (4 MiB).
 
 mod btf;
-mod bytes;
 mod elf;
 #[cfg(any(test, feature = "bench-internals"))]
 pub(crate) mod fuzz;
@@ -48,7 +47,7 @@ use super::{
     status_name,
 };
 use crate::process::Process;
-use crate::sys;
+use crate::{bytes, sys};
 
 /// One record (`struct pw_owner` in owners.bpf.c): tgid u32, fd u32, socket inode u64,
 /// ppid u32, uid u32, pid namespace level u32, described u32, comm [u8; 16].

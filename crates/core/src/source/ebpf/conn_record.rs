@@ -25,7 +25,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::record::{u16_at, u32_at, u64_at};
+use crate::bytes::{array_at, u16_at, u32_at, u64_at};
 use crate::socket::Family;
 
 /// Size of one record. Longer input is accepted (a newer object may append fields).
@@ -77,7 +77,7 @@ pub(crate) struct ConnEvent {
 }
 
 fn addr_at(b: &[u8], off: usize, family: Family) -> Option<IpAddr> {
-    let raw: [u8; 16] = b.get(off..off + 16)?.try_into().ok()?;
+    let raw: [u8; 16] = array_at(b, off)?;
     Some(match family {
         Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
         _ => IpAddr::V6(Ipv6Addr::from(raw)),

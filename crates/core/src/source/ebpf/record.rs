@@ -32,6 +32,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
 
+use crate::bytes::{array_at, u16_at, u32_at, u64_at};
 use crate::socket::{Family, Protocol};
 
 /// Size of one record. Longer input is accepted (a newer object may append fields).
@@ -119,18 +120,6 @@ impl KernelEvent {
     }
 }
 
-pub(super) fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
-pub(super) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-
-pub(super) fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(off..off + 8)?.try_into().ok()?))
-}
-
 /// The process of an exit record (kind 6: the last thread of a process in the owners map
 /// exited), or `None` for any other record. Exit records carry only the time and the pid.
 pub(crate) fn exit_of(b: &[u8]) -> Option<u32> {
@@ -157,7 +146,7 @@ pub(crate) fn decode(b: &[u8]) -> Option<KernelEvent> {
         17 => Protocol::Udp,
         _ => return None,
     };
-    let raw_addr: [u8; 16] = b.get(40..56)?.try_into().ok()?;
+    let raw_addr: [u8; 16] = array_at(b, 40)?;
     let addr = match family {
         Family::Ipv4 => {
             IpAddr::V4(Ipv4Addr::new(raw_addr[0], raw_addr[1], raw_addr[2], raw_addr[3]))

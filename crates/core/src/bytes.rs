@@ -1,36 +1,36 @@
-//! Reading fixed-size values out of untrusted bytes (the object, the kernel's BTF, a pass's
-//! records), for the rest of `bpf`: every read bounds-checked, `None` past the end, so a
-//! short or hostile blob is an error upstream and never a panic. Native byte order only:
-//! BPF objects, BTF and the iterator's records are all in the running machine's order (the
-//! ELF and BTF headers are checked for it before anything else is read).
+//! Reading fixed-size values out of untrusted bytes (the owner iterator's object, the
+//! kernel's BTF, records of the BPF programs, `getdents64` output): every read
+//! bounds-checked, `None` past the end, so a short or hostile blob is an error upstream and
+//! never a panic. Native byte order only: all of these are in the running machine's order
+//! (the ELF and BTF headers are checked for it before anything else is read).
 
 /// The `N` bytes at `off` in `b`.
-pub(super) fn array_at<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
+pub(crate) fn array_at<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
     b.get(off..off.checked_add(N)?)?.try_into().ok()
 }
 
 /// The native-endian `u16` at `off` in `b`.
-pub(super) fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], off: usize) -> Option<u16> {
     array_at(b, off).map(u16::from_ne_bytes)
 }
 
 /// The native-endian `u32` at `off` in `b`.
-pub(super) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     array_at(b, off).map(u32::from_ne_bytes)
 }
 
 /// The native-endian `u64` at `off` in `b`.
-pub(super) fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     array_at(b, off).map(u64::from_ne_bytes)
 }
 
 /// A native-endian `u32` at `off` in `b` as a size or offset.
-pub(super) fn usize_at(b: &[u8], off: usize) -> Option<usize> {
+pub(crate) fn usize_at(b: &[u8], off: usize) -> Option<usize> {
     u32_at(b, off).and_then(|v| usize::try_from(v).ok())
 }
 
 /// A native-endian `u64` at `off` in `b` as a size or offset (`None` where it does not fit).
-pub(super) fn usize64_at(b: &[u8], off: usize) -> Option<usize> {
+pub(crate) fn usize64_at(b: &[u8], off: usize) -> Option<usize> {
     u64_at(b, off).and_then(|v| usize::try_from(v).ok())
 }
 
