@@ -170,27 +170,22 @@ impl Query {
         let mut namer = Namer::new(self.docker.clone());
         std::thread::scope(|scope| {
             // The BPF owner lookup's load and pass need nothing the dump finds: they run
-            // beside it, on the second core, once the processes are listed here (the pass
-            // must come after that list: `owners::iterator_beside`).
+            // beside it, on the second core (`owners::iterator_beside`). `_waiting` is
+            // dropped, telling it to stop, when this returns before joining it.
             let how = self.lookup;
-            let (listed, pids) = std::sync::mpsc::sync_channel(1);
-            let beside =
-                (self.owners && owners::may_use_iterator(how, &self.proc_root)).then(|| {
-                    std::thread::Builder::new()
-                        .name("pw-owners".into())
-                        .spawn_scoped(scope, move || owners::iterator_beside(how, pids, true))
-                });
-            if let Some(Ok(_)) = &beside {
-                let _ = listed.send(owners::list_pids(&self.proc_root));
-            }
+            let proc_root = &self.proc_root;
+            let (_waiting, caller) = std::sync::mpsc::channel();
+            let beside = (self.owners && owners::may_use_iterator(how, proc_root)).then(|| {
+                std::thread::Builder::new()
+                    .name("pw-owners".into())
+                    .spawn_scoped(scope, move || {
+                        owners::iterator_beside(how, proc_root, true, &caller)
+                    })
+            });
             let mut sockets = self.dump(&filter, &mut namer)?;
             let dumped = Instant::now();
             log::debug!("dumped {} sockets in {:?}", sockets.len(), dumped - started);
-            // The inode makes the order total, so an unstable sort gives the same result.
-            sockets.sort_unstable_by(|a, b| {
-                (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
-                    .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
-            });
+            sockets.sort_by_cached_key(order);
             if !self.owners {
                 return Ok(sockets);
             }
@@ -202,9 +197,8 @@ impl Query {
                 // sockets it found.
                 Some(Err(e)) => {
                     log::debug!("BPF owner lookup after the dump, not beside it: {e}");
-                    let (listed, pids) = std::sync::mpsc::sync_channel(1);
-                    let _ = listed.send(owners::list_pids(&self.proc_root));
-                    owners::iterator_beside(how, pids, false)?
+                    let (_waiting, caller) = std::sync::mpsc::channel();
+                    owners::iterator_beside(how, &self.proc_root, false, &caller)?
                 }
             };
             let detail = owners::Detail { cmdline: self.cmdlines, cgroup: self.cgroups };
@@ -232,6 +226,9 @@ impl Query {
         let mut sockets = Vec::new();
         for ns in &namespaces {
             match Scanner::new(self.backend, ns).and_then(|mut s| s.scan(&dumps)) {
+                // Moved, not copied, when it is the first: at 10 000 sockets a copy costs
+                // more than the sort (~2 MB of fresh pages, faulted in one by one).
+                Ok(found) if sockets.is_empty() => sockets = found,
                 Ok(found) => sockets.extend(found),
                 Err(e) if all => discover::skip(ns.inode(), e)?,
                 Err(e) => return Err(e),
@@ -240,5 +237,64 @@ impl Query {
         log::trace!("read {} namespaces in {:?}", namespaces.len(), started.elapsed());
         sockets.retain(|s| filter.matches(s));
         Ok(sockets)
+    }
+}
+
+/// Where `s` comes in the order [`Query::run`] returns: namespace, protocol, family, address,
+/// port, path, then the inode, which makes the order total. As a key of numbers (the address
+/// as one, its kind first, as `Option<IpAddr>` orders), computed once per socket: comparing
+/// the fields themselves, and moving whole sockets about, took 2 ms at 10 000 sockets.
+fn order(s: &Socket) -> (u64, Protocol, Family, (u8, u128), u16, Option<String>, u64) {
+    let addr = match s.addr {
+        None => (0, 0),
+        Some(std::net::IpAddr::V4(a)) => (1, u128::from(u32::from(a))),
+        Some(std::net::IpAddr::V6(a)) => (2, u128::from(a)),
+    };
+    (s.netns, s.protocol, s.family, addr, s.port, s.path.clone(), s.inode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::fixtures::listener;
+
+    /// The key orders as the fields themselves do, whatever the mix: both families, mapped
+    /// and high addresses, unix paths, namespaces, equal fields down to the inode.
+    #[test]
+    fn the_order_key_orders_as_the_fields_do() {
+        let mut all = Vec::new();
+        for (i, addr) in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "::", "::1", "::ffff:1.2.3.4"]
+            .into_iter()
+            .chain(["ffff::1", "10.0.0.1"])
+            .enumerate()
+        {
+            for (port, netns) in [(80, 2), (80, 1), (443, 1), (1, 1)] {
+                let mut s = listener(port, i as u64 + 10 * u64::from(port), &[]);
+                s.addr = Some(addr.parse().unwrap());
+                s.family = if addr.contains(':') { Family::Ipv6 } else { Family::Ipv4 };
+                s.netns = netns;
+                all.push(s.clone());
+                s.protocol = Protocol::Udp;
+                all.push(s);
+            }
+        }
+        for (inode, path) in
+            [(7, Some("/run/b")), (6, Some("/run/a")), (5, None), (4, Some("/run/a"))]
+        {
+            let mut s = listener(0, inode, &[]);
+            (s.protocol, s.family, s.addr) = (Protocol::Unix, Family::Unix, None);
+            s.path = path.map(str::to_owned);
+            all.push(s);
+        }
+        let mut by_fields = all.clone();
+        by_fields.sort_by(|a, b| {
+            (a.netns, a.protocol, a.family, a.addr, a.port, &a.path, a.inode)
+                .cmp(&(b.netns, b.protocol, b.family, b.addr, b.port, &b.path, b.inode))
+        });
+        all.reverse();
+        all.sort_by_cached_key(order);
+        let ids =
+            |v: &[Socket]| v.iter().map(|s| (s.netns, s.inode, s.protocol)).collect::<Vec<_>>();
+        assert_eq!(ids(&all), ids(&by_fields));
     }
 }

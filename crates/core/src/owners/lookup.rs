@@ -79,15 +79,26 @@ pub(crate) type EarlyPass = super::bpf::Pass;
 #[derive(Debug)]
 pub(crate) enum EarlyPass {}
 
-/// With an iterator, one pass of it that keeps every socket fd (to be made beside the dump);
-/// `None` without one, or when the pass failed (then the lookup makes its own).
-pub(crate) fn early_pass(iter: Option<&BpfIter>) -> Option<EarlyPass> {
+/// A number below the inode of every socket made from now on, or `None` when it cannot be
+/// known (see `bpf::inode_floor`): to be taken before an early pass. Without feature `ebpf`,
+/// `None`.
+pub(crate) fn inode_floor() -> Option<u64> {
     #[cfg(feature = "ebpf")]
-    return iter.and_then(super::bpf::early_pass);
+    return super::bpf::inode_floor();
     #[cfg(not(feature = "ebpf"))]
-    match iter {
-        None => None,
-        Some(never) => match *never {},
+    None
+}
+
+/// With an iterator, one pass of it that keeps every socket fd (to be made beside the dump),
+/// every socket made since `floor` was taken numbering above it; `None` without one, or when
+/// the pass failed (then the lookup makes its own).
+pub(crate) fn early_pass(iter: Option<&BpfIter>, floor: Option<u64>) -> Option<EarlyPass> {
+    #[cfg(feature = "ebpf")]
+    return iter.and_then(|iter| super::bpf::early_pass(iter, floor));
+    #[cfg(not(feature = "ebpf"))]
+    match (iter, floor) {
+        (None, _) => None,
+        (Some(never), _) => match *never {},
     }
 }
 

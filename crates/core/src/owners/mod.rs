@@ -54,8 +54,8 @@ pub(crate) use self::cgroup::{CGROUP_MAX, parse_cgroup};
 pub(crate) use self::index::OwnerIndex;
 pub use self::lookup::OwnerLookup;
 pub(crate) use self::lookup::{
-    AUTO_BPF_MIN_PROCESSES, BpfIter, EarlyPass, early_made_by_socket, early_pass, load_iterator,
-    try_iterator,
+    AUTO_BPF_MIN_PROCESSES, BpfIter, EarlyPass, early_made_by_socket, early_pass, inode_floor,
+    load_iterator, try_iterator,
 };
 pub(crate) use self::parse::CMDLINE_MAX_BYTES;
 #[cfg(any(test, feature = "ebpf"))]
@@ -549,25 +549,44 @@ fn parse_loadavg_threads(loadavg: &[u8]) -> Option<usize> {
     field.split_once('/')?.1.parse().ok()
 }
 
-/// Loads the iterator as `how` asks, then waits for `listed`: the processes the caller listed
-/// (its listing must come before the pass, which is what tells a process the pass could not
-/// see from one that did not exist yet). With `Auto`, fewer than [`AUTO_BPF_MIN_PROCESSES`]
-/// means the walk (`None`); otherwise, with `early`, one pass keeping every socket fd. An
-/// error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
+/// Loads the iterator as `how` asks, then lists the processes under `proc_root` (the list must
+/// come before the pass: it is what tells a process the pass could not see from one that did
+/// not exist yet). With `Auto`, fewer than [`AUTO_BPF_MIN_PROCESSES`] means the walk (`None`);
+/// otherwise, with `early`, one pass keeping every socket fd. `caller` is the receiving end of
+/// a channel the caller never sends on: dropped (its dump failed), nothing will use the pass,
+/// and none is made. An error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot
+/// load.
 pub(crate) fn iterator_beside(
     how: OwnerLookup,
-    listed: std::sync::mpsc::Receiver<std::io::Result<Vec<u32>>>,
+    proc_root: &Path,
     early: bool,
+    caller: &std::sync::mpsc::Receiver<std::convert::Infallible>,
 ) -> crate::error::Result<Option<Beside>> {
-    let Some(iter) = load_iterator(how)? else { return Ok(None) };
-    // The sender gone without a list: the caller gave up, and nothing will use the pass.
-    let Ok(pids) = listed.recv() else { return Ok(None) };
-    let count = pids.as_ref().map_or(0, Vec::len);
-    if how == OwnerLookup::Auto && count < AUTO_BPF_MIN_PROCESSES {
-        return Ok(None);
-    }
-    let early = early.then(|| early_pass(Some(&iter))).flatten();
-    Ok(Some(Beside { iter, early, pids }))
+    std::thread::scope(|scope| {
+        // Taking the inode floor waits for a turn on every CPU (milliseconds on a busy host):
+        // on a thread of its own, beside the load. Without it (no thread), a second pass
+        // looks for every socket the early one did not find.
+        let floor = early
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("pw-floor".into())
+                    .spawn_scoped(scope, inode_floor)
+                    .ok()
+            })
+            .flatten();
+        let Some(iter) = load_iterator(how)? else { return Ok(None) };
+        let pids = list_pids(proc_root);
+        let count = pids.as_ref().map_or(0, Vec::len);
+        if how == OwnerLookup::Auto && count < AUTO_BPF_MIN_PROCESSES {
+            return Ok(None);
+        }
+        if caller.try_recv() == Err(std::sync::mpsc::TryRecvError::Disconnected) {
+            return Ok(None);
+        }
+        let floor = floor.and_then(|f| f.join().ok().flatten());
+        let early = early.then(|| early_pass(Some(&iter), floor)).flatten();
+        Ok(Some(Beside { iter, early, pids }))
+    })
 }
 
 /// Fills in `owners` of every socket with one pass over all processes: of the iterator when
@@ -581,7 +600,8 @@ pub(crate) fn resolve(
     detail: Detail,
     threads: usize,
 ) {
-    let wanted: Inodes = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+    let mut wanted = Inodes::with_capacity_and_hasher(sockets.len(), Fast::default());
+    wanted.extend(sockets.iter().map(|s| s.inode).filter(|i| *i != 0));
     if wanted.is_empty() {
         for socket in sockets.iter_mut() {
             socket.owners = FdScan::default().owners_of(socket.inode);
@@ -594,22 +614,27 @@ pub(crate) fn resolve(
         // A socket accept(2) made, or one passed between processes, can be older than the
         // early pass and missing from it all the same: only listeners and UDP sockets, made
         // and installed by one socket(2), are known to have been there for it to see.
-        let made_by_socket = sockets
-            .iter()
-            .filter(|s| s.state == State::Listen || s.protocol == Protocol::Udp)
-            .map(|s| s.inode)
-            .collect();
+        let mut made_by_socket = Inodes::with_capacity_and_hasher(sockets.len(), Fast::default());
+        made_by_socket.extend(
+            sockets
+                .iter()
+                .filter(|s| s.state == State::Listen || s.protocol == Protocol::Udp)
+                .map(|s| s.inode),
+        );
         let early = early.map(|e| early_made_by_socket(e, made_by_socket));
         let listed = pids.as_deref().unwrap_or_default();
         try_iterator(Some(&iter), early, proc_root, listed, &search)
     });
-    let mut scan = match (from_iter, open_proc(proc_root), list_pids(proc_root)) {
-        (Some(scan), ..) => scan,
-        (None, Ok(proc_dir), Ok(pids)) => scan_pids(&proc_dir, &pids, &search),
-        (None, ..) => {
-            log::warn!("cannot read {}: process owners unknown", proc_root.display());
-            FdScan { unreadable: 1, ..FdScan::default() }
-        }
+    let mut scan = match from_iter {
+        Some(scan) => scan,
+        // Listed only for the walk: the iterator's list came before its pass.
+        None => match (open_proc(proc_root), list_pids(proc_root)) {
+            (Ok(proc_dir), Ok(pids)) => scan_pids(&proc_dir, &pids, &search),
+            _ => {
+                log::warn!("cannot read {}: process owners unknown", proc_root.display());
+                FdScan { unreadable: 1, ..FdScan::default() }
+            }
+        },
     };
     scan.hidden = hidepid::explains_missing(&scan, &wanted, proc_root);
     for socket in sockets.iter_mut() {
@@ -757,9 +782,12 @@ NSpid:\t1\n";
     #[test]
     fn auto_decides_by_the_processes_listed_before_the_pass() {
         let beside = |how, processes: usize, early| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            tx.send(Ok((0..processes as u32).collect())).unwrap();
-            iterator_beside(how, rx, early)
+            let proc_root = tempfile::tempdir().unwrap();
+            for pid in 1..=processes {
+                std::fs::create_dir(proc_root.path().join(pid.to_string())).unwrap();
+            }
+            let (_waiting, caller) = std::sync::mpsc::channel();
+            iterator_beside(how, proc_root.path(), early, &caller)
         };
         match beside(OwnerLookup::Bpf, 1, true) {
             Ok(Some(b)) => assert!(b.early.is_some(), "one pass beside the dump"),
@@ -772,10 +800,11 @@ NSpid:\t1\n";
         // Loaded after the dump (no thread for it): no early pass.
         let after = beside(OwnerLookup::Bpf, 1, false).unwrap();
         assert!(after.is_some_and(|b| b.early.is_none()));
-        // The caller gave up before listing: no pass.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u32>>>(1);
-        drop(tx);
-        assert!(iterator_beside(OwnerLookup::Bpf, rx, true).unwrap().is_none());
+        // The caller gave up (its dump failed): no pass.
+        let (waiting, caller) = std::sync::mpsc::channel();
+        drop(waiting);
+        let proc = Path::new("/proc");
+        assert!(iterator_beside(OwnerLookup::Bpf, proc, true, &caller).unwrap().is_none());
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub(crate) struct Pass {
     /// what the kernel said of it when one of those fds was open.
     pub(crate) walked: HashMap<u32, Option<Task>, Fast>,
     /// For a pass made before the sockets were known ([`early_pass`]): every socket made
-    /// after it began has a greater inode number ([`inode_floor`]). `None`: no bound known.
+    /// after the pass began (and since a little before) has a greater inode number
+    /// ([`inode_floor`]). `None`: no bound known.
     pub(crate) floor: Option<u64>,
     /// Of the sockets asked about, those `socket(2)` made and installed in one call
     /// (listeners, UDP sockets): one numbered under the floor was in its process's fd table
@@ -208,12 +209,10 @@ impl OwnerIter {
 }
 
 /// A pass keeping every socket fd, to be made before the sockets asked about are known (see
-/// [`scan`]), on a thread of the lookup's own ([`inode_floor`] moves it between CPUs).
-/// `None` when it failed or stopped at [`EVERY_MAX`] sockets: logged, and the lookup makes
-/// its own pass. (One out of time is kept: [`scan`] then walks `/proc` instead, as after any
-/// pass that took too long.)
-pub(crate) fn early_pass(iter: &OwnerIter) -> Option<Pass> {
-    let floor = inode_floor();
+/// [`scan`]); `floor` is an [`inode_floor`] taken before it. `None` when it failed or stopped
+/// at [`EVERY_MAX`] sockets: logged, and the lookup makes its own pass. (One out of time is
+/// kept: [`scan`] then walks `/proc` instead, as after any pass that took too long.)
+pub(crate) fn early_pass(iter: &OwnerIter, floor: Option<u64>) -> Option<Pass> {
     match iter.pass(Keep::Every, Instant::now() + PASS_BUDGET) {
         Ok(pass) if pass.sockets.len() >= EVERY_MAX => {
             log::debug!("BPF owner pass beside the dump stopped at {} sockets", pass.sockets.len());
@@ -238,12 +237,13 @@ const FLOOR_BUDGET: Duration = Duration::from_millis(5);
 /// out before, when its own runs out. So a socket made on a CPU later than a pipe made there
 /// now gets a greater number, and the least of one pipe's number per CPU bounds every later
 /// socket from below (a socket whose number is not greater was numbered already). Each pipe is
-/// made with this thread moved to its CPU; every online CPU must be one it may run on (not so
-/// in a cpuset), and all within [`FLOOR_BUDGET`], or there is no bound. Two cases escape it,
-/// each in a window of the pass's ~10 ms: a CPU brought online meanwhile resumes an old batch,
+/// made with the calling thread moved to its CPU, so call this on a thread of its own, which
+/// ends next; every online CPU must be one it may run on (not so in a cpuset), and all within
+/// [`FLOOR_BUDGET`], or there is no bound. Two cases escape it, each in the window from the
+/// floor to the end of the pass (~15 ms): a CPU brought online meanwhile resumes an old batch,
 /// and the 32-bit counter wrapping (after 4 billion sockets and pipes) starts again from 1. A
 /// socket made then is taken for an old one, and its owner looked for in the one pass only.
-fn inode_floor() -> Option<u64> {
+pub(crate) fn inode_floor() -> Option<u64> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     let me = nix::unistd::Pid::from_raw(0);
     let allowed = sched_getaffinity(me).ok()?;
@@ -274,8 +274,7 @@ fn inode_floor() -> Option<u64> {
             }
         }
     }
-    // Back on every CPU it had. This is the lookup's own thread, which ends with the pass: if
-    // that fails, only the pass runs on one CPU.
+    // Back on every CPU it had (if that fails, only the rest of this thread runs pinned).
     let _ = sched_setaffinity(me, &allowed);
     floor
 }

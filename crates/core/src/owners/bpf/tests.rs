@@ -193,7 +193,7 @@ fn scanned(iter: &OwnerIter, early: Option<Pass>, wanted: &Inodes) -> FdScan {
 fn a_socket_made_while_the_early_pass_ran_is_found_by_one_more() {
     let Some(iter) = loaded() else { return };
     let before = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let early = early_pass(&iter).expect("a pass");
+    let early = early_pass(&iter, inode_floor()).expect("a pass");
     // Made after the pass, as a socket made while it ran beside the dump can be.
     let after = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     assert_eq!(early.holders_of(inode_of(&before)), vec![std::process::id()]);
@@ -225,7 +225,7 @@ fn a_socket_older_than_the_early_pass_that_nobody_holds_is_unknown_as_the_walk_s
     let Some(iter) = loaded() else { return };
     // Closed before the pass: older than it and held by no process, as a kernel socket is.
     let gone = inode_of(&std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let early = early_pass(&iter).expect("a pass");
+    let early = early_pass(&iter, inode_floor()).expect("a pass");
     let early = Pass { made_by_socket: Inodes::from_iter([gone]), ..early };
     let wanted = Inodes::from_iter([gone]);
     let scan = scanned(&iter, Some(early), &wanted);
