@@ -43,8 +43,8 @@ pub(crate) use self::load::OwnerIter;
 #[cfg(test)]
 pub(crate) use self::load::Unavailable;
 use super::{
-    Detail, Fast, FdScan, Inodes, Search, describe, for_each_pid, list_fds, open_pid, open_proc,
-    status_name,
+    Detail, Fast, FdScan, Inodes, Pids, Search, describe, for_each_pid, list_fds, open_pid,
+    open_proc, status_name,
 };
 use crate::process::Process;
 use crate::{bytes, sys};
@@ -94,7 +94,7 @@ pub(crate) struct Pass {
 #[derive(Debug)]
 struct Holders {
     /// Wanted inode → pids holding it (each pid once).
-    of: HashMap<u64, Vec<u32>, Fast>,
+    of: HashMap<u64, Pids, Fast>,
     /// For each holder, one of its wanted sockets and the fd it was at: what proves, when
     /// /proc/PID is read later, that the pid still names the process the pass saw.
     proof: HashMap<u32, (u32, u64), Fast>,
@@ -110,8 +110,13 @@ impl Holders {
     }
 
     fn add(&mut self, pass: &Pass, wanted: &Inodes) {
+        // A pass reads one process's fds after another: its first wanted socket is the proof.
+        let mut last = None;
         for &(inode, pid, fd) in pass.sockets.iter().filter(|(i, ..)| wanted.contains(i)) {
-            self.proof.entry(pid).or_insert((fd, inode));
+            if last != Some(pid) {
+                self.proof.entry(pid).or_insert((fd, inode));
+                last = Some(pid);
+            }
             let v = self.of.entry(inode).or_default();
             if !v.contains(&pid) {
                 v.push(pid);
@@ -134,7 +139,7 @@ impl Pass {
         let wanted = Inodes::from_iter([inode]);
         let mut h = Holders::sized_for(&wanted);
         h.add(self, &wanted);
-        h.of.remove(&inode).unwrap_or_default()
+        h.of.remove(&inode).unwrap_or_default().to_vec()
     }
 }
 
