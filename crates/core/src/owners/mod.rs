@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open, openat};
+use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::Mode;
 
 use crate::process::{Owners, Process, UnknownReason};
@@ -325,6 +325,27 @@ pub(crate) fn scan_fds(
     scan_pids(&proc_dir, &pids, &Search { wanted, users, detail, threads, deadline })
 }
 
+/// Whether this kernel gives the number of a process's open fds as the size of its
+/// `/proc/PID/fd` (6.2+; before, 0 for all): our own process always has some.
+pub(crate) fn fd_counts_shown(proc_dir: &OwnedFd) -> bool {
+    nix::sys::stat::fstatat(proc_dir, "self/fd", AtFlags::empty()).is_ok_and(|st| st.st_size > 0)
+}
+
+/// Whether process `pid` has no open file (a kernel thread, a zombie), told by one `stat` of
+/// its `/proc/PID/fd` where [`fd_counts_shown`]. False when it cannot be told.
+fn has_no_files(proc_dir: &OwnedFd, pid: u32) -> bool {
+    let mut path = [0u8; 20];
+    let mut at = &mut path[..];
+    // "PID/fd" and a NUL fit in 20 bytes for any u32.
+    if write!(at, "{pid}/fd\0").is_err() {
+        return false;
+    }
+    let len = 20 - at.len();
+    CStr::from_bytes_with_nul(&path[..len]).is_ok_and(|path| {
+        nix::sys::stat::fstatat(proc_dir, path, AtFlags::empty()).is_ok_and(|st| st.st_size == 0)
+    })
+}
+
 /// Walks the fds of `pids` (relative to the open `/proc`), over up to `threads` threads, and
 /// describes every process holding one of `wanted`. Pids not reached by `deadline` are counted
 /// in `unread`, not read.
@@ -333,10 +354,17 @@ pub(crate) fn scan_pids(proc_dir: &OwnedFd, pids: &[u32], search: &Search) -> Fd
     if wanted.is_empty() || pids.is_empty() {
         return FdScan::default();
     }
+    let counts_shown = fd_counts_shown(proc_dir);
     for_each_pid(pids, threads, |pid, local, scratch| {
         // One clock read (vDSO, tens of ns) per process: nothing beside its walk.
         if Instant::now() >= deadline {
             local.unread += 1;
+            return;
+        }
+        // One call for a process without files, not five (open its directory and its fd
+        // table, list that, close both): most of a small host's processes are kernel threads.
+        // Nor is one of root's kernel threads then unreadable to other users: it holds nothing.
+        if counts_shown && has_no_files(proc_dir, pid) {
             return;
         }
         let Some(pid_dir) = open_pid(proc_dir, pid) else { return };
@@ -587,6 +615,12 @@ pub(crate) fn iterator_beside(
             return Ok(None);
         }
         let floor = floor.and_then(|f| f.join().ok().flatten());
+        if early && floor.is_none() {
+            log::debug!(
+                "no inode floor (a CPU this process may not run on, or no turn on each in \
+                 time): every socket the pass beside the dump lacks gets a second pass"
+            );
+        }
         let early = early.then(|| early_pass(Some(&iter), floor)).flatten();
         Ok(Some(Beside { iter, early, pids }))
     })
@@ -808,6 +842,30 @@ NSpid:\t1\n";
         drop(waiting);
         let proc = Path::new("/proc");
         assert!(iterator_beside(OwnerLookup::Bpf, proc, true, &caller).unwrap().is_none());
+    }
+
+    /// A zombie (no files left) is told by one stat; a live process with files is walked.
+    #[test]
+    fn a_process_without_files_is_told_without_opening_it() {
+        let proc_dir = open_proc(Path::new("/proc")).unwrap();
+        if !fd_counts_shown(&proc_dir) {
+            eprintln!("skipped: this kernel does not give fd counts (before 6.2)");
+            return;
+        }
+        assert!(!has_no_files(&proc_dir, std::process::id()), "this test has files");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Unreaped, it stays a zombie: state Z, after the command's name in parentheses.
+        while !std::fs::read_to_string(&stat)
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        {
+            assert!(Instant::now() < deadline, "{stat} never showed a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(has_no_files(&proc_dir, child.id()));
+        child.wait().unwrap();
+        assert!(!has_no_files(&proc_dir, child.id()), "gone: cannot be told, so walked");
     }
 
     #[test]

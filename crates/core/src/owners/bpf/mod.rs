@@ -43,8 +43,8 @@ pub(crate) use self::load::OwnerIter;
 #[cfg(test)]
 pub(crate) use self::load::Unavailable;
 use super::{
-    Detail, Fast, FdScan, Inodes, Pids, Search, describe, for_each_pid, list_fds, open_pid,
-    open_proc, status_name,
+    Detail, Fast, FdScan, Inodes, Pids, Search, describe, fd_counts_shown, for_each_pid, list_fds,
+    open_pid, open_proc, status_name,
 };
 use crate::process::Process;
 use crate::{bytes, sys};
@@ -404,8 +404,7 @@ pub(crate) fn scan(
         if pass.stopped_at.is_some() {
             scan.unread = pids.iter().filter(|p| **p >= from).count().max(1);
         }
-        let sized = nix::sys::stat::fstatat(&proc_dir, "self/fd", nix::fcntl::AtFlags::empty())
-            .is_ok_and(|st| st.st_size > 0);
+        let sized = fd_counts_shown(&proc_dir);
         scan.unreadable = pids
             .iter()
             .filter(|&&p| p < from && !pass.walked.contains_key(&p))
