@@ -86,8 +86,10 @@ pub(crate) const LIST_WALK_BUDGET: Duration = Duration::from_secs(5);
 /// Pids handed to a worker thread at a time: small enough to balance, large enough that the
 /// shared counter is not contended.
 const CHUNK: usize = 16;
-/// Below this many processes one thread is as fast as several.
-const PARALLEL_MIN_PIDS: usize = 64;
+/// Below this many processes one thread is as fast as several: a small host's are mostly
+/// kernel threads, one `stat` each, and starting a thread costs more (at 10/1, 70 processes:
+/// 0.3 ms faster on one thread than on two).
+const PARALLEL_MIN_PIDS: usize = 128;
 
 /// Hashing for the maps of a lookup, keyed by inode or pid and filled by the ten thousand in
 /// a large listing: foldhash, seeded per map. SipHash (std's default) cost a 10 000-socket
@@ -560,30 +562,25 @@ pub(crate) struct Beside {
 
 /// Whether a one-shot lookup done as `how` may use the BPF iterator, told before the
 /// processes are listed, so that loading it can start at once: with `Auto`, when the host
-/// runs at least [`AUTO_BPF_MIN_PROCESSES`] threads (`/proc/loadavg`: a process has one or
-/// more, so fewer threads means fewer processes, and the walk).
+/// runs at least [`AUTO_BPF_MIN_PROCESSES`] processes. Told by one `stat`: the link count of
+/// `/proc` is its own two, its few fixed subdirectories and one per process on the host
+/// (threads not counted), so it bounds the processes from above, by about ten. A count of 0
+/// or 1 (a filesystem that does not count subdirectories) tells nothing: then it may.
 pub(crate) fn may_use_iterator(how: OwnerLookup, proc_root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
     match how {
         OwnerLookup::Proc => false,
         OwnerLookup::Bpf => true,
-        OwnerLookup::Auto => std::fs::read(proc_root.join("loadavg"))
-            .ok()
-            .and_then(|b| parse_loadavg_threads(&b))
-            .is_none_or(|threads| threads >= AUTO_BPF_MIN_PROCESSES),
+        OwnerLookup::Auto => std::fs::metadata(proc_root)
+            .map_or(true, |m| m.nlink() <= 1 || m.nlink() - 2 >= AUTO_BPF_MIN_PROCESSES as u64),
     }
-}
-
-/// The number of threads (scheduling entities) `/proc/loadavg` gives: its fourth field,
-/// `running/total`.
-fn parse_loadavg_threads(loadavg: &[u8]) -> Option<usize> {
-    let field = std::str::from_utf8(loadavg).ok()?.split_whitespace().nth(3)?;
-    field.split_once('/')?.1.parse().ok()
 }
 
 /// Loads the iterator as `how` asks, then lists the processes under `proc_root` (the list must
 /// come before the pass: it is what tells a process the pass could not see from one that did
-/// not exist yet). With `Auto`, fewer than [`AUTO_BPF_MIN_PROCESSES`] means the walk (`None`);
-/// otherwise, with `early`, one pass keeping every socket fd. `caller` is the receiving end of
+/// not exist yet); with `early`, one pass keeping every socket fd. (Once loaded, `Auto` passes
+/// whatever the count: the load was the cost, and a pass is cheaper than a walk of even a
+/// small host's processes.) `caller` is the receiving end of
 /// a channel the caller never sends on: dropped (its dump failed), nothing will use the pass,
 /// and none is made. An error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot
 /// load.
@@ -607,10 +604,6 @@ pub(crate) fn iterator_beside(
             .flatten();
         let Some(iter) = load_iterator(how)? else { return Ok(None) };
         let pids = list_pids(proc_root);
-        let count = pids.as_ref().map_or(0, Vec::len);
-        if how == OwnerLookup::Auto && count < AUTO_BPF_MIN_PROCESSES {
-            return Ok(None);
-        }
         if caller.try_recv() == Err(std::sync::mpsc::TryRecvError::Disconnected) {
             return Ok(None);
         }
@@ -789,53 +782,59 @@ NSpid:\t1\n";
     }
 
     #[test]
-    fn the_thread_count_of_loadavg_is_read() {
-        assert_eq!(parse_loadavg_threads(b"0.10 0.20 0.30 3/2100 14813\n"), Some(2100));
-        assert_eq!(parse_loadavg_threads(b"0.10 0.20 0.30 3-2100 14813\n"), None);
-        assert_eq!(parse_loadavg_threads(b"\xff"), None);
-        assert_eq!(parse_loadavg_threads(b""), None);
-    }
-
-    #[test]
-    fn auto_loads_the_iterator_beside_the_dump_only_on_a_host_of_many_threads() {
+    fn auto_loads_the_iterator_beside_the_dump_only_on_a_host_of_many_processes() {
         let proc_root = tempfile::tempdir().unwrap();
-        let loadavg = |threads: usize| {
-            let line = format!("0.00 0.01 0.05 1/{threads} 4242\n");
-            std::fs::write(proc_root.path().join("loadavg"), line).unwrap();
+        let dirs = |n: usize| {
+            for pid in 1..=n {
+                let _ = std::fs::create_dir(proc_root.path().join(pid.to_string()));
+            }
         };
-        loadavg(AUTO_BPF_MIN_PROCESSES - 1);
+        dirs(1);
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(proc_root.path()).unwrap().nlink() != 3 {
+            eprintln!(
+                "skipped: the temporary directory's filesystem does not count subdirectories"
+            );
+            return;
+        }
+        dirs(AUTO_BPF_MIN_PROCESSES - 1);
         assert!(!may_use_iterator(OwnerLookup::Auto, proc_root.path()), "fewer processes still");
         assert!(may_use_iterator(OwnerLookup::Bpf, proc_root.path()), "asked for");
-        loadavg(AUTO_BPF_MIN_PROCESSES);
+        dirs(AUTO_BPF_MIN_PROCESSES);
         assert!(may_use_iterator(OwnerLookup::Auto, proc_root.path()));
         assert!(!may_use_iterator(OwnerLookup::Proc, proc_root.path()));
-        std::fs::remove_file(proc_root.path().join("loadavg")).unwrap();
-        assert!(may_use_iterator(OwnerLookup::Auto, proc_root.path()), "unknown: try");
+        let gone = proc_root.path().join("gone");
+        assert!(may_use_iterator(OwnerLookup::Auto, &gone), "unknown: try");
+        // The kernel fact it rests on: /proc links one per process, and a few more (other
+        // tests start and end processes meanwhile: some slack).
+        let links = std::fs::metadata("/proc").unwrap().nlink();
+        let listed = list_pids(Path::new("/proc")).unwrap().len() as u64;
+        assert!(links - 2 + 32 >= listed && links - 2 <= listed + 64, "{links} links, {listed}");
     }
 
-    /// Loaded beside the dump on a host of many threads, the iterator still walks a host of
-    /// few processes (`Auto`), and passes on a large one or when asked for.
+    /// Loaded beside the dump, the iterator passes (`Auto` as `Bpf`): the load was the cost.
     #[cfg(feature = "ebpf")]
     #[test]
-    fn auto_decides_by_the_processes_listed_before_the_pass() {
-        let beside = |how, processes: usize, early| {
+    fn loaded_beside_the_dump_the_iterator_passes() {
+        let beside = |how, early| {
             let proc_root = tempfile::tempdir().unwrap();
-            for pid in 1..=processes {
-                std::fs::create_dir(proc_root.path().join(pid.to_string())).unwrap();
-            }
+            std::fs::create_dir(proc_root.path().join("1")).unwrap();
             let (_waiting, caller) = std::sync::mpsc::channel();
             iterator_beside(how, proc_root.path(), early, &caller)
         };
-        match beside(OwnerLookup::Bpf, 1, true) {
-            Ok(Some(b)) => assert!(b.early.is_some(), "one pass beside the dump"),
+        match beside(OwnerLookup::Bpf, true) {
+            Ok(Some(b)) => {
+                assert!(b.early.is_some(), "one pass beside the dump");
+                assert_eq!(b.pids.unwrap(), [1], "the processes listed before it");
+            }
             Ok(None) => unreachable!("--owners bpf either loads or fails"),
             Err(e) => return crate::source::ebpf::tests::skip(&format!("no iterator: {e}")),
         }
-        assert!(beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES - 1, true).unwrap().is_none());
-        let large = beside(OwnerLookup::Auto, AUTO_BPF_MIN_PROCESSES, true).unwrap();
-        assert!(large.is_some_and(|b| b.early.is_some()));
+        let auto = beside(OwnerLookup::Auto, true).unwrap();
+        assert!(auto.is_some_and(|b| b.early.is_some()), "a small host too, once loaded");
+        assert!(beside(OwnerLookup::Proc, true).unwrap().is_none());
         // Loaded after the dump (no thread for it): no early pass.
-        let after = beside(OwnerLookup::Bpf, 1, false).unwrap();
+        let after = beside(OwnerLookup::Bpf, false).unwrap();
         assert!(after.is_some_and(|b| b.early.is_none()));
         // The caller gave up (its dump failed): no pass.
         let (waiting, caller) = std::sync::mpsc::channel();
