@@ -111,6 +111,19 @@ pub(crate) fn early_made_by_socket(early: EarlyPass, inodes: super::Inodes) -> E
     match (early, inodes) {}
 }
 
+/// Whether loading the BPF iterator as `how` asks may succeed, told without loading it (the
+/// pid namespace and the capabilities): false for the walk, or where the load would be refused
+/// at once.
+pub(crate) fn may_load(how: OwnerLookup) -> bool {
+    #[cfg(feature = "ebpf")]
+    return how != OwnerLookup::Proc && super::bpf::OwnerIter::permitted().is_ok();
+    #[cfg(not(feature = "ebpf"))]
+    {
+        let _ = how;
+        false
+    }
+}
+
 /// Loads the BPF iterator as `how` asks: `Ok(None)` for the `/proc` walk (asked for, or
 /// `Auto` when it cannot load: then it says why, [`NotLoaded::level`]), an error when `Bpf`
 /// cannot load.

@@ -53,7 +53,8 @@ pub(crate) struct Btf<'a> {
     /// Where each type's record starts in `types`; index 0 is id 1 (id 0 is `void`).
     starts: Vec<u32>,
     /// Structs, unions and functions with a name given to [`Btf::parse_naming`]:
-    /// (name, kind, id), the first of each name and kind.
+    /// (name, kind, id), the first of each name and kind among the types naming that name's
+    /// first copy in the strings (the kernel's strings have one copy of each).
     named: Vec<(Vec<u8>, u32, u32)>,
 }
 

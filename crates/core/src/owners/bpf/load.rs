@@ -106,15 +106,7 @@ impl OwnerIter {
     /// slower one: worth it only when the refusal is reported).
     pub(crate) fn load(verifier_log: bool) -> Result<OwnerIter, Unavailable> {
         let start = Instant::now();
-        if std::fs::metadata("/proc/self/ns/pid")
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != INIT_PID_NS)
-        {
-            return Err(Unavailable::PidNamespace);
-        }
-        let missing = missing_caps();
-        if !missing.is_empty() {
-            return Err(Unavailable::Permission { missing });
-        }
+        OwnerIter::permitted()?;
         let object = Object::parse(OBJECT)?;
         let kernel_blob = KernelBtf::open().map_err(|source| Unavailable::NoBtf { source })?;
         let (program, attach) = object.prepare(kernel_blob.bytes())?;
@@ -144,6 +136,23 @@ impl OwnerIter {
         let link = sys::bpf_link_iter(&prog)
             .map_err(|errno| refused("linking it", errno, String::new()))?;
         Ok(OwnerIter { link, load_time: start.elapsed() })
+    }
+}
+
+impl OwnerIter {
+    /// What refuses a load before it starts, told without one: this process in a pid
+    /// namespace other than the host's, or without the capabilities.
+    pub(crate) fn permitted() -> Result<(), Unavailable> {
+        if std::fs::metadata("/proc/self/ns/pid")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != INIT_PID_NS)
+        {
+            return Err(Unavailable::PidNamespace);
+        }
+        let missing = missing_caps();
+        if !missing.is_empty() {
+            return Err(Unavailable::Permission { missing });
+        }
+        Ok(())
     }
 }
 

@@ -43,8 +43,8 @@ pub(crate) use self::load::OwnerIter;
 #[cfg(test)]
 pub(crate) use self::load::Unavailable;
 use super::{
-    Detail, Fast, FdScan, Inodes, Pids, Search, describe, fd_counts_shown, for_each_pid, list_fds,
-    open_pid, open_proc, status_name,
+    Detail, Fast, FdScan, Inodes, Pids, Search, describe, fd_counts_shown, fd_table_size,
+    for_each_pid, list_fds, open_pid, open_proc, status_name,
 };
 use crate::process::Process;
 use crate::{bytes, sys};
@@ -156,6 +156,10 @@ pub(crate) struct Task {
     /// Its command name, NUL-padded.
     pub(crate) comm: [u8; 16],
 }
+
+/// Below this many holders, describing them is as fast on one thread as on several (each
+/// costs `/proc` reads: a proof, and the status, command line or cgroup asked for).
+const PARALLEL_DESCRIBE_MIN_PIDS: usize = 64;
 
 /// Below this fd, every file gets a record (a marker), so that a walked process is known to
 /// have been (`PW_MARKER_FDS` in owners.bpf.c).
@@ -375,6 +379,7 @@ pub(crate) fn scan(
     let mut holder_pids: Vec<u32> = holders.of.values().flatten().copied().collect();
     holder_pids.sort_unstable();
     holder_pids.dedup();
+    let threads = if holder_pids.len() < PARALLEL_DESCRIBE_MIN_PIDS { 1 } else { threads };
     let mut scan = for_each_pid(&holder_pids, threads, |pid, local, scratch| {
         let proof = holders.proof.get(&pid).copied();
         let described = match pass.walked.get(&pid) {
@@ -466,10 +471,7 @@ fn still_holds(pid_dir: &OwnedFd, proof: Option<(u32, u64)>) -> bool {
 /// `sized`: this kernel gives the number of open fds as the size of `/proc/PID/fd` (6.2+),
 /// so one stat tells a kernel thread (none) from a process without listing it.
 fn hid_files(pid_dir: &OwnedFd, sized: bool) -> bool {
-    let fds = |dir: &OwnedFd| {
-        nix::sys::stat::fstatat(dir, "fd", nix::fcntl::AtFlags::empty()).map_or(0, |st| st.st_size)
-    };
-    if sized && fds(pid_dir) == 0 {
+    if sized && fd_table_size(pid_dir, "fd").unwrap_or(0) == 0 {
         return false;
     }
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
