@@ -588,10 +588,9 @@ pub(crate) fn may_use_iterator(how: OwnerLookup, proc_root: &Path) -> bool {
 /// come before the pass: it is what tells a process the pass could not see from one that did
 /// not exist yet); with `early`, one pass keeping every socket fd. (Once loaded, `Auto` passes
 /// whatever the count: the load was the cost, and a pass is cheaper than a walk of even a
-/// small host's processes.) `caller` is the receiving end of
-/// a channel the caller never sends on: dropped (its dump failed), nothing will use the pass,
-/// and none is made. An error only when `how` is [`OwnerLookup::Bpf`] and the iterator cannot
-/// load.
+/// small host's processes.) `caller` is the receiving end of a channel the caller never sends
+/// on: dropped (its dump failed), nothing will use the pass, and none is made. An error only
+/// when `how` is [`OwnerLookup::Bpf`] and the iterator cannot load.
 pub(crate) fn iterator_beside(
     how: OwnerLookup,
     proc_root: &Path,

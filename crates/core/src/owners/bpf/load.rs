@@ -137,9 +137,7 @@ impl OwnerIter {
             .map_err(|errno| refused("linking it", errno, String::new()))?;
         Ok(OwnerIter { link, load_time: start.elapsed() })
     }
-}
 
-impl OwnerIter {
     /// What refuses a load before it starts, told without one: this process in a pid
     /// namespace other than the host's, or without the capabilities.
     pub(crate) fn permitted() -> Result<(), Unavailable> {
