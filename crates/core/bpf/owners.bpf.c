@@ -10,42 +10,11 @@
 // owners.bpf.o, which is committed and checked by `make bpf-check`. The record is decoded by
 // crates/core/src/owners/bpf/mod.rs: keep both in step.
 
-#include <linux/bpf.h>
-#include <linux/types.h>
+#include "kernel.bpf.h"
 
 #include <bpf/bpf_helpers.h>
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
-
-// Only the fields read, relocated by name against the running kernel's BTF (CO-RE).
-typedef struct {
-	__u32 val;
-} kuid_t;
-
-struct cred {
-	kuid_t uid;
-} __attribute__((preserve_access_index));
-
-struct pid {
-	unsigned int level;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	int pid;
-	int tgid;
-	struct task_struct *real_parent;
-	const struct cred *cred;
-	struct pid *thread_pid;
-	char comm[16];
-} __attribute__((preserve_access_index));
-
-struct inode {
-	unsigned long i_ino;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct inode *f_inode;
-} __attribute__((preserve_access_index));
 
 // The iterator's context is the argument list of the kernel's bpf_iter_task_file(meta, task,
 // fd, file): one 8-byte slot each, fixed by the iterator's prototype, so no relocation.

@@ -1,18 +1,12 @@
 /* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /*
- * What portwatch.bpf.c needs from the kernel, and the record it sends to userspace.
- *
- * The kernel structs below are not copies of the kernel's: they name only the fields the
- * programs read, and preserve_access_index makes every access a CO-RE relocation that the
- * loader resolves against the running kernel's BTF (/sys/kernel/btf/vmlinux), by field name,
- * looking through the kernel's anonymous unions. Offsets and sizes here do not matter.
- * This replaces a generated vmlinux.h (megabytes, tied to one build machine).
+ * What portwatch.bpf.c and connections.bpf.c need from the kernel beyond the structs of
+ * kernel.bpf.h (shared with owners.bpf.c), and the records they send to userspace.
  */
 #ifndef PORTWATCH_BPF_H
 #define PORTWATCH_BPF_H
 
-#include <linux/bpf.h>
-#include <linux/types.h>
+#include "kernel.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -21,63 +15,6 @@
 #define IPPROTO_UDP 17
 #define PW_TCP_CLOSE 7   /* TCP_CLOSE in include/net/tcp_states.h */
 #define PW_TCP_LISTEN 10 /* TCP_LISTEN */
-
-struct in6_addr {
-	__u8 s6_addr[16];
-} __attribute__((preserve_access_index));
-
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net {
-	struct ns_common ns;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
-struct sock_common {
-	__be32 skc_rcv_saddr;
-	unsigned short skc_family;
-	__u16 skc_num;
-	possible_net_t skc_net;
-	struct in6_addr skc_v6_rcv_saddr;
-} __attribute__((preserve_access_index));
-
-struct inode {
-	unsigned long i_ino;
-} __attribute__((preserve_access_index));
-struct file {
-	struct inode *f_inode;
-} __attribute__((preserve_access_index));
-struct socket {
-	struct file *file;
-} __attribute__((preserve_access_index));
-struct sock {
-	struct sock_common __sk_common;
-	__u16 sk_protocol;
-	struct socket *sk_socket;
-} __attribute__((preserve_access_index));
-
-struct inet_sock {
-	__be16 inet_sport;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	int counter;
-} pw_atomic_t;
-
-struct signal_struct {
-	pw_atomic_t live;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	struct task_struct *real_parent;
-	int tgid;
-	struct signal_struct *signal;
-} __attribute__((preserve_access_index));
 
 /* struct pw_event.kind */
 #define PW_KIND_LISTEN 1      /* TCP socket entered LISTEN */
@@ -149,7 +86,7 @@ struct sock_common___conn {
 	struct in6_addr skc_v6_daddr;
 } __attribute__((preserve_access_index));
 
-/* struct task_struct (real_parent, tgid) is defined above. */
+/* struct task_struct (real_parent, tgid) is in kernel.bpf.h. */
 
 /* struct pw_conn_event.kind */
 #define PW_CONN_CONNECT 1    /* a TCP connect(2) sent its SYN: in the caller's context */
