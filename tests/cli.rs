@@ -71,6 +71,11 @@ fn table_shows_address_state_and_process() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells[2], "lo", "a loopback listener's scope: {text}");
     assert!(row.contains(&format!("{}/", std::process::id())), "pid/comm shown: {row}");
+    if is_root() {
+        // The owner's user name, from the lookup (the table reads no user table of its own
+        // when every socket listed has owners).
+        assert_eq!(cells[4], "root", "the owner's user: {text}");
+    }
     // Owners unknown, the User column still shows the socket's user by name, as it does when
     // owners are known: never a bare 0 on one line and root on the next.
     if is_root() {

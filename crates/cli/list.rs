@@ -26,8 +26,10 @@ pub fn run(args: &ListArgs, out: &mut impl Write) -> Result<()> {
             writeln!(out)?;
         }
         Format::Table => {
-            // Names for sockets whose owners are unknown, from the same table owners use.
-            let users = Users::load();
+            // Names for sockets whose owners are unknown, from the same table owners use:
+            // read only when there is one (the owners carry their own user names).
+            let unowned = sockets.iter().any(|s| s.processes().is_empty() && s.uid.is_some());
+            let users = if unowned { Users::load() } else { Users::default() };
             table(&sockets, &users, args.filter.all_netns.then(own_netns), out)?
         }
     }
