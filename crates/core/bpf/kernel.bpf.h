@@ -8,7 +8,7 @@
  * preserve_access_index makes every access a CO-RE relocation that the loader resolves against
  * the running kernel's BTF (/sys/kernel/btf/vmlinux), by field name, looking through the
  * kernel's anonymous unions. Offsets and sizes here do not matter, and a field one program
- * does not read costs it nothing (a relocation exists only where a field is read). This
+ * does not read costs it no relocation (a few bytes of BTF: a read makes a relocation). This
  * replaces a generated vmlinux.h (megabytes, tied to one build machine).
  */
 #ifndef PORTWATCH_KERNEL_BPF_H

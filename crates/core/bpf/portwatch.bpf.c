@@ -8,7 +8,7 @@
 // Built by `make bpf` into portwatch.bpf.o, which is committed (cargo needs no clang) and
 // checked against this source by `make bpf-check`. Compiled once (CO-RE): field offsets come
 // from the running kernel's BTF at load time, through the preserve_access_index structs in
-// portwatch.bpf.h, not from a vmlinux.h generated on the build machine.
+// kernel.bpf.h, not from a vmlinux.h generated on the build machine.
 //
 // The record layout (struct pw_event) is decoded by crates/core/src/ebpf/record.rs: keep both
 // in step.
